@@ -1,0 +1,3 @@
+from threadsum.cli import main
+
+main()

@@ -1,0 +1,421 @@
+"""The one typed configuration of threadsum.
+
+A run is described by one YAML file (see ``configs/``) plus ``section.key=value`` overrides from
+the command line. Every field has a one-line docstring; unknown keys and wrong types are rejected
+with a message that names the key. The resolved config is written next to every output
+(``config.yaml``) so each artifact says exactly how it was made.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class CleanConfig(_Section):
+    decode_quoted_printable: bool = True
+    """Decode quoted-printable artifacts (=09, =20, soft line breaks '=\\n')."""
+    remove_quoted_history: bool = True
+    """Drop quoted/forwarded text that duplicates an email already in the thread (unique content is kept)."""
+    collapse_headers: bool = True
+    """Collapse From/Sent/To/Cc/Subject header blocks of quoted mail to one short line."""
+    max_recipients_shown: int = Field(5, ge=0)
+    """Long distribution lists are shortened to this many names plus '(+N more)'."""
+    strip_signatures: bool = True
+    """Strip signatures and legal disclaimers (conservative patterns only)."""
+    normalize_whitespace: bool = True
+    """Collapse runs of blank lines and trailing spaces."""
+    drop_duplicate_emails: bool = True
+    """Drop exact-duplicate emails (same sender, time and body) within a thread."""
+
+
+class RenderConfig(_Section):
+    template: str = "From: {sender}\nTo: {recipients}\nDate: {date}\n{body}"
+    """Per-email template; fields: sender, recipients, date, body, subject, index."""
+    subject_template: str = "Subject: {subject}"
+    """Rendered once at the top of the thread."""
+    email_separator: str = "\n---\n"
+    """Text placed between rendered emails."""
+    truncation: Literal["smart", "head"] = "smart"
+    """'smart' keeps the first and latest emails and shortens long bodies proportionally; 'head' cuts the end."""
+
+
+class DataConfig(_Section):
+    source: Optional[str] = None
+    """Raw input: a Kaggle folder/CSV, a JSON file, a folder of .eml, an .mbox or a .jsonl of threads."""
+    format: Literal["auto", "kaggle_csv", "kaggle_json", "eml", "mbox", "jsonl"] = "auto"
+    """Reader to use; 'auto' detects it from the path."""
+    kaggle: bool = False
+    """Download the Kaggle corpus with kagglehub into the cache when 'source' is not given."""
+    kaggle_dataset: str = "marawanxmamdouh/email-thread-summary-dataset"
+    """Kaggle dataset handle used when 'kaggle' is on."""
+    prepared_dir: str = "outputs/prepared"
+    """Where prepare writes splits, cache, rejects and the data report."""
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of threads (by hash of thread_id) in the validation split."""
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of threads (by hash of thread_id) in the test split."""
+    split_seed: str = "threadsum"
+    """Salt of the split hash; change it to draw a different deterministic split."""
+    max_source_tokens: int = Field(1024, ge=16)
+    """Token budget of the model input (BART's window is 1,024)."""
+    max_target_tokens: int = Field(256, ge=4)
+    """Token budget of the summary; longer references are truncated and counted."""
+    max_body_chars: int = Field(200_000, ge=100)
+    """Bodies above this many characters are cut before cleaning (the cut is counted)."""
+    strict: bool = False
+    """Exit non-zero when any row or thread is rejected."""
+    num_proc: int = Field(1, ge=1)
+    """Worker processes for tokenization."""
+    clean: CleanConfig = CleanConfig()
+    """Cleaning steps, each switchable."""
+    render: RenderConfig = RenderConfig()
+    """How a thread becomes model input text."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "DataConfig":
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.validation_fraction + data.test_fraction must be < 1")
+        return self
+
+
+# -------------------------------------------------------------------------------------- model
+class TinyModelConfig(_Section):
+    d_model: int = 128
+    """Hidden size of the random-init model."""
+    encoder_layers: int = 2
+    """Encoder layers."""
+    decoder_layers: int = 2
+    """Decoder layers."""
+    attention_heads: int = 4
+    """Attention heads (encoder and decoder)."""
+    ffn_dim: int = 512
+    """Feed-forward width."""
+    vocab_size: int = 4000
+    """Vocabulary of the byte-level BPE tokenizer trained on the training split."""
+    max_position_embeddings: int = 1024
+    """Longest sequence the model accepts."""
+    dropout: float = 0.1
+    """Dropout of the random-init model."""
+
+
+class LoraConfig(_Section):
+    enabled: bool = False
+    """Train low-rank adapters (peft) instead of all weights."""
+    r: int = Field(16, ge=1)
+    """Adapter rank."""
+    alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    """Module names that receive adapters."""
+    merge_on_export: bool = True
+    """Export a merged full model (True) or only the adapter (False)."""
+
+
+class ModelConfig(_Section):
+    name_or_path: Optional[str] = "facebook/bart-large"
+    """Hub id or local directory of a pretrained seq2seq model (ignored when init='random')."""
+    init: Literal["pretrained", "random"] = "pretrained"
+    """'pretrained' loads weights with from_pretrained; 'random' builds a model from 'tiny'."""
+    tokenizer: Optional[str] = None
+    """Tokenizer hub id/dir; default: the model's. With init='random' a BPE is trained on the train split."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Architecture of the random-init model."""
+    lora: LoraConfig = LoraConfig()
+    """Parameter-efficient fine-tuning."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30% more compute."""
+    freeze_embeddings: bool = False
+    """Keep the shared token embeddings fixed."""
+    attn_implementation: Optional[Literal["eager", "sdpa"]] = "sdpa"
+    """Attention kernel."""
+
+
+# -------------------------------------------------------------------------------------- train
+class TrainConfig(_Section):
+    output_dir: str = "outputs/run"
+    """Run folder: checkpoints/, model/, metrics.jsonl, run.json, config.yaml."""
+    seed: int = 42
+    """Seed of model init, sampler order and dropout."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the training split (ignored when max_steps > 0)."""
+    max_steps: int = Field(0, ge=0)
+    """Optimizer steps to run; 0 means derive from epochs."""
+    max_tokens: int = Field(4096, ge=16)
+    """Micro-batch token budget (source + target, padded): threads per micro-batch vary with length."""
+    batch_tokens: int = Field(16384, ge=16)
+    """Effective tokens per optimizer step; accumulation = ceil(batch_tokens / max_tokens)."""
+    max_batch_size: int = Field(64, ge=1)
+    """Upper bound on threads per micro-batch."""
+    pad_to_multiple_of: int = Field(8, ge=1)
+    """Round padded lengths up to this multiple to limit distinct shapes."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto': bf16 where supported, else fp16 on CUDA, else fp32."""
+    optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"
+    """AdamW (fused on CUDA), Adafactor, or 8-bit AdamW (bitsandbytes)."""
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.01, ge=0)
+    """Decoupled weight decay (not applied to biases and norms)."""
+    warmup_steps: int = Field(100, ge=0)
+    """Linear warmup steps."""
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup."""
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    """Label smoothing of the cross-entropy."""
+    max_grad_norm: float = Field(1.0, ge=0)
+    """Gradient clipping norm (0 disables)."""
+    eval_every_steps: int = Field(200, ge=0)
+    """Validation loss every N optimizer steps (0: only at the end)."""
+    eval_rouge_samples: int = Field(0, ge=0)
+    """Threads of the validation split scored with ROUGE at each evaluation (0: off)."""
+    checkpoint_every_steps: int = Field(500, ge=0)
+    """Checkpoint every N optimizer steps (0: off)."""
+    checkpoint_every_minutes: float = Field(0.0, ge=0)
+    """Checkpoint every M minutes of wall time (0: off)."""
+    keep_last: int = Field(2, ge=1)
+    """Complete checkpoints kept besides the best one."""
+    resume: str = "auto"
+    """'auto' (newest complete checkpoint in output_dir), 'none', or a checkpoint path."""
+    log_every_steps: int = Field(10, ge=1)
+    """Log line / metrics record every N optimizer steps."""
+    auto_fit: bool = False
+    """Choose levers and the largest micro-batch budget that fit the device (see 'threadsum plan')."""
+    memory_limit_gb: float = Field(0.0, ge=0)
+    """CPU: treat RSS above this as out-of-memory and back off (0: off)."""
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    """Distributed strategy when launched with several processes."""
+    num_workers: int = Field(0, ge=0)
+    """DataLoader worker processes."""
+
+
+# ------------------------------------------------------------------------------------ evaluate
+class GenerationConfig(_Section):
+    num_beams: int = Field(4, ge=1)
+    """Beam width."""
+    length_penalty: float = 1.0
+    """Exponent on length in beam scores (>1 favours longer)."""
+    no_repeat_ngram_size: int = Field(3, ge=0)
+    """Forbid repeating n-grams of this size (0: off)."""
+    min_new_tokens: int = Field(10, ge=0)
+    """Shortest summary in tokens."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Longest summary in tokens."""
+    batch_size: int = Field(16, ge=1)
+    """Threads per generation batch (sorted by length)."""
+
+
+class EvalConfig(_Section):
+    split: Literal["train", "validation", "test"] = "test"
+    """Split to score."""
+    max_threads: int = Field(0, ge=0)
+    """Score at most this many threads (0: all)."""
+    bootstrap_samples: int = Field(1000, ge=0)
+    """Bootstrap resamples for the 95% confidence intervals."""
+    generation: GenerationConfig = GenerationConfig()
+    """Decoding settings (also used by summarize and serve)."""
+
+
+# --------------------------------------------------------------------------------------- track
+class TrackConfig(_Section):
+    tracking_uri: str = ""
+    """MLflow URI; '' = sqlite file under the output dir (or $MLFLOW_TRACKING_URI); 'none' disables."""
+    experiment: str = "threadsum"
+    """MLflow experiment name."""
+
+
+# --------------------------------------------------------------------------------------- serve
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    """Interface to bind."""
+    port: int = Field(8000, ge=0, le=65535)
+    """Port to bind."""
+    max_batch_size: int = Field(16, ge=1)
+    """Most threads generated together."""
+    max_wait_ms: float = Field(20.0, ge=0)
+    """How long the first request of a batch waits for company."""
+    queue_size: int = Field(256, ge=1)
+    """Pending threads beyond which requests get 503 + Retry-After."""
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    """Largest request body (413 above)."""
+    max_emails: int = Field(200, ge=1)
+    """Most emails per thread (422 above)."""
+    max_chars: int = Field(200_000, ge=1)
+    """Most characters per thread (422 above)."""
+    api_key: Optional[str] = None
+    """When set, requests need header 'X-API-Key' with this value."""
+    cors_origins: list[str] = []
+    """Origins allowed by CORS."""
+
+
+# --------------------------------------------------------------------------------------- cloud
+class SageMakerConfig(_Section):
+    instance_type: Optional[str] = None
+    """Training instance type; default: the planner's pick."""
+    instance_count: int = Field(1, ge=1)
+    """Instances (torchrun across them when > 1)."""
+    spot: bool = False
+    """Managed spot training with checkpoint resume."""
+    max_run_hours: float = Field(24.0, gt=0)
+    """MaxRuntimeInSeconds, in hours."""
+    max_wait_hours: float = Field(48.0, gt=0)
+    """MaxWaitTimeInSeconds for spot, in hours (>= max_run_hours)."""
+    role: Optional[str] = None
+    """IAM role ARN of the job."""
+    s3_prefix: Optional[str] = None
+    """s3://bucket/prefix for data, code, checkpoints and output."""
+    region: Optional[str] = None
+    """AWS region (default: the session's)."""
+    image_uri: Optional[str] = None
+    """Training image; default: the AWS Hugging Face PyTorch training container for the region."""
+    checkpoint_every_minutes: float = Field(10.0, gt=0)
+    """Time-based checkpoints inside jobs (SIGTERM may not reach the script)."""
+
+
+# ---------------------------------------------------------------------------------------- root
+class Config(_Section):
+    name: str = "run"
+    """Short name of this recipe (used in run names)."""
+    data: DataConfig = DataConfig()
+    """prepare: readers, cleaning, rendering, splits."""
+    model: ModelConfig = ModelConfig()
+    """Which model and how to adapt it."""
+    train: TrainConfig = TrainConfig()
+    """The training loop."""
+    eval: EvalConfig = EvalConfig()
+    """evaluate: generation and scoring."""
+    track: TrackConfig = TrackConfig()
+    """Experiment tracking."""
+    serve: ServeConfig = ServeConfig()
+    """HTTP service."""
+    sagemaker: SageMakerConfig = SageMakerConfig()
+    """SageMaker training jobs."""
+
+    # ---- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, directory: str | Path, filename: str = "config.yaml") -> Path:
+        """Write the resolved config next to an output (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / filename
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.to_yaml())
+        tmp.replace(path)
+        return path
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            section = key.rsplit(".", 1)[0] if "." in key else ""
+            lines.append(f"  - unknown key '{key}'" + (f" (check the spelling; valid keys of '{section}' are listed by `threadsum config --show`)" if section else ""))
+        else:
+            got = e.get("input")
+            got_s = json.dumps(got) if isinstance(got, (str, int, float, bool, type(None))) else type(got).__name__
+            lines.append(f"  - '{key}': {e['msg']} (got {got_s})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key; use section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads '3e-4' as a string (no dot): accept it as a float
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value.lower() for c in "e.") and value.strip() else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or defaults when path is None) and apply ``a.b=c`` overrides."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pass an existing YAML file (see configs/)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{p}' is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+        origin = str(p)
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        origin += " + overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, docstring) for every leaf field, for `threadsum config --show`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, key + "."))
+        else:
+            rows.append((key, json.dumps(field.default, default=str), field.description or ""))
+    return rows

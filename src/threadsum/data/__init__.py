@@ -1,0 +1,1 @@
+"""Data pipeline: readers -> clean -> render -> split -> tokenize (cached) -> report."""

@@ -1,0 +1,66 @@
+"""The on-disk contract between `prepare` and everything after it.
+
+A prepared folder holds:
+
+    tokenizer/                 Hugging Face tokenizer (from_pretrained-loadable)
+    tokenized/                 datasets.DatasetDict.save_to_disk: splits train/validation/test,
+                               columns thread_id (str), input_ids (list[int]), labels (list[int])
+    threads/{split}.jsonl      one line per kept thread: thread_id, subject, source (rendered,
+                               cleaned, truncated model input text), summary, first_email,
+                               n_emails, source_tokens, truncated
+    config.yaml                the resolved config that made it
+    prepare.json               counts (input = kept + rejected), cache key, timings
+    rejects.jsonl              every rejected row/thread with its reason
+    report.md, *.png           the data report
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+SPLITS = ("train", "validation", "test")
+
+
+class PreparedDataError(RuntimeError):
+    """A prepared folder is missing or incomplete; the message says which command makes it."""
+
+
+@dataclass
+class Prepared:
+    root: Path
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenized_dir(self) -> Path:
+        return self.root / "tokenized"
+
+    def threads_file(self, split: str) -> Path:
+        return self.root / "threads" / f"{split}.jsonl"
+
+    def datasets(self):
+        """The tokenized DatasetDict (memory-mapped Arrow)."""
+        from datasets import load_from_disk
+
+        return load_from_disk(str(self.tokenized_dir))
+
+    def threads(self, split: str) -> Iterator[dict[str, Any]]:
+        with self.threads_file(split).open(encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+
+def open_prepared(path: str | Path) -> Prepared:
+    root = Path(path)
+    missing = [p for p in ("tokenizer", "tokenized", "threads") if not (root / p).exists()]
+    if missing:
+        raise PreparedDataError(
+            f"'{root}' is not a prepared dataset (missing: {', '.join(missing)}). "
+            f"Run `threadsum prepare --config <your config>` first (it writes data.prepared_dir)."
+        )
+    return Prepared(root)

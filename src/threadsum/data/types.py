@@ -1,0 +1,47 @@
+"""The thread and email records every stage passes around (readers -> clean -> render -> model)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+
+@dataclass
+class Email:
+    sender: str
+    """Display name and/or address of the author."""
+    recipients: list[str] = field(default_factory=list)
+    """To recipients, one entry per person."""
+    body: str = ""
+    date: Optional[datetime] = None
+    subject: str = ""
+    cc: list[str] = field(default_factory=list)
+    message_id: str = ""
+    in_reply_to: str = ""
+    references: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.sender,
+            "to": list(self.recipients),
+            "cc": list(self.cc),
+            "date": self.date.isoformat(sep=" ") if self.date else None,
+            "subject": self.subject,
+            "body": self.body,
+        }
+
+
+@dataclass
+class Thread:
+    thread_id: str
+    subject: str = ""
+    emails: list[Email] = field(default_factory=list)
+    summary: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thread_id": self.thread_id,
+            "subject": self.subject,
+            "emails": [e.to_dict() for e in self.emails],
+            "summary": self.summary,
+        }

@@ -1,0 +1,21 @@
+"""Guards for optional dependencies: a missing extra is reported with the pip command that adds it."""
+from __future__ import annotations
+
+import importlib.util
+
+# import name -> distribution name where they differ
+_DIST = {"rouge_score": "rouge-score", "yaml": "pyyaml", "multipart": "python-multipart"}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def require(module: str, extra: str) -> None:
+    """Raise a clear error when ``module`` is not importable: install ``threadsum[extra]``."""
+    if importlib.util.find_spec(module) is None:
+        dist = _DIST.get(module, module)
+        raise MissingExtraError(
+            f"this command needs the Python package '{dist}', which is not installed. "
+            f"Install it with: pip install 'threadsum[{extra}]'"
+        )
