@@ -1,0 +1,276 @@
+"""The `threadsum` command line: thin wiring from sub-commands to library functions.
+
+Heavy imports (torch, transformers, boto3, mlflow) happen inside each command so `--help` is
+instant and a missing optional extra is reported by the command that needs it.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from threadsum.config import Config, ConfigError, load_config
+
+app = typer.Typer(
+    help="Fine-tune and serve BART-family summarizers on email threads.\n\n"
+    "Every command reads one YAML config (--config, see configs/) plus section.key=value overrides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+runs_app = typer.Typer(help="List and report tracked runs (failures included).", invoke_without_command=True)
+app.add_typer(runs_app, name="runs")
+
+console = Console(stderr=True)
+
+# exit codes shared by all commands (training has its own for preemption, see train/loop.py)
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/). Defaults apply when omitted.")
+OverridesArg = typer.Argument(None, help="Overrides as section.key=value, e.g. train.lr=3e-4 data.max_source_tokens=512.")
+
+
+def _load(config: Optional[Path], overrides: Optional[List[str]]) -> Config:
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _run(fn, *args, **kwargs):
+    """Call a library function; known user errors become one clear line and exit code 2."""
+    from threadsum.deps import MissingExtraError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, MissingExtraError, FileNotFoundError)
+    try:
+        from threadsum.model import ModelLoadError
+        from threadsum.data.prepared import PreparedDataError
+
+        known += (ModelLoadError, PreparedDataError)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        return fn(*args, **kwargs)
+    except known as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command("config")
+def config_cmd(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    show: bool = typer.Option(False, "--show", help="List every key with its default and meaning."),
+) -> None:
+    """Print the resolved config (YAML), or every available key with --show."""
+    if show:
+        from rich.table import Table
+
+        from threadsum.config import describe_fields
+
+        table = Table("key", "default", "meaning")
+        for key, default, doc in describe_fields():
+            table.add_row(key, default, doc)
+        Console().print(table)
+        return
+    cfg = _load(config, overrides)
+    typer.echo(cfg.to_yaml())
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(Path("data/synth"), "--out", "-o", help="Folder for the two Kaggle-format CSV files."),
+    threads: int = typer.Option(4167, "--threads", "-n", help="Number of threads (4,167 = the real corpus size)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same files."),
+) -> None:
+    """Write a synthetic corpus in the exact Kaggle CSV format (offline stand-in for the real data)."""
+    from threadsum.data.synth import synth_command
+
+    _run(synth_command, out_dir, threads, seed)
+
+
+@app.command()
+def prepare(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Raw input (sets data.source): Kaggle folder/CSV/JSON, .eml folder, .mbox, .jsonl."),
+    kaggle: bool = typer.Option(False, "--kaggle", help="Download the Kaggle corpus with kagglehub (needs network and Kaggle credentials)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any row or thread is rejected."),
+    force: bool = typer.Option(False, "--force", help="Ignore the tokenization cache and rebuild."),
+) -> None:
+    """Read raw mail, clean, render, split by thread, tokenize (cached), and write a data report."""
+    extra = []
+    if source:
+        extra.append(f"data.source={source}")
+    if kaggle:
+        extra.append("data.kaggle=true")
+    if strict:
+        extra.append("data.strict=true")
+    cfg = _load(config, (overrides or []) + extra)
+    from threadsum.data.prepare import prepare_command
+
+    code = _run(prepare_command, cfg, force=force, strict=cfg.data.strict)
+    raise typer.Exit(code or 0)
+
+
+@app.command()
+def train(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    auto_fit: bool = typer.Option(False, "--auto-fit", help="Pick memory levers and the largest micro-batch that fit this device."),
+    nproc: int = typer.Option(0, "--nproc", help="Start this many processes with torchrun (data/model parallel; see train.strategy)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (default), 'none', or a checkpoint folder."),
+) -> None:
+    """Fine-tune a model on a prepared dataset (checkpoints, exact resume, SIGTERM-safe)."""
+    extra = []
+    if auto_fit:
+        extra.append("train.auto_fit=true")
+    if resume:
+        extra.append(f"train.resume={resume}")
+    try:
+        from threadsum.cloud.container import sagemaker_overrides
+
+        sm = sagemaker_overrides()
+    except ImportError:
+        sm = None
+    if sm:
+        extra = list(sm) + extra
+    if nproc > 1:
+        from threadsum.train.launch import launch_torchrun
+
+        raise typer.Exit(_run(launch_torchrun, config, (overrides or []) + extra, nproc))
+    cfg = _load(config, (overrides or []) + extra)
+    from threadsum.train.loop import train_command
+
+    raise typer.Exit(_run(train_command, cfg) or 0)
+
+
+@app.command()
+def evaluate(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: <train.output_dir>/model)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, validation or test (default: eval.split)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for predictions, metrics and the report."),
+) -> None:
+    """Generate summaries for a split; ROUGE with CIs next to baselines; write a report."""
+    cfg = _load(config, overrides)
+    from threadsum.evaluate.run import evaluate_command
+
+    model_dir = str(model or Path(cfg.train.output_dir) / "model")
+    _run(evaluate_command, cfg, model_dir, split or cfg.eval.split, str(output) if output else None)
+
+
+@app.command()
+def summarize(
+    path: str = typer.Argument(..., help="An .eml, .mbox (one summary per thread), a JSON thread, or '-' for text on stdin."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder (a trained threadsum model or any seq2seq model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines (thread_id, summary) instead of text."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+) -> None:
+    """Summarize a thread. Exit codes: 0 ok, 2 bad input, 1 failure."""
+    from threadsum.inference.summarizer import summarize_command
+
+    raise typer.Exit(summarize_command(str(model), path, as_json=as_json, device=device) or 0)
+
+
+@app.command()
+def serve(
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder to serve."),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    host: Optional[str] = typer.Option(None, "--host", help="Interface (default serve.host = 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
+) -> None:
+    """HTTP service: POST /v1/summarize, /v1/summarize/batch; GET /healthz, /readyz, /docs; page at /."""
+    extra = []
+    if host:
+        extra.append(f"serve.host={host}")
+    if port is not None:
+        extra.append(f"serve.port={port}")
+    cfg = _load(config, (overrides or []) + extra)
+    from threadsum.deps import require
+
+    _run(require, "fastapi", "serve")
+    _run(require, "uvicorn", "serve")
+    from threadsum.serve.app import serve as serve_fn
+
+    _run(serve_fn, cfg, str(model))
+
+
+@app.command()
+def plan(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[List[str]] = OverridesArg,
+    device: str = typer.Option("auto", "--device", "-d", help="GPU name (t4, v100-16, a10g, l4, a100-40, a100-80, h100, h200), cpu:<GB>, or auto."),
+    cost: bool = typer.Option(False, "--cost", help="Estimate epoch time and money per SageMaker instance type."),
+    spot_discount: Optional[float] = typer.Option(None, "--spot-discount", help="Fraction saved by spot (default from the price file)."),
+) -> None:
+    """Predict peak memory (with breakdown), what fits a device, and time/cost per epoch."""
+    cfg = _load(config, overrides)
+    from threadsum.train.memory import plan_command
+
+    _run(plan_command, cfg, device=device, cost=cost, spot_discount=spot_discount)
+
+
+@runs_app.callback()
+def runs_list(
+    ctx: typer.Context,
+    root: Path = typer.Option(Path("outputs"), "--root", help="Folder searched for run records (run.json)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Also list runs from this MLflow URI."),
+) -> None:
+    """List runs: id, model, device, status, steps, time per epoch, peak memory, ROUGE-L, cost."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from threadsum.runs import runs_command
+
+    _run(runs_command, root, tracking_uri)
+
+
+@runs_app.command("report")
+def runs_report(
+    root: Path = typer.Option(Path("outputs"), "--root", help="Folder searched for run records (run.json)."),
+    output: Path = typer.Option(Path("EXPERIMENTS.md"), "--output", "-o", help="Markdown file to write."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="Also include runs from this MLflow URI."),
+) -> None:
+    """Write a markdown experiment log, with a 'failed approaches' section."""
+    from threadsum.runs import runs_report_command
+
+    _run(runs_report_command, root, output, tracking_uri)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder for every output of the demo."),
+    threads: int = typer.Option(0, "--threads", help="Synthetic threads to generate (0: the demo default)."),
+    overrides: Optional[List[str]] = OverridesArg,
+) -> None:
+    """Offline end to end on CPU: synthetic corpus -> prepare -> train tiny model -> evaluate -> summarize."""
+    from threadsum.demo import run_demo
+
+    raise typer.Exit(_run(run_demo, out_dir, threads=threads or None, overrides=overrides or []) or 0)
+
+
+def _mount_sagemaker() -> None:
+    try:
+        from threadsum.cloud.cli import app as sagemaker_app
+    except ImportError:
+        return
+    app.add_typer(sagemaker_app, name="sagemaker", help="Launch, watch, stop and fetch SageMaker training jobs.")
+
+
+_mount_sagemaker()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

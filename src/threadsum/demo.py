@@ -1,0 +1,140 @@
+"""`threadsum demo`: the whole job, offline, on a CPU, in minutes.
+
+synthetic Kaggle-format corpus -> prepare -> train the tiny recipe -> evaluate (ROUGE next to
+baselines on held-out threads) -> summarize one held-out thread. Every step is the real code path
+a user takes with their own data; only the corpus and the model size are small.
+"""
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from threadsum.config import Config, load_config
+
+DEMO_THREADS = 900
+"""Enough threads for the tiny model to learn the summary style in a few CPU minutes."""
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a recipe shipped inside the package (configs/ in the repository)."""
+    return Path(str(resources.files("threadsum") / "configs" / f"{name}.yaml"))
+
+
+def demo_config(out_dir: Path, overrides: list[str]) -> Config:
+    out_dir = Path(out_dir)
+    base = [
+        f"data.source={out_dir / 'raw'}",
+        f"data.prepared_dir={out_dir / 'prepared'}",
+        f"train.output_dir={out_dir / 'run'}",
+    ]
+    return load_config(packaged_config("tiny"), base + list(overrides))
+
+
+def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[list[str]] = None) -> int:
+    from threadsum.data.prepare import prepare
+    from threadsum.data.synth import write_kaggle_csv
+    from threadsum.evaluate.run import evaluate
+    from threadsum.inference.summarizer import Summarizer
+    from threadsum.train.loop import train
+
+    console = Console()
+    out_dir = Path(out_dir)
+    n_threads = threads or DEMO_THREADS
+    cfg = demo_config(out_dir, overrides or [])
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    console.rule("[bold]1/5 synthetic corpus (Kaggle CSV format)")
+    t = time.perf_counter()
+    details, summaries = write_kaggle_csv(out_dir / "raw", n_threads, seed=0)
+    timings["synth"] = time.perf_counter() - t
+    console.print(f"wrote {details} and {summaries} ({n_threads} threads)")
+
+    console.rule("[bold]2/5 prepare")
+    t = time.perf_counter()
+    counts = prepare(cfg)
+    timings["prepare"] = time.perf_counter() - t
+    console.print(f"prepared dataset in {cfg.data.prepared_dir} (report: {Path(cfg.data.prepared_dir) / 'report.md'})")
+
+    console.rule("[bold]3/5 train (tiny random-init BART, CPU)")
+    t = time.perf_counter()
+    record = train(cfg)
+    timings["train"] = time.perf_counter() - t
+    model_dir = Path(cfg.train.output_dir) / "model"
+    console.print(f"model in {model_dir}")
+
+    console.rule("[bold]4/5 evaluate on held-out test threads")
+    t = time.perf_counter()
+    metrics = evaluate(cfg, str(model_dir), split="test")
+    timings["evaluate"] = time.perf_counter() - t
+
+    console.rule("[bold]5/5 summarize one held-out thread")
+    from threadsum.data.prepared import open_prepared
+
+    example = next(open_prepared(cfg.data.prepared_dir).threads("test"))
+    summarizer = Summarizer.from_pretrained(str(model_dir), device="cpu")
+    t = time.perf_counter()
+    summary = summarizer.summarize(example["source"])
+    timings["summarize"] = time.perf_counter() - t
+    console.print(f"[bold]thread {example['thread_id']}[/bold] (subject: {example.get('subject', '')})")
+    console.print(f"[bold]reference:[/bold] {example['summary']}")
+    console.print(f"[bold]model:[/bold]     {summary}")
+
+    total = time.perf_counter() - t_start
+    table = Table(title=f"held-out ROUGE ({metrics.get('n_threads', '?')} test threads, F1 x 100)")
+    table.add_column("system")
+    for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        table.add_column(k, justify="right")
+    rows = [("threadsum tiny model", metrics["rouge"])]
+    for name, scores in metrics.get("baselines", {}).items():
+        rows.append((f"baseline: {name}", scores))
+    for name, scores in rows:
+        table.add_row(name, *[f"{100 * _f1(scores, k):.1f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")])
+    console.print(table)
+
+    lead = metrics.get("baselines", {}).get("lead3")
+    model_l = _f1(metrics["rouge"], "rougeL")
+    summary_out = {
+        "wall_seconds": round(total, 1),
+        "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
+        "threads": n_threads,
+        "prepare_counts": counts,
+        "train": {k: record.get(k) for k in ("status", "steps", "epochs", "tokens_per_second", "final_val_loss") if isinstance(record, dict)},
+        "rougeL_model": model_l,
+        "rougeL_lead3": _f1(lead, "rougeL") if lead else None,
+        "example": {"thread_id": example["thread_id"], "reference": example["summary"], "prediction": summary},
+        "outputs": {
+            "raw": str(out_dir / "raw"),
+            "prepared": cfg.data.prepared_dir,
+            "run": cfg.train.output_dir,
+            "model": str(model_dir),
+            "evaluation": metrics.get("output_dir"),
+        },
+    }
+    (out_dir / "demo.json").write_text(json.dumps(summary_out, indent=2, default=str))
+    outputs = Table(title="where everything went", show_header=False)
+    for k, v in summary_out["outputs"].items():
+        outputs.add_row(k, str(v))
+    outputs.add_row("demo summary", str(out_dir / "demo.json"))
+    console.print(outputs)
+    verdict = "beats" if lead and model_l > _f1(lead, "rougeL") else "does NOT beat"
+    console.print(
+        f"[bold]held-out ROUGE-L: model {100 * model_l:.1f} {verdict} lead-3 baseline "
+        f"{100 * _f1(lead, 'rougeL'):.1f}[/bold]" if lead else f"held-out ROUGE-L: {100 * model_l:.1f}"
+    )
+    console.print(f"demo finished in {total:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
+    return 0
+
+
+def _f1(scores, key: str) -> float:
+    """Scores are stored as {'rougeL': {'f1': x, 'ci95': [...]}} or {'rougeL': x}."""
+    if scores is None:
+        return float("nan")
+    v = scores[key]
+    return float(v["f1"] if isinstance(v, dict) else v)
