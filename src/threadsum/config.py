@@ -33,6 +33,8 @@ class CleanConfig(_Section):
     """Collapse From/Sent/To/Cc/Subject header blocks of quoted mail to one short line."""
     max_recipients_shown: int = Field(5, ge=0)
     """Long distribution lists are shortened to this many names plus '(+N more)'."""
+    normalize_names: bool = True
+    """Rewrite Enron-style names 'Theriot, Kim S. KTHERIO' as 'Kim S. Theriot' (sender and recipients)."""
     strip_signatures: bool = True
     """Strip signatures and legal disclaimers (conservative patterns only)."""
     normalize_whitespace: bool = True
@@ -201,6 +203,12 @@ class TrainConfig(_Section):
     """Distributed strategy when launched with several processes."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes."""
+    compute_max_tokens: int = Field(0, ge=0)
+    """Largest piece of a micro-batch run in one forward/backward (0: max_tokens); pieces are accumulated, the step is unchanged."""
+    oom_backoff_after: int = Field(2, ge=1)
+    """After this many out-of-memory events, keep the lowered piece budget for the rest of the run."""
+    export_best: bool = False
+    """Export the weights of the best-validation checkpoint to model/ instead of the last step's."""
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -226,6 +234,14 @@ class EvalConfig(_Section):
     """Score at most this many threads (0: all)."""
     bootstrap_samples: int = Field(1000, ge=0)
     """Bootstrap resamples for the 95% confidence intervals."""
+    seed: int = 0
+    """Seed of the bootstrap resampling (same seed, same intervals)."""
+    lead_k: int = Field(3, ge=1)
+    """Sentences in the lead-k baseline (first k sentences of the thread text)."""
+    device: str = "auto"
+    """Device to generate on: 'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Weights dtype for generation; 'auto': bf16 on GPUs that support it, else fp32."""
     generation: GenerationConfig = GenerationConfig()
     """Decoding settings (also used by summarize and serve)."""
 
@@ -236,6 +252,8 @@ class TrackConfig(_Section):
     """MLflow URI; '' = sqlite file under the output dir (or $MLFLOW_TRACKING_URI); 'none' disables."""
     experiment: str = "threadsum"
     """MLflow experiment name."""
+    run_name: Optional[str] = None
+    """MLflow run name; default: '<name>-<output folder name>'."""
 
 
 # --------------------------------------------------------------------------------------- serve
@@ -260,6 +278,14 @@ class ServeConfig(_Section):
     """When set, requests need header 'X-API-Key' with this value."""
     cors_origins: list[str] = []
     """Origins allowed by CORS."""
+    max_batch_threads: int = Field(64, ge=1)
+    """Most threads in one /v1/summarize/batch request (422 above)."""
+    warmup: bool = True
+    """Run one short generation at startup; /readyz answers 503 until it is done."""
+    device: str = "auto"
+    """Device of the served model: auto, cpu, cuda or cuda:N."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32."""
 
 
 # --------------------------------------------------------------------------------------- cloud
@@ -284,6 +310,14 @@ class SageMakerConfig(_Section):
     """Training image; default: the AWS Hugging Face PyTorch training container for the region."""
     checkpoint_every_minutes: float = Field(10.0, gt=0)
     """Time-based checkpoints inside jobs (SIGTERM may not reach the script)."""
+    volume_size_gb: int = Field(50, ge=1, le=16384)
+    """EBS volume per instance for data, the pretrained model cache and checkpoints."""
+
+    @model_validator(mode="after")
+    def _spot_wait(self) -> "SageMakerConfig":
+        if self.spot and self.max_wait_hours < self.max_run_hours:
+            raise ValueError("sagemaker.max_wait_hours must be >= sagemaker.max_run_hours for spot jobs")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- root

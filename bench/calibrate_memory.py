@@ -1,0 +1,207 @@
+"""Measure the real peak memory of one training step on CPU, to calibrate ``threadsum.train.memory``.
+
+Each point runs in a fresh Python process (so earlier points cannot leave memory behind):
+
+1. import torch/transformers, build the input batch, record the resident set size (RSS);
+2. build a random-init BART, apply the model levers (checkpointing, LoRA) with the project's own
+   ``prepare_for_training`` and the optimizer with the training loop's ``build_optimizer``;
+3. run one small warm-up step so the optimizer state exists (the steady state of a real run);
+4. reset the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) and run one full step
+   (autocast forward, label-smoothed cross-entropy, backward, grad clipping, optimizer step);
+5. peak = VmHWM; the measured number is ``peak - RSS before the model existed``.
+
+    python bench/calibrate_memory.py                 # the whole matrix -> tests/data/memory_calibration.json
+    python bench/calibrate_memory.py --limit 3       # first 3 points only, printed
+    python bench/calibrate_memory.py --point '{"d_model": 256, ...}'   # one point, JSON on stdout
+
+The matrix takes about 10 s per point on a 2-core machine (mostly interpreter start-up).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "tests" / "data" / "memory_calibration.json"
+
+# the architectures measured; "s" is fast, "m" has weights large enough to matter next to activations
+MODELS = {
+    "s": dict(d_model=256, encoder_layers=2, decoder_layers=2, attention_heads=4, ffn_dim=1024, vocab_size=8000),
+    "m": dict(d_model=384, encoder_layers=3, decoder_layers=3, attention_heads=6, ffn_dim=1536, vocab_size=16000),
+}
+
+
+def matrix() -> list[dict]:
+    points = []
+    # the full lever matrix on the medium model at two token budgets
+    for prec, opt, lora, ckpt, (batch, src, tgt) in itertools.product(
+        ["fp32", "bf16"], ["adamw", "adafactor"], [False, True], [False, True], [(2, 256, 64), (6, 384, 96)]
+    ):
+        points.append(dict(model="m", precision=prec, optimizer=opt, lora=lora, checkpointing=ckpt,
+                           batch=batch, src_len=src, tgt_len=tgt, dropout=0.1, attention_dropout=0.0))
+    # pretrained-style dropout (attention + activation dropout, like bart-base/large) and other shapes
+    for prec, (batch, src, tgt), ckpt in itertools.product(["fp32", "bf16"], [(4, 512, 128), (1, 1024, 256)], [False, True]):
+        points.append(dict(model="m", precision=prec, optimizer="adamw", lora=False, checkpointing=ckpt,
+                           batch=batch, src_len=src, tgt_len=tgt, dropout=0.1, attention_dropout=0.1))
+    for prec, (batch, src, tgt) in itertools.product(["fp32", "bf16"], [(4, 256, 64), (16, 256, 64)]):
+        points.append(dict(model="s", precision=prec, optimizer="adamw", lora=False, checkpointing=False,
+                           batch=batch, src_len=src, tgt_len=tgt, dropout=0.1, attention_dropout=0.0))
+    for p in points:
+        p.update(MODELS[p["model"]])
+    return points
+
+
+# ------------------------------------------------------------------------------------ child
+def _rss_kb() -> int:
+    return int(re.search(r"VmRSS:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _hwm_kb() -> int:
+    return int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _trim() -> None:
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: freed memory stays mapped, the measurement is a bit higher
+        pass
+
+
+def measure(point: dict) -> dict:
+    import contextlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from threadsum.config import Config
+    from threadsum.model import build_random_model, prepare_for_training
+    from threadsum.train.optim import build_optimizer
+
+    cfg = Config.model_validate({
+        "model": {
+            "init": "random",
+            "tiny": {k: point[k] for k in ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim", "vocab_size")}
+            | {"dropout": point["dropout"]},
+            "gradient_checkpointing": point["checkpointing"],
+            "lora": {"enabled": point["lora"]},
+        },
+        "train": {"optimizer": point["optimizer"], "precision": point["precision"]},
+    })
+
+    class _Vocab:  # build_random_model only needs the size and special ids of a tokenizer
+        pad_token_id, bos_token_id, eos_token_id = 1, 0, 2
+
+        def __len__(self) -> int:
+            return point["vocab_size"]
+
+    torch.manual_seed(0)
+    V, B, S, T = point["vocab_size"], point["batch"], point["src_len"], point["tgt_len"]
+    ids = torch.randint(5, V, (B, S))
+    mask = torch.ones(B, S, dtype=torch.long)
+    mask[0, S // 2:] = 0  # one padded row, as in real length-sorted batches
+    labels = torch.randint(5, V, (B, T))
+    dec_in = torch.cat([torch.full((B, 1), 2), labels[:, :-1]], dim=1)
+    small = (ids[:1, :8], mask[:1, :8], labels[:1, :8], dec_in[:1, :8])
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if point["precision"] == "bf16" else contextlib.nullcontext
+
+    _trim()
+    rss0 = _rss_kb()
+    model = build_random_model(cfg.model, _Vocab())
+    if point.get("attention_dropout"):
+        model.config.attention_dropout = point["attention_dropout"]
+        model.config.activation_dropout = point["attention_dropout"]
+        for mod in model.modules():  # the layers copied the values at construction
+            if hasattr(mod, "dropout") and isinstance(mod.dropout, float) and mod.__class__.__name__.endswith("Attention"):
+                mod.dropout = point["attention_dropout"]
+            if hasattr(mod, "activation_dropout"):
+                mod.activation_dropout = point["attention_dropout"]
+    model = prepare_for_training(model, cfg.model)
+    model.train()
+    opt = build_optimizer(model, cfg.train, "cpu")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+
+    def step(i, m, lab, d):
+        with autocast():
+            logits = model(input_ids=i, attention_mask=m, decoder_input_ids=d).logits
+        loss = F.cross_entropy(logits.float().view(-1, V), lab.reshape(-1), label_smoothing=0.1, ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(loss)
+
+    step(*small)  # the optimizer state now exists, as in every step of a real run but the first
+    _trim()
+    rss_static = _rss_kb()
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    t0 = time.perf_counter()
+    step(ids, mask, labels, dec_in)
+    seconds = time.perf_counter() - t0
+    peak = _hwm_kb()
+    return {
+        "params": total, "trainable_params": trainable,
+        "rss_before_model_mb": rss0 / 1024, "rss_static_mb": rss_static / 1024, "peak_rss_mb": peak / 1024,
+        "measured_mb": (peak - rss0) / 1024, "step_seconds": round(seconds, 2),
+    }
+
+
+# ----------------------------------------------------------------------------------- parent
+def run_point(point: dict, timeout: float = 600) -> dict:
+    """Measure one point in a fresh interpreter and return the point with its measurement."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, __file__, "--point", json.dumps(point)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        raise RuntimeError(f"measurement failed for {point}:\n{proc.stderr[-3000:]}")
+    return {**point, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--point", help="measure one point (JSON) in this process and print the result")
+    ap.add_argument("--limit", type=int, default=0, help="measure only the first N points of the matrix and print them")
+    ap.add_argument("--out", default=str(OUT), help="where the full matrix is written")
+    args = ap.parse_args()
+    if args.point:
+        print(json.dumps(measure(json.loads(args.point))))
+        return
+    import torch
+    import transformers
+
+    points = matrix()[: args.limit or None]
+    results = []
+    for n, p in enumerate(points, 1):
+        r = run_point(p)
+        results.append(r)
+        print(f"[{n}/{len(points)}] {p['model']} {p['precision']} {p['optimizer']} lora={p['lora']} ckpt={p['checkpointing']} "
+              f"B={p['batch']} {p['src_len']}+{p['tgt_len']} adrop={p['attention_dropout']}: {r['measured_mb']:.0f} MB "
+              f"({r['step_seconds']} s)", flush=True)
+    if args.limit:
+        return
+    doc = {
+        "what": "peak RSS of one steady-state training step minus RSS before the model existed (MB = 2^20 bytes)",
+        "command": "python bench/calibrate_memory.py",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}",
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "points": results,
+    }
+    Path(args.out).write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {len(results)} points to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

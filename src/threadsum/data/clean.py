@@ -1,0 +1,403 @@
+"""Cleaning: what the model sees of each email. Every step is switchable and its effect is counted.
+
+Steps, in order (each a key of ``CleanConfig``):
+
+1. ``decode_quoted_printable``  ``=09`` / ``=20`` / ``=3D`` and soft line breaks ``=\\n`` (which split
+   words: ``Stac=\\ney``) left by the Enron export.
+2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
+3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
+   Lotus-Notes headers, ``On ... wrote:``, ``>`` lines) whose text already exists in the thread
+   (as another email's own text or an earlier kept quote). Quoted text found nowhere else, such as
+   the note a forward carries, is kept: only its first copy survives.
+4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line, and
+   recipient lists (headers and the email's own ``to``) show at most ``max_recipients_shown`` names.
+5. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
+6. ``strip_signatures``         ``-- `` signature blocks, mobile footers and legal disclaimers
+   (conservative: only well-known patterns).
+7. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
+
+``clean_thread`` is the one code path for training data and for inference (the Summarizer calls it
+with the config saved next to the model), so what the model saw in training is what it sees later.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from threadsum.data.types import Email, Thread
+
+STEPS = ("decode_quoted_printable", "drop_duplicate_emails", "remove_quoted_history", "collapse_headers",
+         "normalize_names", "strip_signatures", "normalize_whitespace")
+SHINGLE = 5  # words per shingle: long enough to be specific, short enough to survive re-wrapping
+DUPLICATE_SHARE = 0.8  # a quote is a duplicate when this share of its shingles exists elsewhere
+
+
+# ------------------------------------------------------------------------------ 1. QP artifacts
+_QP_SOFT = re.compile(r"=\r?\n")
+_QP_HEX = re.compile(r"=(09|20|3D|A0|92|93|94|96|97)")
+_QP_MAP = {"09": "\t", "20": " ", "3D": "=", "A0": " ", "92": "'", "93": '"', "94": '"', "96": "-", "97": "-"}
+_QP_HINT = re.compile(r"=(?:09|20|3D)|=\r?\n")
+
+
+def decode_qp_artifacts(text: str) -> str:
+    """Undo the quoted-printable residue; bodies without any hint of it are left untouched."""
+    if not _QP_HINT.search(text):
+        return text
+    return _QP_HEX.sub(lambda m: _QP_MAP[m.group(1)], _QP_SOFT.sub("", text))
+
+
+# ------------------------------------------------------------------------ body segmentation
+_ORIG = re.compile(r"^\s*-{2,}\s*Original Message\s*-{2,}\s*$", re.I)
+_FWD = re.compile(r"^\s*-{2,}.*\bForwarded by\b", re.I)
+_WROTE = re.compile(r"^\s*On\b.{0,200}\bwrote:\s*$", re.I)
+_HDR = re.compile(r"^\s*(From|Sent|To|Cc|Bcc|Subject|Date)\s*:", re.I)
+_FROM_HDR = re.compile(r"^\s*From:\s*\S", re.I)
+_LOTUS_DATE = re.compile(r"^\s*\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(:\d{2})?\s*[AP]M\b", re.I)
+_TO_LINE = re.compile(r"^\s*To:", re.I)
+
+
+@dataclass
+class Segment:
+    kind: str  # own | original | forward | wrote | lotus | quote (">" lines)
+    marker: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+
+    @property
+    def quoted(self) -> bool:
+        return self.kind != "own"
+
+    def text(self) -> str:
+        return "\n".join(self.marker + self.header + self.content)
+
+
+def _starts_segment(lines: list[str], i: int) -> Optional[str]:
+    line = lines[i]
+    if _ORIG.match(line):
+        return "original"
+    if _FWD.match(line):
+        return "forward"
+    if _WROTE.match(line):
+        return "wrote"
+    if _FROM_HDR.match(line):
+        window = lines[i + 1:i + 5]
+        if any(_HDR.match(w) for w in window):
+            return "lotus"
+    if line.strip() and i + 1 < len(lines) and _LOTUS_DATE.match(lines[i + 1]) and not _HDR.match(line):
+        if any(_TO_LINE.match(w) for w in lines[i + 2:i + 8]):
+            return "lotus"
+    return None
+
+
+def segment_body(body: str) -> list[Segment]:
+    """Split a body into its own text and the quoted/forwarded blocks below it."""
+    lines = body.split("\n")
+    segs = [Segment("own")]
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        kind = _starts_segment(lines, i)
+        if kind is None and line.lstrip().startswith(">"):
+            if segs[-1].kind != "quote":
+                segs.append(Segment("quote"))
+            segs[-1].content.append(line)
+            i += 1
+            continue
+        if kind is None:
+            if segs[-1].kind == "quote":  # text after a '>' block is the author's again
+                segs.append(Segment("own"))
+            segs[-1].content.append(line)
+            i += 1
+            continue
+        seg = Segment(kind, marker=[line])
+        i += 1
+        if kind == "forward" and not line.rstrip().endswith("---") and i < n and lines[i].rstrip().endswith("---"):
+            seg.marker.append(lines[i])  # the marker wrapped onto a second line
+            i += 1
+        if kind == "lotus" and not _FROM_HDR.match(line):
+            seg.marker.append(lines[i])  # the date line under the author's name
+            i += 1
+        # header block: blank lines, then From/Sent/To/Cc/Subject lines and wrapped recipient lists
+        j = i
+        while j < n and not lines[j].strip() and j - i < 4:
+            j += 1
+        in_list = False
+        header: list[str] = []
+        while j < n:
+            h = lines[j]
+            if _HDR.match(h):
+                header.append(h)
+                in_list = bool(re.match(r"^\s*(To|Cc|Bcc)\s*:", h, re.I))
+                j += 1
+            elif in_list and h.strip() and not _starts_segment(lines, j):
+                header.append(h)
+                j += 1
+            elif not h.strip() and not header and kind == "lotus":
+                j += 1
+            else:
+                break
+        if header:
+            seg.header = lines[i:j] if kind != "lotus" else [x for x in lines[i:j] if x.strip()]
+            i = j
+        segs.append(seg)
+    return [s for s in segs if s.kind != "own" or any(x.strip() for x in s.content) or s is segs[0]]
+
+
+def join_segments(segs: list[Segment]) -> str:
+    return "\n".join(s.text() for s in segs if s.marker or s.header or s.content)
+
+
+# ------------------------------------------------------------------------ duplicate detection
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _shingles(words: list[str]) -> set:
+    if len(words) < SHINGLE:
+        return {tuple(words)} if words else set()
+    return {hash(tuple(words[k:k + SHINGLE])) for k in range(len(words) - SHINGLE + 1)}
+
+
+class _Pool:
+    """Text already present in the thread, as word shingles (plus the raw word stream for short quotes)."""
+
+    def __init__(self) -> None:
+        self.shingles: set = set()
+        self.stream: list[str] = []
+
+    def add(self, words: list[str]) -> None:
+        self.shingles |= _shingles(words)
+        self.stream.append(" " + " ".join(words) + " ")
+
+    def contains(self, words: list[str]) -> bool:
+        if not words:
+            return True
+        if len(words) < SHINGLE:
+            needle = " " + " ".join(words) + " "
+            return any(needle in s for s in self.stream)
+        sh = _shingles(words)
+        return len(sh & self.shingles) >= DUPLICATE_SHARE * len(sh)
+
+
+# --------------------------------------------------------------------------- header collapsing
+def shorten_names(names: list[str], keep: int) -> list[str]:
+    if len(names) <= keep:
+        return list(names)
+    return list(names[:keep]) + [f"(+{len(names) - keep} more)"]
+
+
+def _collapse_header(seg: Segment, keep: int) -> list[str]:
+    fields: dict[str, str] = {}
+    key = None
+    for h in seg.header:
+        m = _HDR.match(h)
+        if m:
+            key = m.group(1).capitalize()
+            fields[key] = h[m.end():].strip()
+        elif key:
+            fields[key] = (fields[key] + " " + h.strip()).strip()
+    label = {"original": "Original message", "forward": "Forwarded message", "wrote": "Quoted",
+             "lotus": "Earlier message", "quote": "Quoted"}.get(seg.kind, "Quoted")
+    if seg.kind == "lotus" and not _FROM_HDR.match(seg.marker[0]):
+        fields.setdefault("From", seg.marker[0].strip())
+        if len(seg.marker) > 1:
+            fields.setdefault("Sent", seg.marker[1].strip())
+    if seg.kind == "forward":
+        m = re.search(r"Forwarded by (.+?) on (.+?)\s*-*$", " ".join(x.strip() for x in seg.marker))
+        if m:
+            fields.setdefault("Forwarded by", f"{m.group(1)} ({m.group(2).strip()})")
+    parts = []
+    for k in ("Forwarded by", "From", "Sent", "Date", "To", "Cc", "Subject"):
+        v = fields.get(k, "").strip()
+        if not v:
+            continue
+        if k in ("To", "Cc"):
+            v = "; ".join(shorten_names([x.strip() for x in re.split(r";|,(?=\s*\S+/)", v) if x.strip()], keep))
+        parts.append(f"{k}: {v}")
+    if seg.kind == "wrote":
+        return [seg.marker[0].strip()]
+    return [f"[{label}] " + " | ".join(parts)] if parts else [f"[{label}]"]
+
+
+# --------------------------------------------------------------------------------- names
+_ENRON_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z'\-\. ]*?),\s+([A-Za-z][A-Za-z'\-\. ]*?)\s*$")
+
+
+def normalize_name(name: str) -> str:
+    """'Theriot, Kim S. KTHERIO' / 'Murphy, Melissa Mmurphy' -> 'Kim S. Theriot' / 'Melissa Murphy'."""
+    if "@" in name or "<" in name:
+        return name
+    m = _ENRON_NAME.match(name.strip().strip("'\""))
+    if not m:
+        return name
+    last, given = m.group(1).strip(), m.group(2).split()
+    if len(given) >= 2:
+        uid = given[-1].lower().rstrip("0123456789")
+        initials = {g[0].lower() for g in given[:-1]}
+        surname = re.sub(r"[^a-z]", "", last.lower())
+        if uid[:1] in initials and len(uid) > 2 and uid[1:4] == surname[:3]:
+            given = given[:-1]  # drop the mail user id
+    return " ".join(given + [last])
+
+
+# ------------------------------------------------------------------------------ signatures
+_MOBILE = re.compile(r"^\s*(Sent from my (BlackBerry|iPhone|iPad|Android|mobile|wireless)\b.*|"
+                     r"Sent (via|using) (BlackBerry|the Samsung).*)$", re.I)
+_DISCLAIMER_HITS = ("property of enron", "intended recipient", "confidential and privileged",
+                    "strictly prohibited", "delete all copies", "privileged material", "may contain confidential",
+                    "not intended to be an offer", "binding contract", "if you have received this",
+                    "in error, please")
+
+
+def strip_signature(text: str) -> str:
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _MOBILE.match(line):
+            if out and re.fullmatch(r"\s*-{5,}\s*", out[-1]):
+                out.pop()
+            i += 1
+            continue
+        if line in ("-- ", "--") :
+            rest = lines[i + 1:]
+            tail = [x for x in rest if x.strip()]
+            if len(tail) <= 6:  # a signature block, not a separator in the middle of text
+                break
+        out.append(line)
+        i += 1
+    text = "\n".join(out)
+    # legal disclaimers: whole paragraphs with at least two of the well-known phrases
+    paras = re.split(r"(\n\s*\n)", text)
+    kept = []
+    for p in paras:
+        low = p.lower()
+        if sum(h in low for h in _DISCLAIMER_HITS) >= 2 or re.fullmatch(r"\s*\*{10,}\s*", p):
+            continue
+        kept.append(p)
+    text = "".join(kept)
+    return re.sub(r"\n\s*\*{10,}\s*(?=\n|$)", "", text)
+
+
+# ---------------------------------------------------------------------------------- stats
+def _measure(emails: list[Email]) -> tuple[int, int]:
+    chars = words = 0
+    for e in emails:
+        chars += len(e.body) + len(e.sender) + sum(len(r) for r in e.recipients)
+        words += len(e.body.split()) + len(e.sender.split()) + sum(len(r.split()) for r in e.recipients)
+    return chars, words
+
+
+def new_stats() -> dict[str, Any]:
+    return {"threads": 0, "emails_in": 0, "emails_out": 0, "duplicate_emails": 0,
+            "quoted_blocks": {"removed": 0, "kept_unique": 0},
+            "steps": {s: {"chars_before": 0, "chars_after": 0, "words_before": 0, "words_after": 0,
+                          "emails_changed": 0, "enabled": False} for s in STEPS}}
+
+
+# --------------------------------------------------------------------------------- the steps
+def _step_quoted(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict) -> list[Email]:
+    segmented = [segment_body(e.body) for e in emails]
+    pool = _Pool()
+    for segs in segmented:
+        for s in segs:
+            if not s.quoted:
+                pool.add(_words("\n".join(s.content)))
+    out = []
+    for e, segs in zip(emails, segmented):
+        kept: list[Segment] = []
+        for s in segs:
+            if s.quoted and remove:
+                words = _words("\n".join(x.lstrip("> ") for x in s.content))
+                if pool.contains(words):
+                    stats["quoted_blocks"]["removed"] += 1
+                    continue
+                stats["quoted_blocks"]["kept_unique"] += 1
+                pool.add(words)
+            if s.quoted and collapse and (s.header or s.kind in ("forward", "lotus", "original")):
+                s = Segment(s.kind, marker=_collapse_header(s, keep), header=[], content=s.content)
+            kept.append(s)
+        out.append(replace(e, body=join_segments(kept)))
+    return out
+
+
+def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:
+    """A cleaned copy of ``thread`` (the input is not modified); ``stats`` accumulates per-step counts."""
+    st = stats if stats is not None else new_stats()
+    if not st:
+        st.update(new_stats())
+    c = clean_cfg
+    emails = [replace(e, recipients=list(e.recipients), cc=list(e.cc)) for e in thread.emails]
+    st["threads"] += 1
+    st["emails_in"] += len(emails)
+
+    def run(step: str, enabled: bool, fn) -> None:
+        nonlocal emails
+        rec = st["steps"][step]
+        rec["enabled"] = enabled
+        before = _measure(emails)
+        rec["chars_before"] += before[0]
+        rec["words_before"] += before[1]
+        if enabled:
+            old = [(e.body, e.sender, tuple(e.recipients)) for e in emails]
+            emails = fn(emails)
+            if len(old) == len(emails):
+                rec["emails_changed"] += sum(o != (e.body, e.sender, tuple(e.recipients)) for o, e in zip(old, emails))
+        after = _measure(emails)
+        rec["chars_after"] += after[0]
+        rec["words_after"] += after[1]
+
+    run("decode_quoted_printable", c.decode_quoted_printable,
+        lambda es: [replace(e, body=decode_qp_artifacts(e.body)) for e in es])
+
+    def dedupe(es: list[Email]) -> list[Email]:
+        seen, out = set(), []
+        for e in es:
+            key = (e.sender.strip().lower(), e.date, " ".join(_words(e.body)))
+            if key in seen:
+                st["duplicate_emails"] += 1
+                continue
+            seen.add(key)
+            out.append(e)
+        return out
+
+    run("drop_duplicate_emails", c.drop_duplicate_emails, dedupe)
+    keep = c.max_recipients_shown
+    if c.remove_quoted_history or c.collapse_headers:
+        run("remove_quoted_history", c.remove_quoted_history,
+            lambda es: _step_quoted(es, True, False, keep, st))
+    else:
+        run("remove_quoted_history", False, lambda es: es)
+
+    def collapse(es: list[Email]) -> list[Email]:
+        es = _step_quoted(es, False, True, keep, {"quoted_blocks": Counter()})
+        return [replace(e, recipients=shorten_names(e.recipients, keep), cc=shorten_names(e.cc, keep)) for e in es]
+
+    run("collapse_headers", c.collapse_headers, collapse)
+    run("normalize_names", getattr(c, "normalize_names", True),
+        lambda es: [replace(e, sender=normalize_name(e.sender), recipients=[normalize_name(r) for r in e.recipients],
+                            cc=[normalize_name(r) for r in e.cc]) for e in es])
+    run("strip_signatures", c.strip_signatures, lambda es: [replace(e, body=strip_signature(e.body)) for e in es])
+
+    def whitespace(es: list[Email]) -> list[Email]:
+        out = []
+        for e in es:
+            body = "\n".join(re.sub(r"[ \t\f\v\r]+", " ", ln).strip() for ln in e.body.split("\n"))
+            out.append(replace(e, body=re.sub(r"\n{3,}", "\n\n", body).strip()))
+        return out
+
+    run("normalize_whitespace", c.normalize_whitespace, whitespace)
+    st["emails_out"] += len(emails)
+    return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=emails, summary=thread.summary)
+
+
+def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
+    stats = new_stats()
+    return [clean_thread(t, clean_cfg, stats) for t in threads], stats

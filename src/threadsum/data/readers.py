@@ -1,0 +1,905 @@
+"""Readers: raw mail in several formats -> ``Thread`` records, with every rejected row accounted for.
+
+Formats: the Kaggle CSV pair (``email_thread_details.csv`` + ``email_thread_summaries.csv``) and its
+JSON copies (epoch timestamps), a folder of ``.eml`` files, an ``.mbox`` file, and JSONL of threads
+``{thread_id, subject?, emails: [{from, to, cc?, date, subject?, body}], summary?}``.
+
+Bad input never raises out of ``read_source``: a bad row, summary or file becomes a reject record
+``{level, reason, detail, source, line, thread_id}`` and is counted, so ``input = kept + rejected``
+holds for emails, summaries and threads. Repairs that keep the data (an unparseable ``to`` split at
+commas, invalid UTF-8 replaced, NUL bytes removed, an oversized body cut) are counted as warnings.
+Only a source that does not exist at all raises ``DataError``.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import email
+import email.policy
+import hashlib
+import io
+import json
+import mailbox
+import re
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import getaddresses, parsedate_to_datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from threadsum.data.types import Email, Thread
+
+DETAILS_CSV = "email_thread_details.csv"
+SUMMARIES_CSV = "email_thread_summaries.csv"
+DETAILS_JSON = "email_thread_details.json"
+SUMMARIES_JSON = "email_thread_summaries.json"
+DETAIL_COLUMNS = ("thread_id", "subject", "timestamp", "from", "to", "body")
+SUMMARY_COLUMNS = ("thread_id", "summary")
+DEFAULT_MAX_BODY_CHARS = 200_000
+KAGGLE_DATASET = "marawanxmamdouh/email-thread-summary-dataset"
+
+# reasons (stable strings: tests, reports and rejects.jsonl use them)
+R_EMPTY_FILE = "empty_file"
+R_MISSING_FILE = "missing_file"
+R_MISSING_COLUMN = "missing_column"
+R_WRONG_DELIMITER = "wrong_delimiter"
+R_UNREADABLE_FILE = "unreadable_file"
+R_MALFORMED_ROW = "malformed_row"
+R_MISSING_THREAD_ID = "missing_thread_id"
+R_BAD_THREAD_ID = "bad_thread_id"
+R_BAD_TIMESTAMP = "bad_timestamp"
+R_EMPTY_BODY = "empty_body"
+R_EMPTY_SUMMARY = "empty_summary"
+R_DUPLICATE_SUMMARY = "duplicate_summary"
+R_NO_SUMMARY = "thread_without_summary"
+R_ORPHAN_SUMMARY = "summary_without_thread"
+R_NO_VALID_EMAILS = "thread_without_valid_emails"
+R_INVALID_JSON = "invalid_json"
+R_NOT_A_THREAD = "not_a_thread_object"
+R_UNPARSEABLE_MAIL = "unparseable_mail"
+R_THREAD_REJECTED = "thread_rejected"
+# warnings (the data is kept, repaired)
+W_TO_UNPARSED = "to_not_a_list_literal"
+W_INVALID_UTF8 = "invalid_utf8_replaced"
+W_NUL_BYTES = "nul_bytes_removed"
+W_BODY_CUT = "body_cut_to_max_chars"
+W_MISSING_SENDER = "missing_sender"
+
+_KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
+_SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
+
+
+class DataError(RuntimeError):
+    """The input cannot be read at all; the message says what to fix."""
+
+
+@dataclass
+class ReadResult:
+    threads: list[Thread] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+
+class _Ledger:
+    """Collects rejects and warnings and keeps the per-level input/kept/rejected counts consistent."""
+
+    def __init__(self) -> None:
+        self.rejects: list[dict[str, Any]] = []
+        self.warnings: list[dict[str, Any]] = []
+        self.inputs: Counter = Counter()
+
+    def reject(self, level: str, reason: str, detail: str, source: Any = None, line: Optional[int] = None,
+               thread_id: Optional[str] = None, n_emails: int = 0) -> None:
+        rec = {"level": level, "reason": reason, "detail": detail, "source": str(source) if source else None,
+               "line": line, "thread_id": thread_id}
+        if n_emails:
+            rec["n_emails"] = n_emails
+        self.rejects.append(rec)
+
+    def warn(self, reason: str, detail: str, source: Any = None, line: Optional[int] = None,
+             thread_id: Optional[str] = None) -> None:
+        self.warnings.append({"reason": reason, "detail": detail, "source": str(source) if source else None,
+                              "line": line, "thread_id": thread_id})
+
+    def counts(self, kept_threads: list[Thread]) -> dict[str, Any]:
+        by = {lvl: Counter() for lvl in ("email", "summary", "thread", "file")}
+        emails_rejected = 0
+        for r in self.rejects:
+            by[r["level"]][r["reason"]] += 1
+            if r["level"] == "email":
+                emails_rejected += 1
+            elif r["level"] == "thread" and r.get("n_emails"):
+                by["email"][f"{R_THREAD_REJECTED}:{r['reason']}"] += r["n_emails"]
+                emails_rejected += r["n_emails"]
+        kept_emails = sum(len(t.emails) for t in kept_threads)
+        return {
+            "emails": {"input": self.inputs["email"], "kept": kept_emails, "rejected": emails_rejected,
+                       "by_reason": dict(by["email"])},
+            "threads": {"input": self.inputs["thread"], "kept": len(kept_threads),
+                        "rejected": sum(by["thread"].values()), "by_reason": dict(by["thread"])},
+            "summaries": {"input": self.inputs["summary"], "rejected": sum(by["summary"].values()),
+                          "by_reason": dict(by["summary"])},
+            "files": {"rejected": sum(by["file"].values()), "by_reason": dict(by["file"])},
+            "warnings": dict(Counter(w["reason"] for w in self.warnings)),
+        }
+
+
+# ------------------------------------------------------------------------------ field parsing
+def parse_timestamp(value: Any) -> Optional[datetime]:
+    """'YYYY-MM-DD HH:MM:SS', ISO 8601, RFC 2822 or epoch seconds/milliseconds -> naive UTC datetime."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        v = float(value)
+        if v != v:  # NaN
+            return None
+        if abs(v) > 1e11:  # milliseconds: 1e11 s is the year 5138, 1e11 ms is 1973
+            v /= 1000.0
+        try:
+            return datetime.fromtimestamp(v, tz=timezone.utc).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            return None
+    s = str(value).strip()
+    if not s:
+        return None
+    if re.fullmatch(r"-?\d+(\.\d+)?", s):
+        return parse_timestamp(float(s))
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(s, fmt)
+        except ValueError:
+            pass
+    try:
+        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            d = parsedate_to_datetime(s)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if d is None:
+            return None
+    if d.tzinfo is not None:
+        d = d.astimezone(timezone.utc).replace(tzinfo=None)
+    return d
+
+
+_SURNAME = re.compile(r"^[A-Za-z][A-Za-z'\-\.]*(?: (?:Jr|Sr)\.?| III| II)?$")
+
+
+def regroup_enron_names(items: list[str]) -> list[str]:
+    """Undo the export's split at commas: ['Murphy', 'Melissa Mmurphy'] -> ['Murphy, Melissa Mmurphy']."""
+    out: list[str] = []
+    i = 0
+    while i < len(items):
+        cur = items[i].strip()
+        nxt = items[i + 1].strip() if i + 1 < len(items) else None
+        if nxt is not None:
+            opens_quote = cur[:1] in "\"'" and cur.count(cur[0]) == 1
+            if opens_quote or (_SURNAME.match(cur) and " " in nxt and "@" not in nxt and "<" not in nxt):
+                out.append(f"{cur}, {nxt}")
+                i += 2
+                continue
+        if cur:
+            out.append(cur)
+        i += 1
+    return out
+
+
+def parse_recipients(value: Any) -> tuple[list[str], bool]:
+    """The ``to`` field: a Python list literal (parsed with ast.literal_eval, never eval) or a list.
+
+    Returns (recipients, ok); ok=False means the value was not a list literal and was split at commas.
+    """
+    if value is None:
+        return [], True
+    if isinstance(value, list):
+        return regroup_enron_names([str(v) for v in value]), True
+    s = str(value).strip()
+    if not s:
+        return [], True
+    if s.startswith("["):
+        try:
+            parsed = ast.literal_eval(s)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            parsed = None
+        if isinstance(parsed, (list, tuple)) and all(isinstance(v, str) for v in parsed):
+            return regroup_enron_names(list(parsed)), True
+        s = s.strip("[]")
+    return [p.strip().strip("'\"") for p in re.split(r"[,;]", s) if p.strip().strip("'\"")], False
+
+
+def _norm_thread_id(raw: Any, kaggle: bool) -> tuple[Optional[str], Optional[str]]:
+    """(thread_id, reject_reason)."""
+    if raw is None or (isinstance(raw, float) and raw != raw):
+        return None, R_MISSING_THREAD_ID
+    if isinstance(raw, bool):
+        return None, R_BAD_THREAD_ID
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    s = str(raw).strip()
+    if not s:
+        return None, R_MISSING_THREAD_ID
+    if kaggle:
+        if not _KAGGLE_ID.match(s):
+            return None, R_BAD_THREAD_ID
+        return str(int(float(s))), None
+    if not _SAFE_ID.match(s):
+        return None, R_BAD_THREAD_ID
+    return s, None
+
+
+# ------------------------------------------------------------------------------- file decoding
+def _decode(data: bytes, path: Path, led: _Ledger) -> str:
+    if b"\x00" in data:
+        n_nul = data.count(b"\x00")
+        led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
+        data = data.replace(b"\x00", b"")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}; undecodable bytes replaced by U+FFFD", path)
+        return data.decode("utf-8", errors="replace")
+
+
+def _csv_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
+                 ) -> Optional[list[tuple[int, dict[str, str]]]]:
+    """Rows of a CSV file as (line, {column: value}); None when the file itself is unusable."""
+    if not path.exists():
+        led.reject("file", R_MISSING_FILE, f"'{path.name}' not found next to the other Kaggle file; "
+                   f"put both {DETAILS_CSV} and {SUMMARIES_CSV} in one folder", path)
+        return None
+    data = path.read_bytes()
+    if not data.strip():
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty; re-download or re-export it", path)
+        return None
+    text = _decode(data, path, led)
+    # 10 MB bodies are legal in the corpus' format; the default field limit is 128 KB
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except (StopIteration, csv.Error) as exc:
+        led.reject("file", R_UNREADABLE_FILE, f"'{path.name}' has no readable header: {exc}", path)
+        return None
+    missing = [c for c in required if c not in header]
+    if missing:
+        joined = ",".join(header)
+        for delim, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "pipes")):
+            if len(header) < len(required) and all(c in joined for c in required) and delim in joined:
+                led.reject("file", R_WRONG_DELIMITER,
+                           f"'{path.name}' is delimited by {name}, not commas; re-save it as comma-separated "
+                           f"CSV with columns {','.join(required)}", path)
+                return None
+        led.reject("file", R_MISSING_COLUMN,
+                   f"'{path.name}' lacks column(s) {', '.join(missing)}; expected {','.join(required)} "
+                   f"(found {','.join(header) or 'nothing'})", path)
+        return None
+    out: list[tuple[int, dict[str, str]]] = []
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            led.inputs[level] += 1
+            led.reject(level, R_MALFORMED_ROW, f"CSV error: {exc}", path, reader.line_num)
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        led.inputs[level] += 1
+        if len(row) != len(header):
+            led.reject(level, R_MALFORMED_ROW,
+                       f"{len(row)} fields where the header has {len(header)} (an unquoted comma or newline?)",
+                       path, reader.line_num, thread_id=row[0].strip() if row else None)
+            continue
+        rec = dict(zip(header, row))
+        if any("\ufffd" in v for v in row):
+            led.warn(W_INVALID_UTF8, "field holds replaced invalid UTF-8", path, reader.line_num, rec.get("thread_id"))
+        out.append((reader.line_num, rec))
+    return out
+
+
+def _json_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
+                  ) -> Optional[list[tuple[int, dict[str, Any]]]]:
+    """Records of a Kaggle JSON copy: a list of objects, pandas 'columns' layout, or JSON lines."""
+    if not path.exists():
+        led.reject("file", R_MISSING_FILE, f"'{path.name}' not found", path)
+        return None
+    data = path.read_bytes()
+    if not data.strip():
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty; re-download it", path)
+        return None
+    text = _decode(data, path, led)
+    records: list[Any]
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict) and all(isinstance(v, dict) for v in obj.values()):
+            # pandas orient='columns': {column: {row_index: value}}
+            index = sorted({k for col in obj.values() for k in col}, key=lambda k: (len(k), k))
+            records = [{c: obj[c].get(i) for c in obj} for i in index]
+        elif isinstance(obj, dict) and "data" in obj and isinstance(obj["data"], list):
+            records = obj["data"]
+        elif isinstance(obj, list):
+            records = obj
+        else:
+            led.reject("file", R_UNREADABLE_FILE, f"'{path.name}' is JSON but not a list of records", path)
+            return None
+    except json.JSONDecodeError:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                led.inputs[level] += 1
+                led.reject(level, R_INVALID_JSON, f"line is not JSON: {exc.msg}", path, n)
+    out = []
+    for n, rec in enumerate(records, 1):
+        led.inputs[level] += 1
+        if not isinstance(rec, dict):
+            led.reject(level, R_MALFORMED_ROW, f"record {n} is a {type(rec).__name__}, not an object", path, n)
+            continue
+        missing = [c for c in required if c not in rec]
+        if missing and n == 1 and len(missing) == len(required):
+            led.reject("file", R_MISSING_COLUMN, f"'{path.name}' records lack {', '.join(missing)}", path)
+            led.inputs[level] -= 1
+            return None
+        out.append((n, rec))
+    return out
+
+
+# --------------------------------------------------------------------------------- Kaggle pair
+def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: _Ledger, max_body_chars: int,
+                       kaggle: bool = True) -> Optional[tuple[str, Email]]:
+    tid, why = _norm_thread_id(rec.get("thread_id"), kaggle)
+    if why:
+        led.reject("email", why, f"thread_id {rec.get('thread_id')!r} is {'empty' if why == R_MISSING_THREAD_ID else 'not a valid id'}"
+                   + ("; Kaggle thread ids are integers" if kaggle and why == R_BAD_THREAD_ID else ""), src, line)
+        return None
+    raw_ts = rec.get("timestamp", rec.get("date"))
+    date = parse_timestamp(raw_ts)
+    if date is None:
+        led.reject("email", R_BAD_TIMESTAMP, f"timestamp {str(raw_ts)[:60]!r} is not a date "
+                   f"(expected 'YYYY-MM-DD HH:MM:SS' or epoch seconds/milliseconds)", src, line, tid)
+        return None
+    body = rec.get("body")
+    body = "" if body is None else str(body)
+    if not body.strip():
+        led.reject("email", R_EMPTY_BODY, "body is empty", src, line, tid)
+        return None
+    if len(body) > max_body_chars:
+        led.warn(W_BODY_CUT, f"body of {len(body):,} characters cut to {max_body_chars:,} (data.max_body_chars)",
+                 src, line, tid)
+        body = body[:max_body_chars]
+    to, ok = parse_recipients(rec.get("to"))
+    if not ok:
+        led.warn(W_TO_UNPARSED, f"to {str(rec.get('to'))[:60]!r} is not a list literal; split at commas", src, line, tid)
+    cc, _ = parse_recipients(rec.get("cc"))
+    sender = str(rec.get("from") or "").strip()
+    if not sender:
+        led.warn(W_MISSING_SENDER, "from is empty", src, line, tid)
+    return tid, Email(sender=sender, recipients=to, body=body, date=date, subject=str(rec.get("subject") or "").strip(),
+                      cc=cc)
+
+
+def _summaries_from_records(records: Optional[list], src: Path, led: _Ledger) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line, rec in records or []:
+        tid, why = _norm_thread_id(rec.get("thread_id"), True)
+        if why:
+            led.reject("summary", why, f"summary row has thread_id {rec.get('thread_id')!r}", src, line)
+            continue
+        text = str(rec.get("summary") or "").strip()
+        if not text:
+            led.reject("summary", R_EMPTY_SUMMARY, "summary is empty", src, line, tid)
+            continue
+        if tid in out:
+            same = "the same text" if out[tid] == text else "a different text"
+            led.reject("summary", R_DUPLICATE_SUMMARY, f"second summary for thread {tid} ({same}); the first is kept",
+                       src, line, tid)
+            continue
+        out[tid] = text
+    return out
+
+
+def _assemble(emails: dict[str, list[Email]], summaries: dict[str, Optional[str]], led: _Ledger, src: Any,
+              require_summary: bool, subjects: Optional[dict[str, str]] = None,
+              seen_ids: Iterable[str] = ()) -> list[Thread]:
+    """Group emails into threads (sorted by time, stable), pair with summaries, reject what cannot train."""
+    threads: list[Thread] = []
+    seen_ids = set(seen_ids)
+    all_ids = set(emails) | {k for k, v in summaries.items() if v is not None} | seen_ids
+    led.inputs["thread"] += len(all_ids)
+    for tid in sorted(all_ids, key=_id_sort_key):
+        mails = emails.get(tid, [])
+        summary = summaries.get(tid)
+        if not mails:
+            if tid in emails or tid in seen_ids:
+                led.reject("thread", R_NO_VALID_EMAILS, f"every email of thread {tid} was rejected (see its email rejects)",
+                           src, thread_id=tid)
+            else:
+                led.reject("thread", R_ORPHAN_SUMMARY, f"summary for thread {tid} has no emails in the details file",
+                           src, thread_id=tid)
+            continue
+        if require_summary and not summary:
+            led.reject("thread", R_NO_SUMMARY, f"thread {tid} has {len(mails)} email(s) but no summary",
+                       src, thread_id=tid, n_emails=len(mails))
+            continue
+        # stable: emails with equal timestamps keep their file order
+        mails = sorted(mails, key=lambda e: e.date or datetime.min)
+        subject = (subjects or {}).get(tid) or next((e.subject for e in mails if e.subject), "")
+        threads.append(Thread(thread_id=tid, subject=subject, emails=mails, summary=summary))
+    return threads
+
+
+def _id_sort_key(tid: str) -> tuple:
+    return (0, int(tid), "") if tid.isdigit() else (1, 0, tid)
+
+
+def read_kaggle(details: Path, summaries: Path, fmt: str = "csv", max_body_chars: int = DEFAULT_MAX_BODY_CHARS,
+                require_summary: bool = True) -> ReadResult:
+    led = _Ledger()
+    read = _csv_records if fmt == "csv" else _json_records
+    rows = read(details, DETAIL_COLUMNS, led, "email")
+    srows = read(summaries, SUMMARY_COLUMNS, led, "summary")
+    by_thread: dict[str, list[Email]] = defaultdict(list)
+    seen: set[str] = set()
+    for line, rec in rows or []:
+        got = _email_from_record(rec, details, line, led, max_body_chars)
+        if got:
+            by_thread[got[0]].append(got[1])
+        else:
+            tid, why = _norm_thread_id(rec.get("thread_id"), True)
+            if not why:
+                seen.add(tid)
+    summ = _summaries_from_records(srows, summaries, led)
+    threads = _assemble(by_thread, summ, led, details, require_summary, seen_ids=seen)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [p for p in (details, summaries) if p.exists()])
+
+
+# ---------------------------------------------------------------------------------------- mail
+class _HTMLText(HTMLParser):
+    """HTML -> plain text: block tags become line breaks, scripts and styles are dropped."""
+
+    _BLOCK = {"p", "div", "br", "tr", "li", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "table", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif tag in self._BLOCK:
+            self.parts.append("\n")
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    p = _HTMLText()
+    p.feed(html)
+    p.close()
+    text = "".join(p.parts)
+    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    return re.sub(r"\n\s*\n\s*\n+", "\n\n", text).strip()
+
+
+def _part_text(part) -> str:
+    try:
+        return part.get_content()
+    except (LookupError, UnicodeError, AssertionError, KeyError):
+        # unknown or lying charset: decode the raw bytes leniently rather than lose the body
+        payload = part.get_payload(decode=True) or b""
+        for enc in ("utf-8", "cp1252", "latin-1"):
+            try:
+                return payload.decode(enc)
+            except UnicodeDecodeError:
+                continue
+        return payload.decode("utf-8", errors="replace")
+
+
+def message_body(msg) -> str:
+    """The readable body: the first text/plain part, else HTML converted to text."""
+    plain = html = None
+    for part in (msg.walk() if msg.is_multipart() else [msg]):
+        if part.is_multipart() or part.get_content_disposition() == "attachment":
+            continue
+        ctype = part.get_content_type()
+        if ctype == "text/plain" and plain is None:
+            plain = _part_text(part)
+        elif ctype == "text/html" and html is None:
+            html = _part_text(part)
+    if plain and plain.strip():
+        return plain
+    if html:
+        return html_to_text(html)
+    return plain or ""
+
+
+def _addr_list(values) -> list[str]:
+    out = []
+    for name, addr in getaddresses([str(v) for v in values if v]):
+        if name and addr:
+            out.append(f"{name} <{addr}>")
+        elif name or addr:
+            out.append(name or addr)
+    return out
+
+
+def _msg_ids(value) -> list[str]:
+    return re.findall(r"<[^<>\s]+>", str(value or ""))
+
+
+def email_from_message(msg) -> Email:
+    def header(name: str) -> str:
+        try:
+            v = msg.get(name)
+        except Exception:  # a malformed header must not cost the whole message
+            v = None
+        return str(v).strip() if v is not None else ""
+
+    try:
+        date = parsedate_to_datetime(header("Date")) if header("Date") else None
+        if date is not None and date.tzinfo is not None:
+            date = date.astimezone(timezone.utc).replace(tzinfo=None)
+    except (TypeError, ValueError, IndexError):
+        date = None
+    return Email(
+        sender=(_addr_list([header("From")]) or [""])[0],
+        recipients=_addr_list(msg.get_all("To") or []),
+        cc=_addr_list(msg.get_all("Cc") or []),
+        body=message_body(msg),
+        date=date,
+        subject=header("Subject"),
+        message_id=(_msg_ids(header("Message-ID")) or [""])[0],
+        in_reply_to=(_msg_ids(header("In-Reply-To")) or [""])[0],
+        references=_msg_ids(header("References")),
+    )
+
+
+_SUBJ_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*(\[\d+\])?\s*:\s*)+", re.I)
+
+
+def normalize_subject(subject: str) -> str:
+    return re.sub(r"\s+", " ", _SUBJ_PREFIX.sub("", subject or "")).strip().lower()
+
+
+def thread_emails(emails: list[Email]) -> list[list[Email]]:
+    """Group emails into threads by Message-ID / In-Reply-To / References, else by normalized subject."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+
+    keys = []
+    for i, e in enumerate(emails):
+        k = f"mail:{i}"
+        keys.append(k)
+        if e.message_id:
+            union(k, "id:" + e.message_id)
+        for ref in ([e.in_reply_to] if e.in_reply_to else []) + list(e.references):
+            union(k, "id:" + ref)
+    first_by_subject: dict[str, str] = {}
+    for k, e in sorted(zip(keys, emails), key=lambda ke: ke[1].date or datetime.min):
+        s = normalize_subject(e.subject)
+        if not s:
+            continue
+        if not (e.in_reply_to or e.references) and s in first_by_subject:
+            union(k, first_by_subject[s])  # no threading headers: fall back to the subject
+        first_by_subject.setdefault(s, k)
+    groups: dict[str, list[Email]] = defaultdict(list)
+    for k, e in zip(keys, emails):
+        groups[find(k)].append(e)
+    return [sorted(g, key=lambda e: e.date or datetime.min) for g in groups.values()]
+
+
+def _thread_id_for(emails: list[Email], fallback: str) -> str:
+    root = emails[0].message_id.strip("<>") if emails and emails[0].message_id else ""
+    if root and _SAFE_ID.match(root):
+        return root
+    return "t-" + hashlib.sha1(fallback.encode()).hexdigest()[:12]
+
+
+def _mail_threads(emails: list[tuple[Email, str]], led: _Ledger, summaries: dict[str, str],
+                  require_summary: bool, src: Any) -> list[Thread]:
+    kept: list[Email] = []
+    origin: dict[int, str] = {}
+    for e, where in emails:
+        if not e.body.strip():
+            led.reject("email", R_EMPTY_BODY, "message has no text/plain or text/html body", where)
+            continue
+        origin[id(e)] = where
+        kept.append(e)
+    by_id: dict[str, list[Email]] = {}
+    for group in thread_emails(kept):
+        tid = _thread_id_for(group, origin[id(group[0])] + group[0].subject)
+        by_id[tid] = group
+    subjects = {tid: g[0].subject for tid, g in by_id.items()}
+    summ: dict[str, Optional[str]] = dict(summaries)
+    return _assemble(by_id, summ, led, src, require_summary, subjects)
+
+
+def _sidecar_summaries(folder: Path, led: _Ledger) -> dict[str, str]:
+    """Optional summaries next to mail files: summaries.csv / summaries.jsonl with thread_id,summary."""
+    for name in ("summaries.csv", "summaries.jsonl"):
+        p = folder / name
+        if p.exists():
+            recs = _csv_records(p, SUMMARY_COLUMNS, led, "summary") if name.endswith(".csv") \
+                else _json_records(p, SUMMARY_COLUMNS, led, "summary")
+            out: dict[str, str] = {}
+            for line, rec in recs or []:
+                tid, why = _norm_thread_id(str(rec.get("thread_id", "")).strip("<>"), False)
+                text = str(rec.get("summary") or "").strip()
+                if why or not text:
+                    led.reject("summary", why or R_EMPTY_SUMMARY, "bad summary row", p, line)
+                elif tid in out:
+                    led.reject("summary", R_DUPLICATE_SUMMARY, f"second summary for {tid}", p, line, tid)
+                else:
+                    out[tid] = text
+            return out
+    return {}
+
+
+def _parse_message(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
+    led = _Ledger()
+    files = sorted(p for p in folder.rglob("*.eml") if p.is_file())
+    emails = []
+    for p in files:
+        led.inputs["email"] += 1
+        data = p.read_bytes()
+        if not data.strip():
+            led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
+            continue
+        try:
+            emails.append((email_from_message(_parse_message(data)), str(p)))
+        except Exception as exc:  # the email package raises many types on broken input
+            led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", p)
+    threads = _mail_threads(emails, led, _sidecar_summaries(folder, led), require_summary, folder)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, files)
+
+
+def read_mbox(path: Path, require_summary: bool = True) -> ReadResult:
+    led = _Ledger()
+    if not path.stat().st_size:
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
+        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
+    emails = []
+    box = mailbox.mbox(str(path), create=False)
+    for n, key in enumerate(box.iterkeys(), 1):
+        led.inputs["email"] += 1
+        try:
+            emails.append((email_from_message(_parse_message(box.get_bytes(key))), f"{path}#{n}"))
+        except Exception as exc:
+            led.reject("email", R_UNPARSEABLE_MAIL, f"message {n}: {type(exc).__name__}: {exc}", path, n)
+    threads = _mail_threads(emails, led, _sidecar_summaries(path.parent, led), require_summary, path)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
+
+
+# --------------------------------------------------------------------------------------- JSONL
+def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require_summary: bool = True) -> ReadResult:
+    led = _Ledger()
+    data = path.read_bytes()
+    if not data.strip():
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
+        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
+    text = _decode(data, path, led)
+    by_thread: dict[str, list[Email]] = defaultdict(list)
+    summaries: dict[str, Optional[str]] = {}
+    subjects: dict[str, str] = {}
+    seen: set[str] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            led.inputs["thread"] += 1
+            led.reject("thread", R_INVALID_JSON, f"line is not JSON: {exc.msg} (column {exc.colno})", path, n)
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("emails"), list):
+            led.inputs["thread"] += 1
+            led.reject("thread", R_NOT_A_THREAD, "expected an object with an 'emails' list", path, n)
+            continue
+        tid, why = _norm_thread_id(obj.get("thread_id"), False)
+        if why:
+            led.inputs["thread"] += 1
+            led.inputs["email"] += len(obj["emails"])
+            led.reject("thread", why, f"thread_id {obj.get('thread_id')!r} is missing or invalid", path, n,
+                       n_emails=len(obj["emails"]))
+            continue
+        if tid in seen:
+            led.inputs["thread"] += 1
+            led.inputs["email"] += len(obj["emails"])
+            led.reject("thread", "duplicate_thread_id", f"thread {tid} appears again; the first is kept", path, n, tid,
+                       n_emails=len(obj["emails"]))
+            continue
+        seen.add(tid)
+        subjects[tid] = str(obj.get("subject") or "")
+        s = obj.get("summary")
+        summaries[tid] = str(s).strip() if s and str(s).strip() else None
+        for e in obj["emails"]:
+            led.inputs["email"] += 1
+            if not isinstance(e, dict):
+                led.reject("email", R_MALFORMED_ROW, "email entry is not an object", path, n, tid)
+                continue
+            rec = dict(e, thread_id=tid)
+            rec.setdefault("timestamp", e.get("date"))
+            got = _email_from_record(rec, path, n, led, max_body_chars, kaggle=False)
+            if got:
+                by_thread[tid].append(got[1])
+    threads = _assemble(by_thread, summaries, led, path, require_summary, subjects, seen_ids=seen)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
+
+
+# -------------------------------------------------------------------------------------- dispatch
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / DETAILS_CSV).exists():
+            return "kaggle_csv"
+        if (path / DETAILS_JSON).exists():
+            return "kaggle_json"
+        if any(path.rglob("*.eml")):
+            return "eml"
+        if any(path.glob("*.mbox")):
+            return "mbox"
+        if any(path.glob("*.jsonl")):
+            return "jsonl"
+        raise DataError(f"'{path}' holds no {DETAILS_CSV}, {DETAILS_JSON}, *.eml, *.mbox or *.jsonl; "
+                        f"point data.source at one of those (or set data.format)")
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        return "kaggle_csv"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "kaggle_json"
+    if name.endswith(".eml"):
+        return "eml"
+    if name.endswith((".mbox", ".mbx")) or name == "mbox":
+        return "mbox"
+    raise DataError(f"cannot tell the format of '{path}' from its name; set data.format to one of "
+                    f"kaggle_csv, kaggle_json, eml, mbox, jsonl")
+
+
+def _kaggle_pair(path: Path, ext: str) -> tuple[Path, Path]:
+    if path.is_dir():
+        return path / f"email_thread_details.{ext}", path / f"email_thread_summaries.{ext}"
+    if "summar" in path.name:
+        return path.with_name(f"email_thread_details.{ext}"), path
+    return path, path.with_name(f"email_thread_summaries.{ext}")
+
+
+def read_source(path: str | Path, fmt: str = "auto", max_body_chars: int = DEFAULT_MAX_BODY_CHARS,
+                require_summary: bool = True) -> ReadResult:
+    """Read threads from ``path``; bad rows become rejects, only a missing path raises DataError."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data source '{p}' does not exist. Set data.source to a Kaggle folder/CSV, a .json copy, "
+                        f"a folder of .eml, an .mbox or a .jsonl (or run `threadsum synth` to make a corpus)")
+    if fmt == "auto":
+        fmt = detect_format(p)
+    if fmt == "kaggle_csv":
+        return read_kaggle(*_kaggle_pair(p, "csv"), fmt="csv", max_body_chars=max_body_chars, require_summary=require_summary)
+    if fmt == "kaggle_json":
+        return read_kaggle(*_kaggle_pair(p, "json"), fmt="json", max_body_chars=max_body_chars, require_summary=require_summary)
+    if fmt == "eml":
+        if p.is_file():
+            return read_eml_files([p], require_summary)
+        return read_eml_folder(p, require_summary)
+    if fmt == "mbox":
+        if p.is_dir():
+            results = [read_mbox(m, require_summary) for m in sorted(p.glob("*.mbox"))]
+            return _merge(results)
+        return read_mbox(p, require_summary)
+    if fmt == "jsonl":
+        if p.is_dir():
+            return _merge([read_jsonl(j, max_body_chars, require_summary) for j in sorted(p.glob("*.jsonl"))])
+        return read_jsonl(p, max_body_chars, require_summary)
+    raise DataError(f"unknown data.format '{fmt}'; use auto, kaggle_csv, kaggle_json, eml, mbox or jsonl")
+
+
+def read_eml_files(files: list[Path], require_summary: bool = False) -> ReadResult:
+    led = _Ledger()
+    emails = []
+    for p in files:
+        led.inputs["email"] += 1
+        try:
+            emails.append((email_from_message(_parse_message(p.read_bytes())), str(p)))
+        except Exception as exc:
+            led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", p)
+    threads = _mail_threads(emails, led, {}, require_summary, files[0] if files else None)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, list(files))
+
+
+def _merge(results: list[ReadResult]) -> ReadResult:
+    out = ReadResult()
+    for r in results:
+        out.threads.extend(r.threads)
+        out.rejects.extend(r.rejects)
+        out.warnings.extend(r.warnings)
+        out.files.extend(r.files)
+    led = _Ledger()
+    led.rejects, led.warnings = out.rejects, out.warnings
+    for r in results:
+        led.inputs["email"] += r.counts["emails"]["input"]
+        led.inputs["thread"] += r.counts["threads"]["input"]
+        led.inputs["summary"] += r.counts["summaries"]["input"]
+    out.counts = led.counts(out.threads)
+    return out
+
+
+# ---------------------------------------------------------------------------- single documents
+def parse_mail_bytes(data: bytes) -> list[Thread]:
+    """Threads from one raw message or an mbox file's bytes (for summarize/serve; no summary needed)."""
+    if data.startswith(b"From ") and b"\nFrom " in data[5:] or data.startswith(b"From ") and b"\n\n" in data:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".mbox") as fh:
+            fh.write(data)
+            fh.flush()
+            res = read_mbox(Path(fh.name), require_summary=False)
+        return res.threads
+    e = email_from_message(_parse_message(data))
+    if not e.body.strip():
+        return []
+    return [Thread(thread_id=_thread_id_for([e], e.subject + e.body[:200]), subject=e.subject, emails=[e])]
+
+
+def read_path(path: str | Path) -> list[Thread]:
+    """Threads from one file of any supported format, summaries optional (inference input)."""
+    p = Path(path)
+    fmt = detect_format(p)
+    if fmt == "eml":
+        return parse_mail_bytes(p.read_bytes())
+    return read_source(p, fmt, require_summary=False).threads
+
+
+# -------------------------------------------------------------------------------------- Kaggle
+def download_kaggle(dataset: str = KAGGLE_DATASET) -> Path:
+    """Download the Kaggle corpus with kagglehub (needs network and Kaggle credentials)."""
+    from threadsum.deps import require
+
+    require("kagglehub", "kaggle")
+    import kagglehub
+
+    try:
+        path = Path(kagglehub.dataset_download(dataset))
+    except Exception as exc:  # kagglehub raises requests/HTTP/auth errors of many kinds
+        raise DataError(
+            f"could not download Kaggle dataset '{dataset}' ({type(exc).__name__}: {str(exc)[:200]}).\n"
+            f"This machine may have no network or no Kaggle credentials. Fix one of:\n"
+            f"  - on a machine with network: `kaggle datasets download -d {dataset}` (or the Download button on "
+            f"https://www.kaggle.com/datasets/{dataset}), unzip, copy the folder here and set data.source=<folder>;\n"
+            f"  - set KAGGLE_USERNAME/KAGGLE_KEY (or ~/.kaggle/kaggle.json) and retry;\n"
+            f"  - or use a synthetic corpus: `threadsum synth data/synth` and data.source=data/synth."
+        ) from exc
+    found = list(path.rglob(DETAILS_CSV)) or list(path.rglob(DETAILS_JSON))
+    return found[0].parent if found else path

@@ -1,0 +1,174 @@
+"""ROUGE, baselines, length statistics and bootstrap intervals: pure functions on strings.
+
+Scores are F1 in [0, 1] (reports show them x100). ROUGE-Lsum needs sentences on separate lines;
+``split_sentences`` is a small regex splitter so scoring never needs an nltk download.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from threadsum.deps import require
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+# A period after these words rarely ends a sentence in business mail.
+_ABBREVIATIONS = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "inc", "corp", "co", "ltd",
+    "no", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    "e.g", "i.e", "approx", "dept", "est", "fig", "u.s", "a.m", "p.m",
+}
+# candidate boundary: end punctuation (optionally closing quote/bracket), whitespace, then a
+# character that can start a sentence
+_BOUNDARY = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[\"'(\[]?[A-Z0-9])")
+_LAST_WORD = re.compile(r"([A-Za-z.]+)\.[\"')\]]*$")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split text into sentences at line breaks and at ./!/? followed by a capital or digit.
+
+    Known abbreviations (Mr., e.g., Inc.) and single initials ("J. Smith") do not end a sentence.
+    """
+    sentences: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        start = 0
+        for m in _BOUNDARY.finditer(line):
+            head = line[start:m.start()]
+            w = _LAST_WORD.search(head)
+            if w:
+                word = w.group(1).lower().rstrip(".")
+                if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+                    continue
+            end = m.end(1)
+            piece = line[start:end].strip()
+            if piece:
+                sentences.append(piece)
+            start = m.end()
+        piece = line[start:].strip()
+        if piece:
+            sentences.append(piece)
+    return sentences
+
+
+def sentence_lines(text: str) -> str:
+    """Text with one sentence per line, the form rouge-score's ROUGE-Lsum expects."""
+    return "\n".join(split_sentences(text))
+
+
+@lru_cache(maxsize=1)
+def _scorer():
+    require("rouge_score", "train")
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-example ROUGE F1 for each key: {'rouge1': array(n), ...}.
+
+    Both sides are re-lined by ``split_sentences`` (the tokenizer ignores newlines, so only
+    ROUGE-Lsum sees the sentence boundaries).
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must pair up")
+    scorer = _scorer()
+    out = {k: np.zeros(len(predictions), dtype=np.float64) for k in ROUGE_KEYS}
+    for i, (pred, ref) in enumerate(zip(predictions, references)):
+        scores = scorer.score(sentence_lines(ref), sentence_lines(pred))
+        for k in ROUGE_KEYS:
+            out[k][i] = scores[k].fmeasure
+    return out
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, samples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (resampling examples with replacement)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    if samples <= 0 or v.size == 1:
+        m = float(v.mean())
+        return (m, m)
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, dtype=np.float64)
+    # chunked so 10k resamples of 10k examples never hold a 100M-element index matrix
+    chunk = max(1, 2_000_000 // v.size)
+    for lo in range(0, samples, chunk):
+        hi = min(samples, lo + chunk)
+        idx = rng.integers(0, v.size, size=(hi - lo, v.size))
+        means[lo:hi] = v[idx].mean(axis=1)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
+def summarize_scores(per_example: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """{'rouge1': {'mean': m, 'ci95': [lo, hi]}, ...} from per-example scores."""
+    out = {}
+    for k, v in per_example.items():
+        v = np.asarray(v, dtype=np.float64)
+        out[k] = {"mean": float(v.mean()) if v.size else float("nan"), "ci95": list(bootstrap_ci(v, samples, seed))}
+    return out
+
+
+def length_stats(values: Iterable[float]) -> dict[str, float]:
+    """mean / median / p10 / p90 / min / max of a list of lengths."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "p10": float(np.quantile(v, 0.1)),
+        "p90": float(np.quantile(v, 0.9)),
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def word_count(text: str) -> int:
+    return len(text.split())
+
+
+# ------------------------------------------------------------------------------------ baselines
+# header lines that a render template puts before each email body: not content, so a lead
+# baseline that copied them would be scored on boilerplate
+_HEADER_LINE = re.compile(r"^\s*(from|to|cc|bcc|date|sent|subject)\s*:", re.IGNORECASE)
+_RULE_LINE = re.compile(r"^\s*[-=_*~#]{3,}\s*$")
+
+
+def body_text(source: str) -> str:
+    """The rendered thread without header lines (From:/To:/Date:/Subject:...) and separator rules."""
+    kept = [ln for ln in source.splitlines() if not _HEADER_LINE.match(ln) and not _RULE_LINE.match(ln)]
+    return "\n".join(kept)
+
+
+def lead_k(source: str, k: int = 3) -> str:
+    """The first k sentences of the thread's text (headers and separators skipped)."""
+    return "\n".join(split_sentences(body_text(source))[:k])
+
+
+def first_email_baseline(first_email: str) -> str:
+    """The whole first email (headers skipped) as the summary."""
+    return body_text(first_email or "").strip()
+
+
+def subject_baseline(subject: str) -> str:
+    """The subject line without reply/forward prefixes."""
+    return re.sub(r"^\s*((re|fw|fwd)\s*:\s*)+", "", subject or "", flags=re.IGNORECASE).strip()
+
+
+def baseline_predictions(records: Sequence[dict], k: int = 3) -> dict[str, list[str]]:
+    """Baseline summaries for thread records (prepared threads jsonl rows): lead-k, first email, subject."""
+    return {
+        f"lead{k}": [lead_k(r.get("source") or "", k) for r in records],
+        "first_email": [first_email_baseline(r.get("first_email") or "") for r in records],
+        "subject": [subject_baseline(r.get("subject") or "") for r in records],
+    }

@@ -1,0 +1,337 @@
+"""`threadsum evaluate`: generate summaries for a prepared split, score them, write the report.
+
+    evaluate(cfg, "outputs/run/model", split="test")
+      -> outputs/run/eval-test/{predictions.jsonl, metrics.json, report.md, *.png}
+
+Generation runs in length-sorted batches (longest first, so an out-of-memory shows up in the
+first batch, not after an hour) under ``torch.inference_mode`` and never asks ``generate`` for
+scores: only token ids leave the model, so memory stays flat however large the split is.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+
+from threadsum.config import Config, GenerationConfig
+from threadsum.data.prepared import SPLITS, open_prepared
+from threadsum.deps import require
+from threadsum.evaluate import metrics as M
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(RuntimeError):
+    """Evaluation cannot run with these inputs; the message says what to change."""
+
+
+# -------------------------------------------------------------------------------- generation
+def generation_kwargs(gen: GenerationConfig) -> dict[str, Any]:
+    """Keyword arguments of ``model.generate`` for the eval.generation settings."""
+    kw: dict[str, Any] = {
+        "num_beams": gen.num_beams,
+        "no_repeat_ngram_size": gen.no_repeat_ngram_size,
+        "min_new_tokens": min(gen.min_new_tokens, gen.max_new_tokens),
+        "max_new_tokens": gen.max_new_tokens,
+        # scores/logits of every step would be batch x beams x steps x vocab floats: never keep them
+        "output_scores": False,
+        "output_logits": False,
+        "return_dict_in_generate": False,
+    }
+    if gen.num_beams > 1:
+        kw["length_penalty"] = gen.length_penalty
+        kw["early_stopping"] = True
+    return kw
+
+
+def resolve_device(name: str) -> "torch.device":
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError(f"eval.device={name} but CUDA is not available here; use eval.device=cpu or auto")
+    return dev
+
+
+def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
+    import torch
+
+    if name == "fp32":
+        return torch.float32
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Index batches, longest inputs first, so each batch pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generate_batches(model, tokenizer, sequences: Sequence[Sequence[int]], gen: GenerationConfig,
+                     device: "torch.device") -> Iterator[tuple[list[int], list[str], list[int]]]:
+    """Yield (indices, summaries, generated token counts) per length-sorted batch.
+
+    Each batch's tensors are released before the next one starts; nothing but strings and ints
+    leaves this function.
+    """
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
+    kwargs = generation_kwargs(gen)
+    limit = getattr(model.config, "max_position_embeddings", None) or 1_000_000
+    for idx in length_sorted_batches([len(s) for s in sequences], gen.batch_size):
+        rows = [list(sequences[i])[:limit] for i in idx]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[j, : len(r)] = 1
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            n_tokens = (~torch.isin(out, special)).sum(dim=1).tolist()
+            out = out.cpu()
+        texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        del out, ids, mask
+        yield idx, texts, n_tokens
+
+
+# -------------------------------------------------------------------------------------- main
+def default_output_dir(model_dir: str, split: str) -> Path:
+    p = Path(model_dir)
+    if p.exists():
+        return p.resolve().parent / f"eval-{split}"
+    return Path("outputs") / f"eval-{p.name or 'model'}-{split}"
+
+
+def _load(model_dir: str, cfg: Config, prepared_tokenizer_dir: Path):
+    require("torch", "train")
+    require("transformers", "train")
+    from threadsum.model import load_pretrained_model, load_tokenizer
+
+    device = resolve_device(cfg.eval.device)
+    dtype = resolve_dtype(cfg.eval.dtype, device)
+    tok_dir = model_dir
+    if Path(model_dir).is_dir() and not any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        log.warning("%s holds no tokenizer; using the prepared data's tokenizer %s", model_dir, prepared_tokenizer_dir)
+        tok_dir = str(prepared_tokenizer_dir)
+    tokenizer = load_tokenizer(tok_dir)
+    model = load_pretrained_model(model_dir, dtype=dtype)
+    model.to(device)
+    model.eval()
+    return model, tokenizer, device, dtype
+
+
+def _read_split(cfg: Config, split: str) -> tuple[Any, list[list[int]], list[dict]]:
+    prepared = open_prepared(cfg.data.prepared_dir)
+    dsd = prepared.datasets()
+    if split not in dsd:
+        raise EvaluationError(f"split '{split}' is not in {prepared.tokenized_dir} (it has: {', '.join(dsd.keys())})")
+    ds = dsd[split]
+    if len(ds) == 0:
+        raise EvaluationError(f"split '{split}' of {cfg.data.prepared_dir} is empty; raise data.{split}_fraction "
+                              f"(or data.test_fraction) and prepare again")
+    by_id = {str(r["thread_id"]): r for r in prepared.threads(split)}
+    ids, seqs, records = ds["thread_id"], ds["input_ids"], []
+    sequences: list[list[int]] = []
+    missing = 0
+    for tid, seq in zip(ids, seqs):
+        rec = by_id.get(str(tid))
+        if rec is None:
+            missing += 1
+            continue
+        records.append(rec)
+        sequences.append(seq)
+        if cfg.eval.max_threads and len(records) >= cfg.eval.max_threads:
+            break
+    if missing:
+        log.warning("%d tokenized threads of split '%s' have no record in %s; they are skipped",
+                    missing, split, prepared.threads_file(split))
+    if not records:
+        raise EvaluationError(f"no thread of split '{split}' has both tokens and a record; prepare the data again")
+    return prepared, sequences, records
+
+
+def evaluate(cfg: Config, model_dir: str, split: str = "test", output_dir: Optional[str] = None) -> dict:
+    """Score ``model_dir`` on a prepared split against the baselines; write predictions, metrics and report."""
+    if split not in SPLITS:
+        raise EvaluationError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
+    from threadsum.track import RunTracker
+
+    out = Path(output_dir) if output_dir else default_output_dir(model_dir, split)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(model_dir).resolve().parent if Path(model_dir).exists() else None
+
+    # results go onto the training run when the model sits in a run folder, else a run of their own
+    tracker = RunTracker(cfg, run_dir, kind="train") if run_dir is not None else None
+    attached = tracker is not None and tracker.attach()
+    if not attached:
+        tracker = RunTracker(cfg, out, kind="evaluate")
+        tracker.start()
+        tracker.log_params({"eval.model_dir": str(model_dir), "eval.split_evaluated": split})
+    try:
+        result = _evaluate(cfg, model_dir, split, out, run_dir)
+    except BaseException as exc:
+        if not attached:
+            from threadsum.track import classify_failure
+
+            status, cause = classify_failure(exc)
+            tracker.finish(status, cause=cause)
+        raise
+
+    flat = {f"{split}/{k}": v for k, v in _flat_scores(result).items()}
+    step = int(tracker.record.get("last_step") or 0)
+    tracker.log_metrics(flat, step=step)
+    for name in ("report.md", "metrics.json", *sorted(p.name for p in out.glob("*.png"))):
+        tracker.log_artifact(out / name)
+    card = Path(model_dir) / "README.md"
+    if attached and card.exists():
+        tracker.log_artifact(card)
+    tracker.update_summary({"eval": {split: {**_flat_scores(result), "n_threads": result["n_threads"],
+                                             "threads_per_s": result["speed"]["threads_per_s"], "output_dir": str(out)}}})
+    if attached:
+        tracker.close()
+    else:
+        tracker.finish("FINISHED", last_step=step)
+    result["tracking"] = {"run_record": str(tracker.record_path), "mlflow_run_id": tracker.run_id}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _flat_scores(result: dict) -> dict[str, float]:
+    flat = {k: v["mean"] for k, v in result["model"].items()}
+    for name, scores in result["baselines"].items():
+        flat.update({f"baseline.{name}.{k}": v["mean"] for k, v in scores.items()})
+    return flat
+
+
+def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optional[Path]) -> dict:
+    from threadsum.evaluate.report import write_report
+
+    prepared, sequences, records = _read_split(cfg, split)
+    model, tokenizer, device, dtype = _load(model_dir, cfg, prepared.tokenizer_dir)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    top = max((max(s) for s in sequences if s), default=0)
+    if top >= vocab:
+        raise EvaluationError(
+            f"the prepared data has token id {top} but the model's vocabulary has {vocab} entries: "
+            f"{cfg.data.prepared_dir} was tokenized with a different tokenizer than {model_dir}. "
+            f"Point data.prepared_dir at the data the model was trained on (or prepare again with model.tokenizer={model_dir})"
+        )
+
+    gen = cfg.eval.generation
+    n = len(records)
+    predictions: list[str] = [""] * n
+    pred_tokens: list[int] = [0] * n
+    t0 = time.perf_counter()
+    done = 0
+    for idx, texts, counts in generate_batches(model, tokenizer, sequences, gen, device):
+        for i, text, c in zip(idx, texts, counts):
+            predictions[i] = text
+            pred_tokens[i] = c
+        done += len(idx)
+        log.info("generated %d/%d threads", done, n)
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+
+    references = [r.get("summary") or "" for r in records]
+    model_scores = M.rouge_scores(predictions, references)
+    baseline_texts = M.baseline_predictions(records, k=cfg.eval.lead_k)
+    baseline_scores = {name: M.rouge_scores(texts, references) for name, texts in baseline_texts.items()}
+    B, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
+    source_tokens = [int(r.get("source_tokens") or len(s)) for r, s in zip(records, sequences)]
+
+    result: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "split": split,
+        "n_threads": n,
+        "model": M.summarize_scores(model_scores, B, seed),
+        "baselines": {name: M.summarize_scores(s, B, seed) for name, s in baseline_scores.items()},
+        "lengths": {
+            "prediction_words": M.length_stats(M.word_count(p) for p in predictions),
+            "reference_words": M.length_stats(M.word_count(r) for r in references),
+            "prediction_tokens": M.length_stats(pred_tokens),
+            "source_tokens": M.length_stats(source_tokens),
+            **{f"{name}_words": M.length_stats(M.word_count(t) for t in texts) for name, texts in baseline_texts.items()},
+        },
+        "empty_predictions": sum(1 for p in predictions if not p.strip()),
+        "speed": {
+            "seconds": seconds,
+            "threads_per_s": n / seconds if seconds > 0 else float("inf"),
+            "generated_tokens_per_s": sum(pred_tokens) / seconds if seconds > 0 else float("inf"),
+        },
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "generation": gen.model_dump(),
+        "bootstrap_samples": B,
+        "lead_k": cfg.eval.lead_k,
+    }
+
+    with (out / "predictions.jsonl").open("w", encoding="utf-8") as fh:
+        for i, r in enumerate(records):
+            fh.write(json.dumps({
+                "thread_id": r["thread_id"], "reference": references[i], "prediction": predictions[i],
+                "rougeL": round(float(model_scores["rougeL"][i]), 6), "source_tokens": source_tokens[i],
+                "prediction_tokens": pred_tokens[i],
+            }, ensure_ascii=False) + "\n")
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+
+    rows = [{
+        "thread_id": r["thread_id"], "source_tokens": source_tokens[i],
+        "prediction_words": M.word_count(predictions[i]), "reference_words": M.word_count(references[i]),
+        "prediction": predictions[i], "reference": references[i],
+        **{k: float(model_scores[k][i]) for k in M.ROUGE_KEYS},
+        **{f"{name}.{k}": float(s[k][i]) for name, s in baseline_scores.items() for k in M.ROUGE_KEYS},
+    } for i, r in enumerate(records)]
+    metrics_file = run_dir / "metrics.jsonl" if run_dir is not None else None
+    write_report(result, rows, out, metrics_file if metrics_file is not None and metrics_file.exists() else None)
+    return result
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def evaluate_command(cfg: Config, model_dir: str, split: str = "test", output_dir: Optional[str] = None) -> dict:
+    """Run ``evaluate`` and print the model against the baselines."""
+    from rich.console import Console
+    from rich.table import Table
+
+    result = evaluate(cfg, model_dir, split=split, output_dir=output_dir)
+    console = Console()
+    table = Table(title=f"ROUGE F1 x100 on '{split}' ({result['n_threads']} threads, 95% bootstrap CI)")
+    table.add_column("system")
+    for k in M.ROUGE_KEYS:
+        table.add_column(k, justify="right")
+    table.add_column("words", justify="right")
+
+    def cells(scores: dict) -> list[str]:
+        return [f"{100 * s['mean']:.2f} [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]" for s in (scores[k] for k in M.ROUGE_KEYS)]
+
+    table.add_row("model", *cells(result["model"]), f"{result['lengths']['prediction_words'].get('mean', 0):.0f}", style="bold")
+    for name, scores in result["baselines"].items():
+        table.add_row(f"baseline: {name}", *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")
+    console.print(table)
+    sp = result["speed"]
+    out = Path(output_dir) if output_dir else default_output_dir(model_dir, split)
+    console.print(f"reference words: {result['lengths']['reference_words'].get('mean', 0):.0f} mean; "
+                  f"speed: {sp['threads_per_s']:.2f} threads/s, {sp['generated_tokens_per_s']:.0f} generated tokens/s "
+                  f"on {result['device']} ({result['dtype']})")
+    console.print(f"report: {out / 'report.md'}")
+    return result

@@ -1,0 +1,203 @@
+"""Micro-batching of concurrent requests into one generation call.
+
+Beam search on a GPU (and even on a CPU for small models) costs almost the same for 16 threads as
+for one, so requests that arrive within ``max_wait_ms`` of each other are generated together, up
+to ``max_batch_size`` threads. Generation runs in one dedicated worker thread: the event loop keeps
+accepting, validating and answering requests (health checks included) while the model works, and
+only one generation uses the device at a time. Admission is bounded: when more than
+``queue_size`` threads are accepted but not yet answered, new work is refused with ``QueueFullError``
+(the service answers 503 with Retry-After) instead of growing latency without limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+log = logging.getLogger("threadsum.serve")
+
+GenerateFn = Callable[[Sequence[str]], list[str]]
+
+
+class QueueFullError(RuntimeError):
+    """Too many threads are waiting; retry after ``retry_after`` seconds."""
+
+    def __init__(self, pending: int, limit: int, retry_after: int):
+        super().__init__(
+            f"the service is at capacity ({pending} threads pending, serve.queue_size={limit}); "
+            f"retry after {retry_after} s"
+        )
+        self.retry_after = retry_after
+
+
+class BatcherStoppedError(RuntimeError):
+    """The batcher is not running (starting up or shutting down)."""
+
+
+@dataclass
+class _Item:
+    text: str
+    future: asyncio.Future
+    arrived: float
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    threads: int = 0
+    failed_batches: int = 0
+    max_batch_seen: int = 0
+    ewma_batch_s: float = 0.0
+    busy_s: float = 0.0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def record(self, size: int, seconds: float) -> None:
+        self.batches += 1
+        self.threads += size
+        self.busy_s += seconds
+        self.max_batch_seen = max(self.max_batch_seen, size)
+        self.sizes[size] = self.sizes.get(size, 0) + 1
+        # a short memory (alpha 0.3) so Retry-After follows load changes within a few batches
+        self.ewma_batch_s = seconds if self.batches == 1 else 0.7 * self.ewma_batch_s + 0.3 * seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "threads": self.threads,
+            "failed_batches": self.failed_batches,
+            "mean_batch_size": round(self.threads / self.batches, 2) if self.batches else 0.0,
+            "max_batch_size_seen": self.max_batch_seen,
+            "mean_batch_seconds": round(self.busy_s / self.batches, 4) if self.batches else 0.0,
+        }
+
+
+class MicroBatcher:
+    """Collects texts from concurrent ``submit`` calls into batches for ``generate``."""
+
+    def __init__(self, generate: GenerateFn, max_batch_size: int, max_wait_ms: float, queue_size: int):
+        self.generate = generate
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.queue_size = queue_size
+        self.stats = BatcherStats()
+        self._items: deque[_Item] = deque()
+        self._pending = 0  # accepted and not yet answered (queued + generating)
+        self._has_items: Optional[asyncio.Event] = None
+        self._full: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+        # one thread: generations never overlap, so device memory holds one batch at a time
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadsum-generate")
+
+    # ---- lifecycle
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    async def start(self) -> None:
+        self._has_items = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task = asyncio.create_task(self._worker(), name="threadsum-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._items:
+            item = self._items.popleft()
+            if not item.future.done():
+                item.future.set_exception(BatcherStoppedError("the service is shutting down; retry shortly"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run_in_worker(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the generation thread (e.g. a warm-up), serialized with batches."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # ---- admission
+    def retry_after(self) -> int:
+        batches_ahead = math.ceil((self._pending + 1) / self.max_batch_size)
+        estimate = (self.stats.ewma_batch_s or 1.0) * batches_ahead
+        return int(min(60, max(1, math.ceil(estimate))))
+
+    async def submit(self, texts: Sequence[str]) -> list[str]:
+        """Summaries of ``texts`` in order; raises QueueFullError when over capacity."""
+        if not self.running:
+            raise BatcherStoppedError("the model worker is not running yet; retry shortly")
+        n = len(texts)
+        if n == 0:
+            return []
+        if self._pending + n > self.queue_size:
+            raise QueueFullError(self._pending, self.queue_size, self.retry_after())
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        items = [_Item(t, loop.create_future(), now) for t in texts]
+        self._pending += n
+        self._items.extend(items)
+        self._has_items.set()
+        if len(self._items) >= self.max_batch_size:
+            self._full.set()
+        # a client that disconnects cancels these futures; the worker then skips its items
+        return list(await asyncio.gather(*(i.future for i in items)))
+
+    # ---- the worker
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._has_items.wait()
+            if not self._items:
+                self._has_items.clear()
+                continue
+            # wait for company, measured from the oldest item's arrival: requests that queued
+            # up during the previous generation have already waited and go at once
+            timeout = self._items[0].arrived + self.max_wait_s - loop.time()
+            if len(self._items) < self.max_batch_size and timeout > 0:
+                try:
+                    await asyncio.wait_for(self._full.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+            batch = [self._items.popleft() for _ in range(min(self.max_batch_size, len(self._items)))]
+            if not self._items:
+                self._has_items.clear()
+            if len(self._items) < self.max_batch_size:
+                self._full.clear()
+            live = [i for i in batch if not i.future.done()]
+            try:
+                if live:
+                    await self._run_batch(live)
+            finally:
+                self._pending -= len(batch)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [i.text for i in batch]
+        t0 = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.generate, texts)
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"generate returned {len(outputs)} summaries for {len(batch)} texts")
+        except Exception as exc:  # noqa: BLE001 - isolate the failing input below
+            self.stats.failed_batches += 1
+            log.error("generation of a batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc)
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # one bad input must not fail its neighbours: retry one at a time
+            for item in batch:
+                await self._run_batch([item])
+            return
+        self.stats.record(len(batch), time.perf_counter() - t0)
+        for item, out in zip(batch, outputs):
+            if not item.future.done():
+                item.future.set_result(out)

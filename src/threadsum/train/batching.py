@@ -1,0 +1,219 @@
+"""Token-budget, length-bucketed batching (like fairseq's ``--max-tokens``) and collation.
+
+A micro-batch holds as many threads as fit ``max_tokens`` *padded* tokens (source + target, each
+padded to the longest member rounded up to ``pad_to_multiple_of``), so short threads travel in big
+batches and long ones in small batches, and padding stays small because members have similar lengths.
+
+Order per epoch (deterministic from ``seed`` and the epoch number, so it can be rebuilt on resume):
+shuffle all indices, stable-sort them by padded length (the shuffle breaks ties randomly), cut the
+sorted list into micro-batches under the budget, then shuffle the micro-batch order.
+
+The sampler is one endless stream over epochs: an optimizer step takes ``accumulation`` micro-batches
+per rank; its position is ``(epoch, cursor)`` and nothing else, so resuming mid-epoch is exact.
+Rank sharding: a step consumes ``accumulation * world_size`` micro-batches and rank r takes every
+world_size-th of them, so every rank runs the same number of micro-batches per optimizer step
+(required by DDP, whose gradient all-reduce is collective).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+SAMPLER_EPOCH = "epoch"
+SAMPLER_CURSOR = "cursor"
+SAMPLER_FINGERPRINT = "fingerprint"
+
+
+def round_up(n: int, multiple: int) -> int:
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+def padded_cost(src_lens: Sequence[int], tgt_lens: Sequence[int], multiple: int) -> int:
+    """Padded tokens (source + target) of a micro-batch made of these members."""
+    if not len(src_lens):
+        return 0
+    return len(src_lens) * (round_up(max(src_lens), multiple) + round_up(max(tgt_lens), multiple))
+
+
+def plan_micro_batches(
+    src_lens: np.ndarray,
+    tgt_lens: np.ndarray,
+    max_tokens: int,
+    max_batch_size: int,
+    multiple: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+) -> list[list[int]]:
+    """Cut one epoch into micro-batches under the padded token budget (see module docstring).
+
+    A single thread longer than the budget gets a micro-batch of its own (it cannot be split).
+    """
+    n = len(src_lens)
+    order = np.arange(n)
+    if shuffle:
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(n)
+    # sort by padded source length, then target: members of a batch pad to nearly the same shape
+    key_src = np.array([round_up(int(x), multiple) for x in src_lens])[order]
+    key_tgt = np.array([round_up(int(x), multiple) for x in tgt_lens])[order]
+    order = order[np.lexsort((key_tgt, key_src))]
+
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    max_s = max_t = 0
+    for idx in order.tolist():
+        s, t = round_up(int(src_lens[idx]), multiple), round_up(int(tgt_lens[idx]), multiple)
+        ns, nt = max(max_s, s), max(max_t, t)
+        if cur and ((len(cur) + 1) * (ns + nt) > max_tokens or len(cur) >= max_batch_size):
+            batches.append(cur)
+            cur, ns, nt = [], s, t
+        cur.append(idx)
+        max_s, max_t = ns, nt
+    if cur:
+        batches.append(cur)
+    if shuffle:
+        random.Random(f"{seed}-{epoch}-batches").shuffle(batches)
+    return batches
+
+
+def split_micro_batch(indices: list[int], src_lens, tgt_lens, max_tokens: int, multiple: int) -> list[list[int]]:
+    """Split a micro-batch into contiguous pieces of at most ``max_tokens`` padded tokens each
+    (pieces of one member when a member alone exceeds it). Used by the OOM back-off."""
+    # sorted by length, neighbours pad alike, so pieces waste little
+    members = sorted(indices, key=lambda i: (src_lens[i], tgt_lens[i]))
+    pieces: list[list[int]] = []
+    cur: list[int] = []
+    for idx in members:
+        cand = cur + [idx]
+        if cur and padded_cost([src_lens[i] for i in cand], [tgt_lens[i] for i in cand], multiple) > max_tokens:
+            pieces.append(cur)
+            cand = [idx]
+        cur = cand
+    if cur:
+        pieces.append(cur)
+    return pieces
+
+
+def halve(indices: list[int], src_lens, tgt_lens) -> list[list[int]]:
+    members = sorted(indices, key=lambda i: (src_lens[i], tgt_lens[i]))
+    mid = len(members) // 2
+    return [members[:mid], members[mid:]]
+
+
+@dataclass
+class TokenBudgetSampler:
+    """Endless stream of micro-batches over epochs; ``next_step()`` returns this rank's share of one
+    optimizer step. ``state_dict()`` / ``load_state_dict()`` make it resumable mid-epoch."""
+
+    src_lens: np.ndarray
+    tgt_lens: np.ndarray
+    max_tokens: int
+    max_batch_size: int
+    pad_to_multiple_of: int
+    seed: int
+    accumulation: int = 1
+    rank: int = 0
+    world_size: int = 1
+    shuffle: bool = True
+    epoch: int = 0
+    cursor: int = 0
+
+    def __post_init__(self) -> None:
+        self._epoch_batches: list[list[int]] | None = None
+        self._epoch_of_batches = -1
+
+    # ---- shape of an epoch
+    def batches_for_epoch(self, epoch: int) -> list[list[int]]:
+        if self._epoch_of_batches != epoch:
+            self._epoch_batches = plan_micro_batches(
+                self.src_lens, self.tgt_lens, self.max_tokens, self.max_batch_size,
+                self.pad_to_multiple_of, self.seed, epoch, self.shuffle,
+            )
+            self._epoch_of_batches = epoch
+        return self._epoch_batches  # type: ignore[return-value]
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Global micro-batches one optimizer step consumes (all ranks)."""
+        return self.accumulation * self.world_size
+
+    def steps_per_epoch(self) -> float:
+        return len(self.batches_for_epoch(0)) / self.micro_batches_per_step
+
+    # ---- stream
+    def next_step(self) -> list[list[int]]:
+        """This rank's micro-batches of the next optimizer step (advances the position)."""
+        taken: list[list[int]] = []
+        while len(taken) < self.micro_batches_per_step:
+            batches = self.batches_for_epoch(self.epoch)
+            if self.cursor >= len(batches):
+                self.epoch += 1
+                self.cursor = 0
+                continue
+            taken.append(batches[self.cursor])
+            self.cursor += 1
+        return taken[self.rank :: self.world_size]
+
+    @property
+    def fractional_epoch(self) -> float:
+        return self.epoch + self.cursor / max(1, len(self.batches_for_epoch(self.epoch)))
+
+    def fingerprint(self) -> str:
+        """Identifies the batching: resuming with another one would silently change the data order."""
+        return (f"n={len(self.src_lens)},sum={int(np.sum(self.src_lens)) + int(np.sum(self.tgt_lens))},"
+                f"max_tokens={self.max_tokens},bs={self.max_batch_size},mult={self.pad_to_multiple_of},"
+                f"seed={self.seed},accum={self.accumulation},world={self.world_size}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {SAMPLER_EPOCH: self.epoch, SAMPLER_CURSOR: self.cursor, SAMPLER_FINGERPRINT: self.fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state[SAMPLER_EPOCH])
+        self.cursor = int(state[SAMPLER_CURSOR])
+
+
+def collate(
+    input_ids: list[list[int]],
+    labels: list[list[int]],
+    pad_id: int,
+    decoder_start_id: int,
+    multiple: int,
+) -> dict[str, Any]:
+    """Pad a micro-batch to lengths rounded up to ``multiple``; build BART's shifted decoder input.
+
+    Returns tensors plus ``n_label_tokens`` (the loss denominator) and ``n_real_tokens`` (source +
+    target tokens that are not padding: the honest throughput numerator).
+    """
+    import torch
+
+    b = len(input_ids)
+    ls = round_up(max(len(x) for x in input_ids), multiple)
+    lt = round_up(max(len(y) for y in labels), multiple)
+    src = torch.full((b, ls), pad_id, dtype=torch.long)
+    att = torch.zeros((b, ls), dtype=torch.long)
+    lab = torch.full((b, lt), -100, dtype=torch.long)
+    dec = torch.full((b, lt), pad_id, dtype=torch.long)
+    n_src = n_lab = 0
+    for i, (x, y) in enumerate(zip(input_ids, labels)):
+        src[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+        att[i, : len(x)] = 1
+        lab[i, : len(y)] = torch.as_tensor(y, dtype=torch.long)
+        # teacher forcing: decoder sees [start] + labels[:-1]
+        dec[i, 0] = decoder_start_id
+        if len(y) > 1:
+            dec[i, 1 : len(y)] = torch.as_tensor(y[:-1], dtype=torch.long)
+        n_src += len(x)
+        n_lab += len(y)
+    return {
+        "input_ids": src,
+        "attention_mask": att,
+        "decoder_input_ids": dec,
+        "labels": lab,
+        "n_label_tokens": n_lab,
+        "n_real_tokens": n_src + n_lab,
+        "n_padded_tokens": b * (ls + lt),
+    }
