@@ -172,7 +172,11 @@ def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrai
     if cfg.gradient_checkpointing:
         # the KV cache is useless during teacher-forced training and conflicts with recomputation
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers v5 renames gradient_checkpointing_enable -> activation_checkpointing_enable
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers < 5
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.lora.enabled:
