@@ -146,6 +146,12 @@ def train(
 
         raise typer.Exit(_run(launch_torchrun, config, (overrides or []) + extra, nproc))
     cfg = _load(config, (overrides or []) + extra)
+    if cfg.train.auto_fit:
+        from threadsum.train.memory import apply_auto_fit
+
+        cfg, fit, fit_plan = _run(apply_auto_fit, cfg, "auto")
+        console.print(f"auto-fit on {fit_plan.device.name}: {' '.join(fit) or 'config already fits'} "
+                      f"(predicted peak {fit_plan.peak / 2**30:.1f} GiB)")
     from threadsum.train.loop import train_command
 
     raise typer.Exit(_run(train_command, cfg) or 0)
@@ -208,15 +214,16 @@ def serve(
 def plan(
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
-    device: str = typer.Option("auto", "--device", "-d", help="GPU name (t4, v100-16, a10g, l4, a100-40, a100-80, h100, h200), cpu:<GB>, or auto."),
-    cost: bool = typer.Option(False, "--cost", help="Estimate epoch time and money per SageMaker instance type."),
-    spot_discount: Optional[float] = typer.Option(None, "--spot-discount", help="Fraction saved by spot (default from the price file)."),
+    device: str = typer.Option("auto", "--device", "-d", help="GPU name (t4, v100-16, v100-32, a10g, l4, a100-40, a100-80, h100, h200), cpu, cpu:<GB>, or auto (this machine)."),
+    cost: bool = typer.Option(False, "--cost", help="Also estimate epoch time and money per SageMaker instance type (on-demand and spot)."),
+    ranks: int = typer.Option(1, "--ranks", help="FSDP ranks the model state is sharded over."),
+    offload: bool = typer.Option(False, "--offload", help="FSDP CPU offload of parameters and optimizer state."),
 ) -> None:
-    """Predict peak memory (with breakdown), what fits a device, and time/cost per epoch."""
+    """Predict peak memory (with breakdown), the options that fit a device, and time/cost per epoch."""
     cfg = _load(config, overrides)
-    from threadsum.train.memory import plan_command
+    from threadsum.train.cost import plan_command
 
-    _run(plan_command, cfg, device=device, cost=cost, spot_discount=spot_discount)
+    _run(plan_command, cfg, device=device, cost=cost, ranks=ranks, cpu_offload=offload)
 
 
 @runs_app.callback()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -163,15 +164,21 @@ def test_logs_reads_every_host_stream(aws):
         logs.create_log_group(logGroupName=sm.LOG_GROUP)
     except logs.exceptions.ResourceAlreadyExistsException:
         pass
+    now_ms = int(time.time() * 1000)  # CloudWatch drops events older than 14 days
     for host, lines in {"algo-1": ["step 10 loss 5.1", "step 20 loss 4.2"], "algo-2": ["worker ready"]}.items():
         stream = f"it-logs/{host}-1700000000"
         logs.create_log_stream(logGroupName=sm.LOG_GROUP, logStreamName=stream)
         logs.put_log_events(logGroupName=sm.LOG_GROUP, logStreamName=stream,
-                            logEvents=[{"timestamp": 1700000000000 + i, "message": m} for i, m in enumerate(lines)])
+                            logEvents=[{"timestamp": now_ms + i, "message": m} for i, m in enumerate(lines)])
     out = io.StringIO()
     # follow on a finished job prints everything once, then returns
-    n = sm.logs("it-logs", follow=True, region=REGION, out=out)
+    n = sm.logs("it-logs", follow=True, region=REGION, out=out, poll_seconds=0.05)
     assert n == 3
     text = out.getvalue()
     assert "[algo-1-1700000000] step 10 loss 5.1" in text and "[algo-2-1700000000] worker ready" in text
     assert text.index("step 10") < text.index("step 20")
+
+
+def test_logs_before_any_job_logged(aws):
+    # a region where no job has logged yet has no log group at all: that is "no lines", not an error
+    assert sm.logs("it-quiet", follow=False, region="eu-west-3", out=io.StringIO()) == 0

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import resource
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,15 @@ def tiny_cfg(prepared: Path, **track) -> Config:
     })
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # on a shared 2-core machine two spinning intra-op threads make tiny-model generation ~8x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
@@ -109,7 +119,7 @@ def test_evaluate_writes_predictions_metrics_and_report(world, capsys):
     out = model_dir.parent / "eval-test"  # default: beside the model dir
 
     preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    test_ids = [json.loads(line)["thread_id"] for line in (cfg.data.prepared_dir and Path(cfg.data.prepared_dir) / "threads" / "test.jsonl").read_text().splitlines()]
+    test_ids = [json.loads(line)["thread_id"] for line in (Path(cfg.data.prepared_dir) / "threads" / "test.jsonl").read_text().splitlines()]
     assert [p["thread_id"] for p in preds] == test_ids  # dataset order, not the length-sorted order
     assert all(p["reference"].startswith("The email thread discusses") for p in preds)
     assert all(isinstance(p["prediction"], str) for p in preds)
@@ -133,7 +143,7 @@ def test_evaluate_writes_predictions_metrics_and_report(world, capsys):
         assert (out / png).stat().st_size > 1000, png
         assert f"]({png})" in report
     table = capsys.readouterr().out
-    assert "baseline: first_email" in table and "model" in table
+    assert "first_email" in table and "lead3" in table and "model vs baselines" in table
     # no run.json beside the model: the evaluation is a run of its own (JSON record, MLflow off)
     rec = json.loads((out / "run.json").read_text())
     assert rec["kind"] == "evaluate" and rec["status"] == "FINISHED"
@@ -161,14 +171,9 @@ def test_evaluate_rejects_data_from_another_tokenizer(world, tmp_path):
 
 def _live_tensors() -> int:
     gc.collect()
-    n = 0
-    for o in gc.get_objects():
-        try:
-            if isinstance(o, torch.Tensor):
-                n += 1
-        except ReferenceError:
-            pass
-    return n
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance() on torch's deprecated module attributes warns
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
 
 
 def test_generation_memory_stays_flat(world):
@@ -177,11 +182,11 @@ def test_generation_memory_stays_flat(world):
     from transformers import AutoModelForSeq2SeqLM
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).eval()
-    # a wide vocabulary makes kept logits expensive: 4 beams x 4 rows x 12 steps x 50k x 4 B = 38 MB a batch
-    model.resize_token_embeddings(50_000)
+    # a wide vocabulary makes kept scores expensive: 4 beams x 4 rows x 12 steps x 20k x 4 B = 15 MB a batch
+    model.resize_token_embeddings(20_000, mean_resizing=False)
     gen = cfg.eval.generation.model_copy(update={"num_beams": 4, "min_new_tokens": 12, "max_new_tokens": 12, "batch_size": 4})
     rng = random.Random(1)
-    seqs = [[0] + [rng.randrange(5, len(tok)) for _ in range(rng.randint(40, 80))] + [2] for _ in range(80)]
+    seqs = [[0] + [rng.randrange(5, len(tok)) for _ in range(rng.randint(20, 40))] + [2] for _ in range(40)]
     dev = torch.device("cpu")
 
     for _ in generate_batches(model, tok, seqs[:8], gen, dev):  # warm-up: allocator pools, peak
@@ -192,12 +197,13 @@ def test_generation_memory_stays_flat(world):
     for idx, texts, counts in generate_batches(model, tok, seqs, gen, dev):
         n += len(idx)
     after_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    assert n == 80
+    assert n == 40
     assert _live_tensors() - before_tensors <= 2
-    # 20 batches of kept logits would add ~750 MB; allow allocator noise
-    assert (after_rss - before_rss) / 1024 < 120, f"peak RSS grew by {(after_rss - before_rss) / 1024:.0f} MB"
+    # 10 batches of kept scores would add ~150 MB (measured: +15 MB a batch); allow allocator noise
+    assert (after_rss - before_rss) / 1024 < 60, f"peak RSS grew by {(after_rss - before_rss) / 1024:.0f} MB"
 
 
+@pytest.mark.slow
 def test_evaluation_lands_on_the_training_run_in_mlflow(world, tmp_path):
     """A model inside a run folder: eval metrics go onto that run (JSON and MLflow), status untouched."""
     pytest.importorskip("mlflow")

@@ -167,6 +167,7 @@ def test_instance_type_from_config_then_default(prepared, fake_creds):
     assert res["instance_source"] == "sagemaker.instance_type"
     res = _dry(_cfg(prepared))
     assert res["request"]["ResourceConfig"]["InstanceType"]  # planner pick or the documented default
+    assert res["instance_source"] == "default" or res["instance_source"].startswith("planner")
     if res["instance_source"] == "default":
         assert res["request"]["ResourceConfig"]["InstanceType"] == sm.DEFAULT_INSTANCE_TYPE
 

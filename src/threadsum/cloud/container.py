@@ -28,8 +28,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -259,7 +261,21 @@ def _write_failure(env: SageMakerEnv, message: str) -> None:
 
 def _run(cmd: list[str], child_env: dict[str, str], env: SageMakerEnv, what: str) -> None:
     print(f"[threadsum] {what}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.run(cmd, env=child_env, check=False).returncode
+    proc = subprocess.Popen(cmd, env=child_env)
+    # SageMaker (stop, spot reclaim) signals this process only: pass SIGTERM/SIGINT on so the
+    # training loop can finish its step and checkpoint instead of being cut off
+    forwarded: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        def forward(signum, _frame):
+            if proc.poll() is None:
+                proc.send_signal(signum)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            forwarded[sig] = signal.signal(sig, forward)
+    try:
+        rc = proc.wait()
+    finally:
+        for sig, old in forwarded.items():
+            signal.signal(sig, old)
     if rc != 0:
         msg = f"`threadsum {what}` exited with status {rc}; see the CloudWatch log of this job"
         _write_failure(env, msg)

@@ -572,10 +572,11 @@ def iter_log_events(
 
 
 @_aws_errors("logs")
-def logs(job: str, *, follow: bool = False, region: Optional[str] = None, out: TextIO = sys.stdout, **clients) -> int:
-    """Print the job's log lines; returns how many were printed."""
+def logs(job: str, *, follow: bool = False, region: Optional[str] = None, out: TextIO = sys.stdout,
+         poll_seconds: float = 5.0, **clients) -> int:
+    """Print the job's log lines ('[host] message'); returns how many were printed."""
     n = 0
-    for stream, message in iter_log_events(job, follow=follow, region=region, **clients):
+    for stream, message in iter_log_events(job, follow=follow, region=region, poll_seconds=poll_seconds, **clients):
         host = stream.split("/", 1)[1] if "/" in stream else stream
         out.write(f"[{host}] {message.rstrip()}\n")
         out.flush()

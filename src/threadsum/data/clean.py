@@ -21,9 +21,9 @@ with the config saved next to the model), so what the model saw in training is w
 """
 from __future__ import annotations
 
+import copy
 import re
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from threadsum.data.types import Email, Thread
@@ -38,7 +38,8 @@ DUPLICATE_SHARE = 0.8  # a quote is a duplicate when this share of its shingles 
 _QP_SOFT = re.compile(r"=\r?\n")
 _QP_HEX = re.compile(r"=(09|20|3D|A0|92|93|94|96|97)")
 _QP_MAP = {"09": "\t", "20": " ", "3D": "=", "A0": " ", "92": "'", "93": '"', "94": '"', "96": "-", "97": "-"}
-_QP_HINT = re.compile(r"=(?:09|20|3D)|=\r?\n")
+# tabs as =09, soft breaks, or =20 closing a line: plain text like 'price=20' is not a hint
+_QP_HINT = re.compile(r"=09|=\r?\n|=20\r?$", re.M)
 
 
 def decode_qp_artifacts(text: str) -> str:
@@ -73,8 +74,14 @@ class Segment:
         return "\n".join(self.marker + self.header + self.content)
 
 
+_CANDIDATE = re.compile(r"Original Message|Forwarded by|wrote:|From:", re.I)
+
+
 def _starts_segment(lines: list[str], i: int) -> Optional[str]:
     line = lines[i]
+    nxt = lines[i + 1] if i + 1 < len(lines) else ""
+    if not _CANDIDATE.search(line) and "/" not in nxt[:12]:
+        return None  # fast path: most lines are plain text
     if _ORIG.match(line):
         return "original"
     if _FWD.match(line):
@@ -132,15 +139,22 @@ def segment_body(body: str) -> list[Segment]:
                 header.append(h)
                 in_list = bool(re.match(r"^\s*(To|Cc|Bcc)\s*:", h, re.I))
                 j += 1
-            elif in_list and h.strip() and not _starts_segment(lines, j):
+                continue
+            if in_list and h.strip() and not _LOTUS_DATE.match(h) and not _starts_segment(lines, j):
                 header.append(h)
                 j += 1
-            elif not h.strip() and not header and kind == "lotus":
-                j += 1
-            else:
-                break
+                continue
+            # Lotus puts blank and date lines between its header lines
+            k = j
+            while k < n and k - j < 6 and (not lines[k].strip() or _LOTUS_DATE.match(lines[k])):
+                k += 1
+            if k > j and k < n and _HDR.match(lines[k]):
+                header.extend(x for x in lines[j:k] if x.strip())
+                j = k
+                continue
+            break
         if header:
-            seg.header = lines[i:j] if kind != "lotus" else [x for x in lines[i:j] if x.strip()]
+            seg.header = header
             i = j
         segs.append(seg)
     return [s for s in segs if s.kind != "own" or any(x.strip() for x in s.content) or s is segs[0]]
@@ -161,7 +175,7 @@ def _words(text: str) -> list[str]:
 def _shingles(words: list[str]) -> set:
     if len(words) < SHINGLE:
         return {tuple(words)} if words else set()
-    return {hash(tuple(words[k:k + SHINGLE])) for k in range(len(words) - SHINGLE + 1)}
+    return set(zip(words, words[1:], words[2:], words[3:], words[4:]))  # SHINGLE == 5, built in C
 
 
 class _Pool:
@@ -226,7 +240,7 @@ def _collapse_header(seg: Segment, keep: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- names
-_ENRON_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z'\-\. ]*?),\s+([A-Za-z][A-Za-z'\-\. ]*?)\s*$")
+_ENRON_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z'\-\. ]*?),\s+([A-Za-z][A-Za-z0-9'\-\. ]*?)\s*$")
 
 
 def normalize_name(name: str) -> str:
@@ -256,24 +270,32 @@ _DISCLAIMER_HITS = ("property of enron", "intended recipient", "confidential and
 
 
 def strip_signature(text: str) -> str:
-    lines = text.split("\n")
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if _MOBILE.match(line):
-            if out and re.fullmatch(r"\s*-{5,}\s*", out[-1]):
-                out.pop()
+    """Remove '-- ' signature blocks, mobile footers and legal disclaimer paragraphs."""
+    if "Sent " in text or "\n--" in text:
+        lines = text.split("\n")
+        out: list[str] = []
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("Sent") and _MOBILE.match(line):
+                if out and re.fullmatch(r"\s*-{5,}\s*", out[-1]):
+                    out.pop()
+                i += 1
+                continue
+            if line in ("-- ", "--"):
+                # the block up to the next blank line, when it is signature-sized (<= 6 lines)
+                k = i + 1
+                while k < len(lines) and lines[k].strip() and k - i <= 7:
+                    k += 1
+                if k - i <= 7:
+                    i = k
+                    continue
+            out.append(line)
             i += 1
-            continue
-        if line in ("-- ", "--") :
-            rest = lines[i + 1:]
-            tail = [x for x in rest if x.strip()]
-            if len(tail) <= 6:  # a signature block, not a separator in the middle of text
-                break
-        out.append(line)
-        i += 1
-    text = "\n".join(out)
+        text = "\n".join(out)
+    low = text.lower()
+    if not any(h in low for h in _DISCLAIMER_HITS) and "*****" not in text:
+        return text
     # legal disclaimers: whole paragraphs with at least two of the well-known phrases
     paras = re.split(r"(\n\s*\n)", text)
     kept = []
@@ -287,45 +309,82 @@ def strip_signature(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- stats
-def _measure(emails: list[Email]) -> tuple[int, int]:
-    chars = words = 0
-    for e in emails:
-        chars += len(e.body) + len(e.sender) + sum(len(r) for r in e.recipients)
-        words += len(e.body.split()) + len(e.sender.split()) + sum(len(r.split()) for r in e.recipients)
-    return chars, words
-
-
 def new_stats() -> dict[str, Any]:
-    return {"threads": 0, "emails_in": 0, "emails_out": 0, "duplicate_emails": 0,
+    return {"threads": 0, "emails_in": 0, "emails_out": 0, "duplicate_emails": 0, "dropped": [],
             "quoted_blocks": {"removed": 0, "kept_unique": 0},
             "steps": {s: {"chars_before": 0, "chars_after": 0, "words_before": 0, "words_after": 0,
                           "emails_changed": 0, "enabled": False} for s in STEPS}}
 
 
+class _Meter:
+    """Characters and whitespace words of the emails; memoized because most steps change few emails."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, tuple[int, int]] = {}
+
+    def text(self, s: str) -> tuple[int, int]:
+        got = self.memo.get(s)
+        if got is None:
+            got = self.memo[s] = (len(s), len(s.split()))
+        return got
+
+    def __call__(self, emails: list[Email]) -> tuple[int, int]:
+        chars = words = 0
+        for e in emails:
+            for part in (e.body, e.sender, *e.recipients):
+                c, w = self.text(part)
+                chars += c
+                words += w
+        return chars, words
+
+
 # --------------------------------------------------------------------------------- the steps
-def _step_quoted(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict) -> list[Email]:
+def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict
+                 ) -> tuple[list[str], list[str]]:
+    """Bodies after quote removal, and after quote removal + header collapsing (one segmentation)."""
     segmented = [segment_body(e.body) for e in emails]
     pool = _Pool()
-    for segs in segmented:
-        for s in segs:
-            if not s.quoted:
-                pool.add(_words("\n".join(s.content)))
-    out = []
+    if remove:
+        for segs in segmented:
+            for s in segs:
+                if not s.quoted:
+                    pool.add(_words("\n".join(s.content)))
+    removed, collapsed = [], []
     for e, segs in zip(emails, segmented):
+        if not any(s.quoted for s in segs):
+            removed.append(e.body)
+            collapsed.append(e.body)
+            continue
         kept: list[Segment] = []
         for s in segs:
             if s.quoted and remove:
-                words = _words("\n".join(x.lstrip("> ") for x in s.content))
-                if pool.contains(words):
+                # paragraph by paragraph: a quote often mixes copies of thread emails with unique text
+                paras = re.split(r"\n\s*\n", "\n".join(s.content))
+                unique = []
+                for para in paras:
+                    words = _words(re.sub(r"(?m)^\s*>+", " ", para) if ">" in para else para)
+                    if not pool.contains(words):
+                        unique.append(para)
+                        pool.add(words)
+                if not unique:
                     stats["quoted_blocks"]["removed"] += 1
                     continue
                 stats["quoted_blocks"]["kept_unique"] += 1
-                pool.add(words)
-            if s.quoted and collapse and (s.header or s.kind in ("forward", "lotus", "original")):
-                s = Segment(s.kind, marker=_collapse_header(s, keep), header=[], content=s.content)
+                if len(unique) < len(paras):
+                    s = Segment(s.kind, s.marker, s.header, "\n\n".join(unique).split("\n"))
             kept.append(s)
-        out.append(replace(e, body=join_segments(kept)))
-    return out
+        removed.append(join_segments(kept) if remove else e.body)
+        if collapse:
+            kept = [Segment(s.kind, marker=_collapse_header(s, keep), header=[], content=s.content)
+                    if s.quoted and (s.header or s.kind in ("forward", "lotus", "original")) else s for s in kept]
+        collapsed.append(join_segments(kept))
+    return removed, collapsed
+
+
+def _whitespace(body: str) -> str:
+    body = re.sub(r"[ \t\f\v\r]+", " ", body)
+    body = re.sub(r" ?\n ?", "\n", body)
+    return re.sub(r"\n{3,}", "\n\n", body).strip()
 
 
 def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:
@@ -334,35 +393,41 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     if not st:
         st.update(new_stats())
     c = clean_cfg
-    emails = [replace(e, recipients=list(e.recipients), cc=list(e.cc)) for e in thread.emails]
+    emails = [copy.copy(e) for e in thread.emails]  # private copies: steps assign new field values
     st["threads"] += 1
     st["emails_in"] += len(emails)
+    meter = _Meter()
 
     def run(step: str, enabled: bool, fn) -> None:
         nonlocal emails
         rec = st["steps"][step]
         rec["enabled"] = enabled
-        before = _measure(emails)
+        before = meter(emails)
         rec["chars_before"] += before[0]
         rec["words_before"] += before[1]
         if enabled:
-            old = [(e.body, e.sender, tuple(e.recipients)) for e in emails]
-            emails = fn(emails)
+            old = [(e.body, e.sender, e.recipients) for e in emails]
+            emails = fn(emails) or emails
             if len(old) == len(emails):
-                rec["emails_changed"] += sum(o != (e.body, e.sender, tuple(e.recipients)) for o, e in zip(old, emails))
-        after = _measure(emails)
+                rec["emails_changed"] += sum(o != (e.body, e.sender, e.recipients) for o, e in zip(old, emails))
+        after = meter(emails)
         rec["chars_after"] += after[0]
         rec["words_after"] += after[1]
 
-    run("decode_quoted_printable", c.decode_quoted_printable,
-        lambda es: [replace(e, body=decode_qp_artifacts(e.body)) for e in es])
+    def qp(es: list[Email]) -> None:
+        for e in es:
+            e.body = decode_qp_artifacts(e.body)
+
+    run("decode_quoted_printable", c.decode_quoted_printable, qp)
 
     def dedupe(es: list[Email]) -> list[Email]:
         seen, out = set(), []
-        for e in es:
+        for i, e in enumerate(es):
             key = (e.sender.strip().lower(), e.date, " ".join(_words(e.body)))
             if key in seen:
                 st["duplicate_emails"] += 1
+                st["dropped"].append({"thread_id": thread.thread_id, "index": i,
+                                      "date": e.date.isoformat(sep=" ") if e.date else None, "sender": e.sender})
                 continue
             seen.add(key)
             out.append(e)
@@ -370,28 +435,45 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
 
     run("drop_duplicate_emails", c.drop_duplicate_emails, dedupe)
     keep = c.max_recipients_shown
+    collapsed: list[str] = []
     if c.remove_quoted_history or c.collapse_headers:
-        run("remove_quoted_history", c.remove_quoted_history,
-            lambda es: _step_quoted(es, True, False, keep, st))
+        removed, collapsed = _quoted_pass(emails, c.remove_quoted_history, c.collapse_headers, keep, st)
     else:
-        run("remove_quoted_history", False, lambda es: es)
+        removed = [e.body for e in emails]
 
-    def collapse(es: list[Email]) -> list[Email]:
-        es = _step_quoted(es, False, True, keep, {"quoted_blocks": Counter()})
-        return [replace(e, recipients=shorten_names(e.recipients, keep), cc=shorten_names(e.cc, keep)) for e in es]
+    def set_bodies(bodies: list[str]):
+        def fn(es: list[Email]) -> None:
+            for e, b in zip(es, bodies):
+                e.body = b
+        return fn
+
+    run("remove_quoted_history", c.remove_quoted_history, set_bodies(removed))
+
+    def collapse(es: list[Email]) -> None:
+        set_bodies(collapsed)(es)
+        for e in es:
+            e.recipients = shorten_names(e.recipients, keep)
+            e.cc = shorten_names(e.cc, keep)
 
     run("collapse_headers", c.collapse_headers, collapse)
-    run("normalize_names", getattr(c, "normalize_names", True),
-        lambda es: [replace(e, sender=normalize_name(e.sender), recipients=[normalize_name(r) for r in e.recipients],
-                            cc=[normalize_name(r) for r in e.cc]) for e in es])
-    run("strip_signatures", c.strip_signatures, lambda es: [replace(e, body=strip_signature(e.body)) for e in es])
 
-    def whitespace(es: list[Email]) -> list[Email]:
-        out = []
+    def names(es: list[Email]) -> None:
         for e in es:
-            body = "\n".join(re.sub(r"[ \t\f\v\r]+", " ", ln).strip() for ln in e.body.split("\n"))
-            out.append(replace(e, body=re.sub(r"\n{3,}", "\n\n", body).strip()))
-        return out
+            e.sender = normalize_name(e.sender)
+            e.recipients = [normalize_name(r) for r in e.recipients]
+            e.cc = [normalize_name(r) for r in e.cc]
+
+    run("normalize_names", c.normalize_names, names)
+
+    def signatures(es: list[Email]) -> None:
+        for e in es:
+            e.body = strip_signature(e.body)
+
+    run("strip_signatures", c.strip_signatures, signatures)
+
+    def whitespace(es: list[Email]) -> None:
+        for e in es:
+            e.body = _whitespace(e.body)
 
     run("normalize_whitespace", c.normalize_whitespace, whitespace)
     st["emails_out"] += len(emails)

@@ -315,18 +315,20 @@ def evaluate_command(cfg: Config, model_dir: str, split: str = "test", output_di
 
     result = evaluate(cfg, model_dir, split=split, output_dir=output_dir)
     console = Console()
-    table = Table(title=f"ROUGE F1 x100 on '{split}' ({result['n_threads']} threads, 95% bootstrap CI)")
-    table.add_column("system")
+    table = Table(title=f"model vs baselines: ROUGE F1 x100 and 95% CI on '{split}' ({result['n_threads']} threads)")
+    table.add_column("system", no_wrap=True)
     for k in M.ROUGE_KEYS:
         table.add_column(k, justify="right")
     table.add_column("words", justify="right")
 
     def cells(scores: dict) -> list[str]:
-        return [f"{100 * s['mean']:.2f} [{100 * s['ci95'][0]:.1f}, {100 * s['ci95'][1]:.1f}]" for s in (scores[k] for k in M.ROUGE_KEYS)]
+        # the interval on a second line keeps the table inside an 80-column terminal
+        return [f"{100 * s['mean']:.2f}\n{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f}" for s in (scores[k] for k in M.ROUGE_KEYS)]
 
     table.add_row("model", *cells(result["model"]), f"{result['lengths']['prediction_words'].get('mean', 0):.0f}", style="bold")
+    table.add_section()
     for name, scores in result["baselines"].items():
-        table.add_row(f"baseline: {name}", *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")
+        table.add_row(name, *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")
     console.print(table)
     sp = result["speed"]
     out = Path(output_dir) if output_dir else default_output_dir(model_dir, split)

@@ -22,8 +22,8 @@ import email.policy
 import hashlib
 import re
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
@@ -75,7 +75,6 @@ class Summary:
 # ------------------------------------------------------------------------------ input coercion
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*:[ \t]")
 _MAIL_HEADERS = {"from", "to", "cc", "subject", "date", "message-id", "in-reply-to", "references", "sender"}
-_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
 
 
 def looks_like_rfc822(text: str) -> bool:
@@ -101,43 +100,32 @@ def _stable_id(text: str) -> str:
 
 
 def _parse_date(value: Any, where: str) -> Optional[datetime]:
+    """The readers' timestamp parsing (naive UTC), but a bad date is an error here, not a reject."""
+    from threadsum.data.readers import parse_timestamp
+
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # the Kaggle JSON copies store epoch seconds; threads are compared naive, like the CSV
-        return datetime.fromtimestamp(float(value), tz=timezone.utc).replace(tzinfo=None)
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            return datetime.fromisoformat(s)
-        except ValueError:
-            pass
-        for fmt in _DATE_FORMATS:
-            try:
-                return datetime.strptime(s, fmt)
-            except ValueError:
-                continue
-        from email.utils import parsedate_to_datetime
-
-        try:
-            return parsedate_to_datetime(s)
-        except (TypeError, ValueError, IndexError):
-            pass
-    raise InputError(
-        f"{where}: date {value!r} is not understood; use ISO 8601 ('2002-01-29 11:23:42'), "
-        f"an RFC 2822 date or epoch seconds"
-    )
+    parsed = parse_timestamp(value) if isinstance(value, (str, int, float)) else None
+    if parsed is None:
+        raise InputError(
+            f"{where}: date {str(value)[:60]!r} is not understood; use ISO 8601 ('2002-01-29 11:23:42'), "
+            f"an RFC 2822 date or epoch seconds"
+        )
+    return parsed
 
 
 def _names(value: Any, where: str) -> list[str]:
+    """Recipients as the readers parse them (Kaggle list literals, Enron 'Last, First' pairs)."""
+    from threadsum.data.readers import parse_recipients
+
     if value is None:
         return []
-    if isinstance(value, str):
-        return [p.strip() for p in value.split(",") if p.strip()] if value.strip() else []
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return [v for v in value if v.strip()]
+        return parse_recipients([v for v in value if v.strip()])[0]
+    if isinstance(value, str):
+        return parse_recipients(value)[0]
     raise InputError(f"{where} must be a string or a list of strings, got {type(value).__name__}")
 
 
@@ -311,6 +299,11 @@ class Summarizer:
         from threadsum.data.render import render_thread
 
         thread = to_thread(item, index)
+        limit = self.cfg.data.max_body_chars
+        if any(len(e.body) > limit for e in thread.emails):
+            # the readers cut bodies at data.max_body_chars before cleaning; do the same here
+            thread = replace(thread, emails=[replace(e, body=e.body[:limit]) if len(e.body) > limit else e
+                                             for e in thread.emails])
         cleaned = clean_thread(thread, self.cfg.data.clean)
         rendered = render_thread(cleaned, self.cfg.data.render, self.tokenizer, self.max_source_tokens)
         if not rendered.text.strip():
@@ -407,6 +400,16 @@ class Summarizer:
         }
 
 
+def quiet_loading() -> None:
+    """No per-shard progress bars on stderr: they clutter CLI output and service logs."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - reported by from_pretrained's require()
+        pass
+
+
 def load_saved_config(dir_or_hub_id: str) -> Config:
     """The threadsum config saved beside a model (training settings), or defaults."""
     path = Path(dir_or_hub_id) / "config.yaml"
@@ -499,6 +502,7 @@ def summarize_command(model_dir: str, path_or_dash: str, as_json: bool = False, 
     except OSError as exc:
         print(f"error: cannot read input: {exc}", file=err)
         return EXIT_BAD_INPUT
+    quiet_loading()
     try:
         summarizer = Summarizer.from_pretrained(model_dir, device=device, dtype=dtype)
     except (ModelLoadError, ConfigError, MissingExtraError, ValueError) as exc:

@@ -18,10 +18,10 @@ import json
 import logging
 import time
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -266,7 +266,8 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
         # the default handler echoes the offending input back; bodies can be 1 MB of private mail
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        loc = list(first["loc"])
+        where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)) or "body"
         return JSONResponse({"detail": f"invalid request: {where}: {first['msg']}", "errors": errors}, status_code=422)
 
     @app.exception_handler(_HTTPError)
@@ -379,9 +380,10 @@ def serve(cfg: Config, model_dir: str) -> None:
     """`threadsum serve`: load the model once, then run uvicorn until interrupted."""
     import uvicorn
 
-    from threadsum.inference.summarizer import Summarizer
+    from threadsum.inference.summarizer import Summarizer, quiet_loading
 
     s = cfg.serve
+    quiet_loading()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -391,3 +393,47 @@ def serve(cfg: Config, model_dir: str) -> None:
     app = create_app(summarizer, s)
     # uvicorn's access log would duplicate RequestLogMiddleware's line (which carries timing and size)
     uvicorn.run(app, host=s.host, port=s.port, access_log=False, log_level="info", timeout_graceful_shutdown=10)
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, host: str = "127.0.0.1", port: int = 0, ready_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run the app with uvicorn in a background thread; yields its base URL once /readyz is 200.
+
+    For notebooks, tests and benchmarks: the server is real (sockets, HTTP parsing, lifespan), only
+    the process is shared. ``port=0`` picks a free port.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="threadsum-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + ready_timeout_s
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {host}:{port}")
+            time.sleep(0.02)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://{host}:{bound}"
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503:
+                    raise
+            except urllib.error.URLError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}/readyz did not become ready within {ready_timeout_s} s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

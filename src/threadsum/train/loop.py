@@ -240,7 +240,7 @@ def export_model(model, tokenizer, cfg: Config, out_dir: Path, summary: dict[str
     g = cfg.eval.generation
     gen_cfg = GenerationConfig(
         num_beams=g.num_beams, length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
-        min_new_tokens=g.min_new_tokens, max_new_tokens=g.max_new_tokens, early_stopping=True,
+        min_new_tokens=g.min_new_tokens, max_new_tokens=g.max_new_tokens, early_stopping=g.num_beams > 1,
         decoder_start_token_id=getattr(base_config, "decoder_start_token_id", None),
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         forced_bos_token_id=getattr(base_config, "forced_bos_token_id", None),

@@ -1,0 +1,216 @@
+"""Serving throughput: micro-batching vs one-request-at-a-time, same model, same machine.
+
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py                      # small random model, CPU
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py --model outputs/run/model --requests 64
+    HF_HUB_OFFLINE=1 python bench/bench_serve.py --preset bart-large --device cuda --beams 4 \
+        --max-new-tokens 128 --batch 32 --concurrency 64 --requests 256          # the GPU anchor shape
+
+Both modes run the real HTTP service (uvicorn on 127.0.0.1) with ``concurrency`` clients posting
+``requests`` threads; only serve.max_batch_size / serve.max_wait_ms differ (1 / 0 ms for
+one-at-a-time). A random-init model never learned when to stop, so min_new_tokens is set to
+max_new_tokens: every summary is exactly max_new_tokens long in both modes and the two runs do
+identical work per thread. Also reports raw ``Summarizer.generate`` threads/s at batch 1 and at
+``--batch`` (no HTTP), which is the ceiling the service can approach.
+
+Writes a markdown section to bench/results_serve.md (``--out``).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from threadsum.config import Config, ServeConfig  # noqa: E402
+from threadsum.inference.summarizer import Summarizer, quiet_loading  # noqa: E402
+from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa: E402
+from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
+
+PRESETS = {
+    # d_model, encoder/decoder layers, heads, ffn, vocab (BART-large's real vocabulary size matters:
+    # the LM head is a d_model x vocab matmul per generated token)
+    "small": dict(d_model=256, layers=2, heads=4, ffn=1024, vocab=4000),
+    "bart-base": dict(d_model=768, layers=6, heads=12, ffn=3072, vocab=50265),
+    "bart-large": dict(d_model=1024, layers=12, heads=16, ffn=4096, vocab=50265),
+}
+
+
+def build_preset(out: Path, preset: str, max_source: int) -> Path:
+    """A random-init model of the preset's shape with the tiny tokenizer (ids fit any vocab)."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from threadsum.model import load_tokenizer
+
+    p = PRESETS[preset]
+    build_tiny_model_dir(out, overrides={"data.max_source_tokens": max_source,
+                                         "model.tiny.max_position_embeddings": max(1024, max_source)})
+    tok = load_tokenizer(str(out))
+    cfg = BartConfig(
+        vocab_size=max(p["vocab"], len(tok)), d_model=p["d_model"], encoder_layers=p["layers"], decoder_layers=p["layers"],
+        encoder_attention_heads=p["heads"], decoder_attention_heads=p["heads"], encoder_ffn_dim=p["ffn"],
+        decoder_ffn_dim=p["ffn"], max_position_embeddings=max(1024, max_source), dropout=0.0,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id, forced_bos_token_id=tok.bos_token_id, forced_eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(0)
+    BartForConditionalGeneration(cfg).save_pretrained(str(out))
+    return out
+
+
+def make_summarizer(args, work: Path) -> Summarizer:
+    if args.model:
+        base = Summarizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+        cfg = base.cfg.model_copy(deep=True)
+    else:
+        model_dir = build_preset(work / "model", args.preset, args.max_source)
+        base = Summarizer.from_pretrained(str(model_dir), device=args.device, dtype=args.dtype)
+        cfg = base.cfg.model_copy(deep=True)
+    g = cfg.eval.generation
+    g.num_beams = args.beams
+    g.max_new_tokens = args.max_new_tokens
+    g.min_new_tokens = args.max_new_tokens if not args.model else min(g.min_new_tokens, args.max_new_tokens)
+    g.no_repeat_ngram_size = 0 if not args.model else g.no_repeat_ngram_size
+    cfg.data.max_source_tokens = args.max_source
+    return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name)
+
+
+def threads_for(n: int, words: int) -> list[dict]:
+    # 2..6 emails of ~words words each: varied lengths, as real traffic has
+    return [sample_thread(i, n_emails=2 + i % 5, words=words) for i in range(n)]
+
+
+def run_service(s: Summarizer, threads: list[dict], concurrency: int, batch: int, wait_ms: float) -> dict:
+    cfg = ServeConfig(max_batch_size=batch, max_wait_ms=wait_ms, queue_size=max(256, len(threads)),
+                      max_batch_threads=64)
+    with serve_in_thread(create_app(s, cfg)) as url:
+        client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency + 4))
+        # warm both paths' shapes before the clock starts
+        for t in threads[: min(4, len(threads))]:
+            client.post("/v1/summarize", json=t).raise_for_status()
+
+        def one(t):
+            t0 = time.perf_counter()
+            r = client.post("/v1/summarize", json=t)
+            return r.status_code, time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(one, threads))
+        wall = time.perf_counter() - t0
+        stats = client.get("/healthz").json()["batching"]
+        client.close()
+    codes = [c for c, _ in results]
+    lat = sorted(l for _, l in results)
+    return {
+        "ok": sum(c == 200 for c in codes), "errors": sum(c != 200 for c in codes), "wall_s": wall,
+        "threads_per_s": len(threads) / wall, "p50_ms": 1000 * statistics.median(lat),
+        "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))], "mean_batch": stats["mean_batch_size"],
+    }
+
+
+def run_generate(s: Summarizer, texts: list[str], batch: int) -> dict:
+    s.generate(texts[: min(batch, len(texts))], batch_size=batch)  # warm-up
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    s.generate(texts, batch_size=batch)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    return {"batch": batch, "threads_per_s": len(texts) / wall, "wall_s": wall}
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load avg {load:.1f} at start"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="A trained model folder (default: a random model of --preset).")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16, help="serve.max_batch_size of the micro-batching run.")
+    ap.add_argument("--wait-ms", type=float, default=20.0)
+    ap.add_argument("--beams", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--max-source", type=int, default=512)
+    ap.add_argument("--words", type=int, default=60, help="Words per email of the generated threads.")
+    ap.add_argument("--skip-generate", action="store_true", help="Only the HTTP comparison.")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results_serve.md"))
+    args = ap.parse_args(argv)
+
+    quiet_loading()
+    with tempfile.TemporaryDirectory() as tmp:
+        s = make_summarizer(args, Path(tmp))
+        threads = threads_for(args.requests, args.words)
+        src_tokens = [len(s.tokenizer(s.prepare(t).text)["input_ids"]) for t in threads]
+        desc = (f"model {args.model or args.preset + ' (random init)'}: {sum(p.numel() for p in s.model.parameters()) / 1e6:.1f}M "
+                f"params, {s.info()['dtype']} on {s.device}; {args.requests} threads of {min(src_tokens)}-{max(src_tokens)} "
+                f"(mean {statistics.mean(src_tokens):.0f}) source tokens; beams {args.beams}, "
+                f"{args.max_new_tokens} new tokens; {args.concurrency} concurrent clients")
+        print(desc, flush=True)
+        single = run_service(s, threads, args.concurrency, batch=1, wait_ms=0)
+        print(f"one-at-a-time: {single}", flush=True)
+        batched = run_service(s, threads, args.concurrency, batch=args.batch, wait_ms=args.wait_ms)
+        print(f"micro-batched: {batched}", flush=True)
+        gens = []
+        if not args.skip_generate:
+            texts = [s.prepare(t).text for t in threads]
+            for b in (1, args.batch):
+                gens.append(run_generate(s, texts, b))
+                print(f"generate batch {b}: {gens[-1]}", flush=True)
+
+    speedup = batched["threads_per_s"] / single["threads_per_s"]
+    cmd = "python bench/bench_serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [
+        f"## {time.strftime('%Y-%m-%d %H:%M')} · {machine()}",
+        "",
+        f"`HF_HUB_OFFLINE=1 {cmd.strip()}`",
+        "",
+        desc + ".",
+        "",
+        "| mode | serve.max_batch_size | max_wait_ms | threads/s | p50 ms | p95 ms | mean batch | non-200 |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| one-at-a-time | 1 | 0 | {single['threads_per_s']:.2f} | {single['p50_ms']:.0f} | {single['p95_ms']:.0f} | {single['mean_batch']:.2f} | {single['errors']} |",
+        f"| micro-batched | {args.batch} | {args.wait_ms:g} | {batched['threads_per_s']:.2f} | {batched['p50_ms']:.0f} | {batched['p95_ms']:.0f} | {batched['mean_batch']:.2f} | {batched['errors']} |",
+        "",
+        f"**Speed-up {speedup:.1f}x** (goal >= 3x).",
+    ]
+    if gens:
+        lines += ["", "Raw `Summarizer.generate` (no HTTP): " + ", ".join(
+            f"batch {g['batch']}: {g['threads_per_s']:.2f} threads/s" for g in gens) + "."]
+    out = Path(args.out)
+    header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py`; newest first.\n\n"
+    old = out.read_text().split("\n\n", 2)[-1] if out.exists() and out.read_text().startswith("# Serving") else ""
+    out.write_text(header + "\n".join(lines) + "\n\n" + old)
+    print(f"speed-up {speedup:.1f}x; wrote {out}")
+    return 0 if single["errors"] == 0 and batched["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,426 @@
+"""`threadsum prepare`: read -> clean -> render -> split -> tokenizer -> tokenize (cached) -> report.
+
+Writes ``data.prepared_dir`` exactly as ``threadsum.data.prepared`` describes. The folder is built
+under a temporary name and renamed into place at the end, so an interrupted run never leaves a
+folder that looks complete. The folder doubles as the cache: its ``prepare.json`` records a key
+made of the input files' hashes, the cleaning/render/length/split settings and the tokenizer; a
+second run with the same key reuses everything and says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional
+
+from threadsum.config import Config
+from threadsum.data.clean import clean_thread, new_stats
+from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
+from threadsum.data.readers import DataError, ReadResult, download_kaggle, read_source
+from threadsum.data.render import render_plain, render_thread
+from threadsum.data.split import assign_split
+
+CACHE_VERSION = 1  # bump when the prepared format or the meaning of a setting changes
+RAW_TOKEN_SAMPLE = 300  # raw (uncleaned) renders tokenized for the report: a sample keeps this cheap
+R_EMPTY_AFTER_CLEANING = "empty_after_cleaning"
+R_DUPLICATE_EMAIL = "duplicate_email"
+
+
+class PrepareError(RuntimeError):
+    """prepare cannot produce a dataset; the message names the problem and the fix."""
+
+
+class StrictModeError(PrepareError):
+    """data.strict is on and some rows or threads were rejected."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _input_files(source: Path) -> list[Path]:
+    if source.is_file():
+        files = [source]
+        for sib in ("email_thread_details", "email_thread_summaries"):
+            for ext in (".csv", ".json"):
+                p = source.with_name(sib + ext)
+                if p.exists() and p.suffix == source.suffix and p not in files:
+                    files.append(p)
+        return sorted(files)
+    return sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def _dir_fingerprint(directory: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(directory).as_posix().encode())
+            h.update(_sha256(p).encode())
+    return h.hexdigest()
+
+
+def resolve_source(cfg: Config) -> Path:
+    d = cfg.data
+    if d.source:
+        return Path(d.source).expanduser()
+    if d.kaggle:
+        return download_kaggle(d.kaggle_dataset)
+    raise PrepareError("data.source is not set. Point it at the Kaggle folder (email_thread_details.csv + "
+                       "email_thread_summaries.csv), a .json copy, a folder of .eml, an .mbox or a .jsonl; or set "
+                       "data.kaggle=true to download it; or make a synthetic corpus with `threadsum synth data/synth`.")
+
+
+def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, dict[str, Any]]:
+    d = cfg.data
+    parts = {
+        "version": CACHE_VERSION,
+        "files": [{"name": p.name, "sha256": _sha256(p)} for p in files],
+        "format": d.format,
+        "clean": d.clean.model_dump(mode="json"),
+        "render": d.render.model_dump(mode="json"),
+        "lengths": [d.max_source_tokens, d.max_target_tokens, d.max_body_chars],
+        "split": [d.validation_fraction, d.test_fraction, d.split_seed],
+        "tokenizer": tokenizer_fp,
+    }
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+    return key, parts
+
+
+def _write_jsonl(path: Path, records) -> int:
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _tmp_dir(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by an interrupted run
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _cached(out: Path, key: str) -> Optional[dict[str, Any]]:
+    meta = out / "prepare.json"
+    if not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        open_prepared(out)
+    except (json.JSONDecodeError, OSError, PreparedDataError):
+        return None
+    return info if info.get("cache", {}).get("key") == key else None
+
+
+def _problems(rejects: list[dict[str, Any]], limit: int = 10) -> str:
+    lines = []
+    for r in rejects[:limit]:
+        where = f"{Path(r['source']).name if r.get('source') else ''}" + (f":{r['line']}" if r.get("line") else "")
+        tid = f" thread {r['thread_id']}" if r.get("thread_id") else ""
+        lines.append(f"  - [{r['level']}] {r['reason']}{tid} {where}: {r['detail']}")
+    more = len(rejects) - limit
+    return "\n".join(lines) + (f"\n  ... and {more} more" if more > 0 else "")
+
+
+# ------------------------------------------------------------------------------------- prepare
+def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) the prepared dataset of ``cfg``; returns the counts written to prepare.json."""
+    from threadsum.deps import require
+
+    require("datasets", "train")
+    from threadsum.model import load_tokenizer, tokenizer_source, train_tokenizer
+
+    d = cfg.data
+    timings: dict[str, float] = {}
+    t_start = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 3)
+        t = now
+
+    source = resolve_source(cfg)
+    if not source.exists():
+        raise PrepareError(f"data.source '{source}' does not exist; fix the path or run `threadsum synth {source}`")
+    files = _input_files(source)
+    out = Path(d.prepared_dir)
+
+    tok_src = tokenizer_source(cfg.model)
+    tokenizer = None
+    if tok_src is not None:
+        tokenizer = load_tokenizer(tok_src)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as td:
+            tokenizer.save_pretrained(td)
+            tok_fp = "files:" + _dir_fingerprint(Path(td))
+    else:
+        tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}"
+    key, key_parts = cache_key(cfg, files, tok_fp)
+    lap("hash_inputs")
+
+    if not force:
+        hit = _cached(out, key)
+        if hit is not None:
+            hit["cache"]["hit"] = True
+            hit["cache"]["note"] = f"reused {out} (same inputs, settings and tokenizer; use --force to rebuild)"
+            return hit
+
+    # ---- read
+    rr: ReadResult = read_source(source, d.format, max_body_chars=d.max_body_chars, require_summary=True)
+    rejects = list(rr.rejects)
+    counts = json.loads(json.dumps(rr.counts))  # deep copy: we add cleaning rejects below
+    lap("read")
+
+    # ---- clean
+    stats = new_stats()
+    cleaned = []
+    raw_by_id = {}
+    for th in rr.threads:
+        c = clean_thread(th, d.clean, stats)
+        if not any(e.body.strip() for e in c.emails):
+            rejects.append({"level": "thread", "reason": R_EMPTY_AFTER_CLEANING, "thread_id": th.thread_id,
+                            "detail": "no text left after cleaning (every body was quoted history or signature)",
+                            "source": str(source), "line": None, "n_emails": len(c.emails)})
+            counts["threads"]["rejected"] += 1
+            counts["threads"]["kept"] -= 1
+            _bump(counts["threads"]["by_reason"], R_EMPTY_AFTER_CLEANING)
+            counts["emails"]["rejected"] += len(c.emails)
+            counts["emails"]["kept"] -= len(c.emails)
+            _bump(counts["emails"]["by_reason"], f"thread_rejected:{R_EMPTY_AFTER_CLEANING}", len(c.emails))
+            continue
+        cleaned.append(c)
+        raw_by_id[th.thread_id] = th
+    for drop in stats.pop("dropped"):
+        rejects.append({"level": "email", "reason": R_DUPLICATE_EMAIL, "thread_id": drop["thread_id"],
+                        "detail": f"exact duplicate of an earlier email (sender {drop['sender']!r}, {drop['date']})",
+                        "source": str(source), "line": None})
+        counts["emails"]["rejected"] += 1
+        counts["emails"]["kept"] -= 1
+        _bump(counts["emails"]["by_reason"], R_DUPLICATE_EMAIL)
+    lap("clean")
+
+    if d.strict and rejects:
+        path = out.parent / f"{out.name}.strict-rejects.jsonl"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(path, rejects)
+        raise StrictModeError(f"data.strict: {len(rejects)} problem(s) in '{source}' (all of them in {path}):\n"
+                              + _problems(rejects))
+    if not cleaned:
+        raise PrepareError(f"no usable threads in '{source}' ({len(rejects)} rejected). First problems:\n"
+                           + _problems(rejects))
+
+    # ---- split (before the tokenizer: a trained tokenizer sees only the training split)
+    split_of = {c.thread_id: assign_split(c.thread_id, d.validation_fraction, d.test_fraction, d.split_seed)
+                for c in cleaned}
+    plain = {c.thread_id: render_plain(c, d.render) for c in cleaned}
+    lap("split")
+
+    tmp = _tmp_dir(out)
+    try:
+        tok_dir = tmp / "tokenizer"
+        if tokenizer is None:
+            train_ids = [c for c in cleaned if split_of[c.thread_id] == "train"] or cleaned
+            texts = [plain[c.thread_id] for c in train_ids] + [c.summary or "" for c in train_ids]
+            tokenizer = train_tokenizer(texts, cfg.model.tiny.vocab_size, tok_dir)
+        else:
+            tokenizer.save_pretrained(str(tok_dir))
+        lap("tokenizer")
+
+        # ---- render with the budget
+        records = {s: [] for s in SPLITS}
+        trunc = Counter()
+        kept_tokens = full_tokens = 0
+        final_tokens: list[int] = []
+        for c in cleaned:
+            res = render_thread(c, d.render, tokenizer, d.max_source_tokens)
+            n_tok = res.n_tokens or 0
+            final_tokens.append(n_tok)
+            full = n_tok if not res.truncated else max(n_tok, round(n_tok / max(res.kept_fraction, 1e-9)))
+            kept_tokens += n_tok
+            full_tokens += full
+            if res.truncated:
+                trunc["threads"] += 1
+                trunc["emails_dropped"] += res.emails_dropped
+            records[split_of[c.thread_id]].append({
+                "thread_id": c.thread_id, "subject": c.subject, "source": res.text, "summary": c.summary,
+                "first_email": c.emails[0].body, "n_emails": len(c.emails), "source_tokens": n_tok,
+                "truncated": res.truncated, "kept_fraction": round(res.kept_fraction, 4),
+                "clean_tokens": full,
+            })
+        lap("render")
+
+        # ---- tokenize (datasets, Arrow)
+        dsd, target_stats = _tokenize(records, tokenizer, d)
+        dsd.save_to_disk(str(tmp / "tokenized"))
+        lap("tokenize")
+
+        (tmp / "threads").mkdir()
+        for s in SPLITS:
+            _write_jsonl(tmp / "threads" / f"{s}.jsonl", records[s])
+        _write_jsonl(tmp / "rejects.jsonl", rejects)
+        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
+        cfg.save(tmp)
+
+        raw_sample = _raw_token_sample(raw_by_id, d.render, tokenizer)
+        sample_ids = set(_raw_ids(raw_by_id))
+        n_threads = len(cleaned)
+        info: dict[str, Any] = {
+            "source": str(source),
+            "prepared_dir": str(out),
+            "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
+                      for p, f in zip(files, key_parts["files"])],
+            "emails": counts["emails"],
+            "threads": counts["threads"],
+            "summaries": counts["summaries"],
+            "files_rejected": counts["files"],
+            "warnings": counts["warnings"],
+            "splits": {s: len(records[s]) for s in SPLITS},
+            "truncation": {
+                "max_source_tokens": d.max_source_tokens,
+                "policy": d.render.truncation,
+                "threads_truncated": trunc["threads"],
+                "share_truncated": round(trunc["threads"] / n_threads, 4),
+                "tokens_kept_share": round(kept_tokens / max(full_tokens, 1), 4),
+                "emails_dropped": trunc["emails_dropped"],
+                "max_target_tokens": d.max_target_tokens,
+                "targets_truncated": target_stats["truncated"],
+            },
+            "tokens": {"source_final_total": kept_tokens, "source_clean_total": full_tokens,
+                       "target_total": target_stats["total"],
+                       "source_raw_sample_threads": len(raw_sample),
+                       "source_raw_sample_total": sum(raw_sample),
+                       "source_clean_sample_total": sum(
+                           r["clean_tokens"] for s in SPLITS for r in records[s] if r["thread_id"] in sample_ids)},
+            "cleaning": stats,
+            "tokenizer": {"source": tok_src or f"trained byte-level BPE, vocab {cfg.model.tiny.vocab_size}",
+                          "vocab_size": len(tokenizer)},
+            "cache": {"key": key, "hit": False},
+            "timings_s": timings,
+        }
+        from threadsum.data.report import write_report
+
+        write_report(tmp, info, records, final_tokens, raw_sample, target_stats["lengths"], rejects)
+        lap("report")
+        timings["total"] = round(time.perf_counter() - t_start, 3)
+        # prepare.json last: its presence (with the key) marks the folder complete
+        (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _bump(d: dict, key: str, n: int = 1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def _raw_ids(raw_by_id: dict) -> list[str]:
+    return sorted(raw_by_id, key=lambda t: hashlib.sha1(t.encode()).hexdigest())[:RAW_TOKEN_SAMPLE]
+
+
+def _raw_token_sample(raw_by_id: dict, render_cfg, tokenizer) -> list[int]:
+    """Token lengths of the uncleaned renders of a deterministic sample of threads."""
+    ids = _raw_ids(raw_by_id)
+    texts = [render_plain(raw_by_id[t], render_cfg) for t in ids]
+    if not texts:
+        return []
+    return [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+
+def _tokenize(records: dict[str, list[dict]], tokenizer, d) -> tuple[Any, dict[str, Any]]:
+    from datasets import Dataset, DatasetDict, Features, Sequence, Value
+
+    features = Features({"thread_id": Value("string"), "input_ids": Sequence(Value("int32")),
+                         "labels": Sequence(Value("int32"))})
+
+    def encode(batch):
+        src = tokenizer(batch["source"], max_length=d.max_source_tokens, truncation=True)
+        tgt = tokenizer(text_target=batch["summary"], max_length=d.max_target_tokens, truncation=True)
+        return {"thread_id": batch["thread_id"], "input_ids": src["input_ids"], "labels": tgt["input_ids"]}
+
+    out = {}
+    lengths: list[int] = []
+    truncated = total = 0
+    for s in SPLITS:
+        raw = Dataset.from_dict({"thread_id": [r["thread_id"] for r in records[s]],
+                                 "source": [r["source"] for r in records[s]],
+                                 "summary": [r["summary"] for r in records[s]]})
+        ds = raw.map(encode, batched=True, batch_size=1000, remove_columns=["source", "summary"],
+                     features=features, num_proc=d.num_proc if len(raw) > 1000 else None,
+                     desc=f"tokenize {s}", load_from_cache_file=False)
+        out[s] = ds
+    full = tokenizer(text_target=[r["summary"] for s in SPLITS for r in records[s]])["input_ids"]
+    for ids in full:
+        lengths.append(len(ids))
+        total += min(len(ids), d.max_target_tokens)
+        truncated += len(ids) > d.max_target_tokens
+    return DatasetDict(out), {"truncated": truncated, "total": total, "lengths": lengths}
+
+
+# ------------------------------------------------------------------------------------ command
+def prepare_command(cfg: Config, force: bool = False, strict: bool = False) -> dict[str, Any]:
+    """`threadsum prepare`: run prepare and print a summary table; clear message and exit 2 on bad input."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if strict and not cfg.data.strict:
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.strict = True
+    try:
+        info = prepare(cfg, force=force)
+    except (PrepareError, DataError) as exc:
+        console.print(f"[bold red]prepare failed:[/] {exc}", markup=True, highlight=False)
+        raise SystemExit(2) from None
+    table = Table(title=f"prepared {info['prepared_dir']}" + ("  (cache hit)" if info["cache"].get("hit") else ""))
+    for col in ("", "input", "kept", "rejected"):
+        table.add_column(col, justify="right" if col else "left")
+    for what in ("threads", "emails"):
+        c = info[what]
+        table.add_row(what, str(c["input"]), str(c["kept"]), str(c["rejected"]))
+    console.print(table)
+    sp = info["splits"]
+    tr = info["truncation"]
+    console.print(f"splits: train {sp['train']}, validation {sp['validation']}, test {sp['test']}")
+    console.print(f"truncated to {tr['max_source_tokens']} tokens: {tr['threads_truncated']} threads "
+                  f"({tr['share_truncated']:.0%}), {tr['tokens_kept_share']:.0%} of cleaned tokens kept")
+    reasons = Counter()
+    for lvl in ("threads", "emails"):
+        reasons.update({f"{lvl}: {k}": v for k, v in info[lvl]["by_reason"].items()})
+    if reasons:
+        console.print("rejected: " + ", ".join(f"{k} x{v}" for k, v in reasons.most_common(8)))
+    if info.get("warnings"):
+        console.print("repaired: " + ", ".join(f"{k} x{v}" for k, v in info["warnings"].items()))
+    out = Path(info["prepared_dir"])
+    console.print(f"report: {out / 'report.md'}  rejects: {out / 'rejects.jsonl'}")
+    if info["cache"].get("hit"):
+        console.print(info["cache"]["note"])
+    else:
+        console.print(f"took {info['timings_s'].get('total', 0):.1f}s")
+    return info

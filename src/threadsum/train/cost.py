@@ -1,0 +1,249 @@
+"""Time and money per epoch on SageMaker training instances, and the `threadsum plan` command.
+
+Throughput comes from measurements where they exist (BART-large on one H200 and on a 2-vCPU
+CPU, see BENCHMARKS.md / DESIGN.md) and otherwise from an MFU model: the H200's measured
+model-FLOPs utilization applied to each GPU's peak tensor throughput, scaled by the FLOPs per
+token of the configured model. Every row says which one it used.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+from threadsum.config import Config
+from threadsum.train import memory as mem
+
+# Measured anchors (BART-large, bf16 autocast, token-budget batches of 16k): tokens/s.
+H200_MEASURED = {"full": 45_600.0, "checkpointing": 57_000.0, "lora": 98_000.0}
+# This project's 2-vCPU development machine (BART-large): fp32 and bf16 autocast tokens/s.
+CPU_MEASURED_PER_VCPU = {"fp32": 105.0 / 2, "bf16": 240.0 / 2}
+CPU_SCALING = 0.7  # share of linear speed-up kept when going from 2 to 16+ vCPUs (memory bandwidth)
+MULTI_GPU_EFFICIENCY = 0.9  # data parallel across the GPUs of one instance
+PADDING_OVERHEAD = 1.05  # length-sorted token-budget batches pad about 5%
+# DATA.md: one epoch over all 4,167 threads is about 3.05M real (unpadded) tokens.
+DATA_MD_TOKENS, DATA_MD_THREADS = 3_050_000, 4_167
+
+
+@lru_cache(maxsize=None)
+def instance_catalog() -> dict[str, Any]:
+    return mem._resource("sagemaker_instances.yaml")
+
+
+def flops_per_token(spec: mem.ModelSpec, src_share: float, src_len: int, tgt_len: int) -> float:
+    """Training FLOPs (forward + backward = 6 x params touched) per real token, with attention."""
+    d = spec.d_model
+    enc = spec.encoder_layers * (4 * d * d + 2 * d * spec.encoder_ffn)
+    dec = spec.decoder_layers * (8 * d * d + 2 * d * spec.decoder_ffn) + spec.vocab_size * d
+    attn_src = spec.encoder_layers * 2 * 2 * src_len * d
+    attn_tgt = spec.decoder_layers * 2 * 2 * (tgt_len + src_len) * d
+    return 6 * (src_share * (enc + attn_src) + (1 - src_share) * (dec + attn_tgt))
+
+
+@dataclass
+class EpochTokens:
+    tokens: float  # real tokens of the training split (source + target)
+    threads: int
+    src_share: float
+    source: str  # where the numbers come from
+
+
+def epoch_tokens(cfg: Config) -> EpochTokens:
+    """Tokens of one epoch: counted from the prepared folder when it exists, else DATA.md's scale."""
+    try:
+        from threadsum.data.prepared import open_prepared
+
+        prep = open_prepared(cfg.data.prepared_dir)
+        ds = prep.datasets()["train"]
+        src = sum(len(x) for x in ds["input_ids"])
+        tgt = sum(len(x) for x in ds["labels"])
+        if src + tgt > 0:
+            return EpochTokens(src + tgt, len(ds), src / (src + tgt), f"counted in {cfg.data.prepared_dir} (train split)")
+    except Exception:  # no prepared data (or no datasets installed): fall back to the documented scale
+        pass
+    share = 1 - cfg.data.validation_fraction - cfg.data.test_fraction
+    threads = round(DATA_MD_THREADS * share)
+    return EpochTokens(DATA_MD_TOKENS * share, threads, 0.85,
+                       f"DATA.md scale: {DATA_MD_TOKENS / 1e6:.2f}M tokens per {DATA_MD_THREADS} threads x {share:.0%} train split")
+
+
+@dataclass
+class CostRow:
+    instance: str
+    accelerator: str
+    gpus: int
+    memory_gib: float
+    vcpus: int
+    price: float
+    tokens_per_s: float
+    basis: str  # "measured" or "MFU model" / "CPU scaling"
+    epoch_hours: float
+    epoch_cost: float
+    epoch_cost_spot: float
+    fits: bool
+    levers: str
+    note: str = ""
+
+
+def _lever_factor(lv: mem.Levers) -> float:
+    f = 1.0
+    if lv.gradient_checkpointing:
+        f *= mem.SPEED["gradient_checkpointing"]
+    if lv.optimizer in mem.SPEED:
+        f *= mem.SPEED[lv.optimizer]
+    if lv.cpu_offload:
+        f *= mem.SPEED["cpu_offload"]
+    return f
+
+
+def _gpu_rate(spec: mem.ModelSpec, gpu: mem.Device, option: mem.FitOption, et: EpochTokens) -> tuple[float, str]:
+    """Tokens/s of one GPU for this option: the H200 measurement where it applies, else the MFU model."""
+    lv, w = option.plan.levers, option.plan.workload
+    large = mem.ModelSpec.from_hf_config("facebook/bart-large", mem.known_models()["facebook/bart-large"])
+    is_large = (spec.d_model, spec.encoder_layers, spec.vocab_size) == (large.d_model, large.encoder_layers, large.vocab_size)
+    anchor_key = "lora" if lv.lora else ("checkpointing" if lv.gradient_checkpointing else "full")
+    if gpu.name == "H200" and is_large and lv.amp and lv.optimizer == "adamw" and not lv.cpu_offload:
+        return H200_MEASURED[anchor_key], "measured (H200)"
+    # MFU of the measured full fine-tune; LoRA keeps its measured speed-up over it
+    mfu = H200_MEASURED["full"] * flops_per_token(large, 0.8, 1024, 256) / (mem.gpu_catalog()["H200"]["tflops_lp"] * 1e12)
+    peak = gpu.tflops_lp if lv.amp else gpu.tflops_fp32
+    rate = mfu * peak * 1e12 / flops_per_token(spec, et.src_share, w.src_len, w.tgt_len) * _lever_factor(lv)
+    if lv.lora:
+        rate *= H200_MEASURED["lora"] / H200_MEASURED["full"]
+    # the anchor used 16k-token micro-batches; smaller ones keep the GPU less busy
+    rate *= mem._micro_batch_efficiency(option.max_tokens, "cuda") / mem._micro_batch_efficiency(16384, "cuda")
+    return rate, f"MFU model ({mfu:.1%})"
+
+
+def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[list[CostRow], dict[str, Any]]:
+    """One row per instance type, cheapest epoch first; instances the model cannot fit go last."""
+    cat = instance_catalog()
+    discount = cat["spot_discount"] if spot_discount is None else spot_discount
+    spec = mem.model_spec(cfg)
+    et = epoch_tokens(cfg)
+    padded = et.tokens * PADDING_OVERHEAD
+    large = mem.ModelSpec.from_hf_config("facebook/bart-large", mem.known_models()["facebook/bart-large"])
+    rows: list[CostRow] = []  # GPU rows use each GPU's fastest fitting option
+    for name, it in cat["instances"].items():
+        price = float(it["price"])
+        if it["gpus"]:
+            gpu = mem._catalog_device(it["gpu"])
+            try:
+                opts = [o for o in mem.fit_options(cfg, gpu) if not o.changes_model or cfg.model.lora.enabled]
+            except mem.PlanError:
+                opts = []
+            if not opts:
+                rows.append(CostRow(name, it["gpu"], it["gpus"], gpu.memory_gib, it["vcpus"], price, 0.0, "-",
+                                    math.inf, math.inf, math.inf, False, "does not fit one GPU"))
+                continue
+            best = max(opts, key=lambda o: _gpu_rate(spec, gpu, o, et)[0])
+            rate, basis = _gpu_rate(spec, gpu, best, et)
+            if it["gpus"] > 1:
+                rate *= it["gpus"] * MULTI_GPU_EFFICIENCY
+            levers, mem_gib = best.label, gpu.memory_gib
+        else:
+            ram = mem.Device(f"{name} RAM", "cpu", int(it["ram_gib"] * mem.GiB), False)
+            fits = mem.plan_memory(cfg, ram).fits
+            per_vcpu = CPU_MEASURED_PER_VCPU["fp32"]  # these instances lack bf16 instructions
+            fpt = flops_per_token(spec, et.src_share, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
+            rate = per_vcpu * it["vcpus"] * CPU_SCALING * flops_per_token(large, 0.8, 1024, 256) / fpt
+            basis, levers, mem_gib = "measured 2-vCPU rate, scaled", "fp32", float(it["ram_gib"])
+            if not fits:
+                rows.append(CostRow(name, "CPU", 0, mem_gib, it["vcpus"], price, 0.0, "-", math.inf, math.inf, math.inf,
+                                    False, "does not fit RAM"))
+                continue
+        hours = padded / rate / 3600
+        rows.append(CostRow(name, it["gpu"] or "CPU", it["gpus"], mem_gib, it["vcpus"], price, rate, basis, hours,
+                            hours * price, hours * price * (1 - discount), True, levers,
+                            it.get("note", "")))
+    rows.sort(key=lambda r: (not r.fits, r.epoch_cost, r.epoch_hours))
+    meta = {"prices_as_of": cat["prices_as_of"], "region": cat["region"], "spot_discount": discount,
+            "epoch_tokens": et.tokens, "epoch_threads": et.threads, "tokens_source": et.source, "model": spec.name,
+            "epochs": cfg.train.epochs}
+    return rows, meta
+
+
+def pick_instance(cfg: Config) -> str:
+    """The SageMaker instance type with the cheapest epoch on which cfg fits."""
+    rows, _ = cost_table(cfg)
+    fitting = [r for r in rows if r.fits and r.gpus > 0] or [r for r in rows if r.fits]
+    if not fitting:
+        raise mem.PlanError(f"no SageMaker instance in the catalog fits {mem.model_spec(cfg).name}; enable LoRA or shorten the inputs")
+    return fitting[0].instance
+
+
+# ---------------------------------------------------------------------------------- command
+def _gib(b: float) -> str:
+    return f"{b / mem.GiB:.2f}"
+
+
+def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks: int = 1, cpu_offload: bool = False,
+                 console: Any = None) -> dict[str, Any]:
+    """`threadsum plan`: the memory breakdown on ``device``, the options that fit and the pick; with
+    ``cost`` the per-instance time and money table. Returns what it printed, as data."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    plan = mem.plan_memory(cfg, device, ranks=ranks, cpu_offload=cpu_offload)
+    dev = plan.device
+    t = Table(title=f"{plan.model.name} on {dev.name} ({dev.memory_gib:.1f} GiB): max_tokens={cfg.train.max_tokens}, "
+                    f"{plan.levers.precision}, {plan.levers.optimizer}"
+                    + (", checkpointing" if plan.levers.gradient_checkpointing else "") + (", LoRA" if plan.levers.lora else ""))
+    t.add_column("part")
+    t.add_column("GiB", justify="right")
+    t.add_column("what")
+    for name, b, why in plan.breakdown():
+        t.add_row(name, _gib(b), why)
+    t.add_row("[bold]peak[/bold]", f"[bold]{_gib(plan.peak)}[/bold]",
+              f"usable {_gib(plan.capacity)} GiB after headroom -> " + ("[green]fits[/green]" if plan.fits else "[red]does not fit[/red]"))
+    console.print(t)
+    for n in plan.notes:
+        console.print(f"  note: {n}")
+    result: dict[str, Any] = {"plan": plan.to_dict()}
+    try:
+        options = mem.fit_options(cfg, dev, ranks=ranks)
+    except mem.PlanError as exc:
+        options = []
+        console.print(f"[red]{exc}[/red]")
+    if options:
+        o = Table(title="options that fit (fastest first; speed relative to the config as written)")
+        for c in ("#", "levers", "peak GiB", "speed", "overrides"):
+            o.add_column(c)
+        for i, opt in enumerate(options[:12], 1):
+            o.add_row(str(i), opt.label + (" [yellow](changes what is trained)[/yellow]" if opt.changes_model else "")
+                      + (f" [dim]({opt.note})[/dim]" if opt.note else ""),
+                      _gib(opt.plan.peak), f"{opt.speed:.2f}x", " ".join(opt.overrides) or "-")
+        console.print(o)
+        console.print("speed factors: checkpointing 0.75x, Adafactor/8-bit AdamW 0.97x, CPU offload 0.35x, "
+                      "bf16 autocast 2x on tensor cores; smaller micro-batches lose efficiency (half speed at 1k tokens on GPU)")
+    try:
+        overrides, picked = mem.auto_fit(cfg, dev, ranks=ranks)
+        console.print(f"pick: {' '.join(overrides) or '(the config as written)'}  -> peak {_gib(picked.peak)} GiB, "
+                      f"accumulation {math.ceil(cfg.train.batch_tokens / max(1, picked.workload.tokens))} micro-batches of "
+                      f"<= {int(picked.workload.tokens)} tokens per optimizer step (train.batch_tokens={cfg.train.batch_tokens} kept)")
+        result["pick"] = overrides
+    except mem.PlanError as exc:
+        console.print(f"[red]{exc}[/red]")
+        result["pick"] = None
+    result["options"] = [{"label": o.label, "overrides": o.overrides, "peak_gib": o.plan.peak / mem.GiB, "speed": o.speed} for o in options]
+    if cost:
+        rows, meta = cost_table(cfg)
+        ct = Table(title=f"cost per epoch ({meta['epoch_threads']} threads, {meta['epoch_tokens'] / 1e6:.2f}M tokens; "
+                         f"{meta['region']} on-demand prices as of {meta['prices_as_of']}: check them before you spend)")
+        for c in ("instance", "GPUs", "mem GiB", "vCPU", "$/h", "tokens/s", "basis", "epoch h", "$ on-demand", "$ spot", "levers"):
+            ct.add_column(c, justify="right" if c not in ("instance", "basis", "levers") else "left")
+        for r in rows:
+            ct.add_row(r.instance, f"{r.gpus}x {r.accelerator}" if r.gpus else "CPU", f"{r.memory_gib:.0f}", str(r.vcpus),
+                       f"{r.price:.2f}", f"{r.tokens_per_s:,.0f}" if r.fits else "-", r.basis,
+                       f"{r.epoch_hours:.2f}" if r.fits else "-", f"{r.epoch_cost:.2f}" if r.fits else "-",
+                       f"{r.epoch_cost_spot:.2f}" if r.fits else "-", r.levers + (f" ({r.note})" if r.note else ""))
+        console.print(ct)
+        console.print(f"tokens: {meta['tokens_source']}; +{PADDING_OVERHEAD - 1:.0%} padding. Spot = on-demand x "
+                      f"{1 - meta['spot_discount']:.2f}. GPU rates without a measurement use the H200's measured MFU on each "
+                      f"GPU's peak tensor TFLOP/s; CPU rates scale the measured 2-vCPU fp32 rate by vCPUs x {CPU_SCALING}.")
+        result["cost"] = [r.__dict__ for r in rows]
+        result["cost_meta"] = meta
+    return result

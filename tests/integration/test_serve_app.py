@@ -1,0 +1,292 @@
+"""The HTTP service, run for real (uvicorn on 127.0.0.1, a free port) around a tiny random model.
+
+Covers valid and invalid requests, every limit, the 503 path, auth, CORS, request logs without
+bodies, the `threadsum serve` command in a subprocess, and a bounded load test.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from threadsum.config import ServeConfig  # noqa: E402
+from threadsum.inference.summarizer import Summarizer  # noqa: E402
+from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa: E402
+from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
+
+SECRET = "Zq7-confidential-merger-codeword"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model_dir(tmp_path_factory.mktemp("serve-model"))
+
+
+@pytest.fixture(scope="module")
+def summarizer(model_dir):
+    torch.set_num_threads(1)  # shared CI cores: one intra-op thread avoids oversubscription stalls
+    return Summarizer.from_pretrained(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(summarizer):
+    cfg = ServeConfig(max_body_bytes=50_000, max_emails=5, max_chars=20_000, max_batch_threads=4,
+                      cors_origins=["http://allowed.example"])
+    with serve_in_thread(create_app(summarizer, cfg)) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            yield client
+
+
+def _eml_text(body: str) -> str:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = "Alice <alice@example.com>", "Bob <bob@example.com>", "Pipeline capacity"
+    m["Date"] = "Tue, 29 Jan 2002 11:23:42 -0600"
+    m.set_content(body)
+    return m.as_string()
+
+
+# ------------------------------------------------------------------------------------- happy
+def test_health_ready_docs_and_page(server):
+    assert server.get("/healthz").json()["status"] == "ok"
+    ready = server.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["device"] == "cpu" and ready["limits"]["max_emails"] == 5
+    paths = server.get("/openapi.json").json()["paths"]
+    assert {"/v1/summarize", "/v1/summarize/batch", "/healthz", "/readyz"} <= set(paths)
+    assert server.get("/docs").status_code == 200
+    page = server.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="summarize"' in page.text
+
+
+def test_summarize_structured_text_and_eml(server):
+    r = server.post("/v1/summarize", json=sample_thread(1))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["thread_id"] == "t1" and body["summary"].strip() and body["n_emails"] == 3 and body["elapsed_ms"] > 0
+    assert r.headers["x-request-id"]
+    r = server.post("/v1/summarize", json={"text": "Bob, the storage report is late again. Can you chase legal?"})
+    assert r.status_code == 200 and r.json()["summary"].strip()
+    r = server.post("/v1/summarize", json={"text": _eml_text("Capacity is full until March.")})
+    assert r.status_code == 200 and r.json()["subject"] == "Pipeline capacity"
+
+
+def test_batch_answers_in_request_order(server):
+    threads = [sample_thread(i, n_emails=1 + i, words=5 + 30 * i) for i in range(4)]
+    r = server.post("/v1/summarize/batch", json={"threads": threads})
+    assert r.status_code == 200, r.text
+    assert [x["thread_id"] for x in r.json()["results"]] == ["t0", "t1", "t2", "t3"]
+    one = server.post("/v1/summarize", json=threads[2]).json()["summary"]
+    assert r.json()["results"][2]["summary"] == one
+
+
+# ----------------------------------------------------------------------------------- invalid
+@pytest.mark.parametrize("payload, needle", [
+    ({"emails": [{"from": "a"}]}, "emails.0.body"),
+    ({}, "exactly one of 'emails'"),
+    ({"text": "x", "emails": [{"body": "y"}]}, "exactly one of 'emails'"),
+    ({"text": "   "}, "empty"),
+    ({"emails": [{"body": "x", "date": "the day after"}]}, "date"),
+    ({"emails": "nope"}, "emails"),
+])
+def test_invalid_threads_get_422_naming_the_problem(server, payload, needle):
+    r = server.post("/v1/summarize", json=payload)
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"]
+
+
+def test_malformed_json_and_wrong_shapes_are_4xx(server):
+    r = server.post("/v1/summarize", content=b'{"text": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert server.post("/v1/summarize/batch", json={"threads": []}).status_code == 422
+    assert server.get("/v1/summarize").status_code == 405
+
+
+def test_validation_errors_do_not_echo_the_body(server):
+    r = server.post("/v1/summarize", json={"emails": [{"from": SECRET, "date": [SECRET]}]})
+    assert r.status_code == 422 and SECRET not in r.text
+
+
+def test_limits_name_the_setting(server):
+    r = server.post("/v1/summarize", json=sample_thread(1, n_emails=6, words=3))
+    assert r.status_code == 422 and "serve.max_emails=5" in r.json()["detail"]
+    r = server.post("/v1/summarize", json={"text": "word " * 5000})
+    assert r.status_code == 422 and "serve.max_chars=20000" in r.json()["detail"]
+    r = server.post("/v1/summarize/batch", json={"threads": [sample_thread(i, words=3) for i in range(5)]})
+    assert r.status_code == 422 and "serve.max_batch_threads=4" in r.json()["detail"]
+    big = b'{"text": "' + b"a" * 60_000 + b'"}'
+    r = server.post("/v1/summarize", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "serve.max_body_bytes=50000" in r.json()["detail"]
+
+    def chunked():  # no Content-Length: the limit must hold while streaming
+        yield b'{"text": "'
+        for _ in range(20):
+            yield b"b" * 4096
+        yield b'"}'
+
+    r = server.post("/v1/summarize", content=chunked(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_cors_allows_only_configured_origins(server):
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-api-key"}
+    ok = server.options("/v1/summarize", headers={"Origin": "http://allowed.example", **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://allowed.example"
+    bad = server.options("/v1/summarize", headers={"Origin": "http://evil.example", **pre})
+    assert "access-control-allow-origin" not in bad.headers
+
+
+def test_request_logs_never_contain_bodies(server, caplog):
+    caplog.set_level(logging.INFO, logger="threadsum.serve")
+    server.post("/v1/summarize", json={"text": f"The {SECRET} closes Friday."})
+    server.post("/v1/summarize", json={"emails": [{"from": SECRET}]})
+    server.post("/v1/summarize", content=b'{"text": "' + SECRET.encode() * 3000 + b'"}',
+                headers={"content-type": "application/json"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "threadsum.serve"]
+    assert any("POST /v1/summarize 200" in line for line in lines)
+    assert any("POST /v1/summarize 422" in line for line in lines)
+    assert any("POST /v1/summarize 413" in line for line in lines)
+    assert not any(SECRET in line for line in lines)
+
+
+# ------------------------------------------------------------------------------ auth and 503
+def test_api_key_is_required_when_configured(summarizer):
+    with serve_in_thread(create_app(summarizer, ServeConfig(api_key="s3cret"))) as url:
+        assert httpx.post(url + "/v1/summarize", json={"text": "hi there"}).status_code == 401
+        r = httpx.post(url + "/v1/summarize", json={"text": "hi there"}, headers={"X-API-Key": "wrong"})
+        assert r.status_code == 401 and "X-API-Key" in r.json()["detail"]
+        r = httpx.post(url + "/v1/summarize", json={"text": "hi there"}, headers={"X-API-Key": "s3cret"}, timeout=60)
+        assert r.status_code == 200
+        assert httpx.get(url + "/healthz").status_code == 200  # probes stay open
+
+
+class SlowSummarizer(Summarizer):
+    """Test hook: the real generation, made slow enough to fill the queue on purpose."""
+
+    delay_s = 1.0
+
+    def generate(self, texts, batch_size=None):
+        time.sleep(self.delay_s)
+        return super().generate(texts, batch_size)
+
+
+def test_full_queue_answers_503_with_retry_after(summarizer):
+    slow = SlowSummarizer(summarizer.model, summarizer.tokenizer, summarizer.cfg, summarizer.device)
+    cfg = ServeConfig(queue_size=1, max_batch_size=1, max_wait_ms=0, warmup=False)
+    with serve_in_thread(create_app(slow, cfg)) as url:
+        with cf.ThreadPoolExecutor(4) as pool:
+            first = pool.submit(httpx.post, url + "/v1/summarize", json={"text": "first thread"}, timeout=60)
+            time.sleep(0.4)  # the first request is now generating and holds the only slot
+            r = httpx.post(url + "/v1/summarize", json={"text": "second thread"}, timeout=60)
+            assert r.status_code == 503
+            assert int(r.headers["Retry-After"]) >= 1 and "serve.queue_size=1" in r.json()["detail"]
+            assert httpx.get(url + "/healthz", timeout=5).status_code == 200  # loop stays responsive
+            assert first.result().status_code == 200
+        assert httpx.post(url + "/v1/summarize", json={"text": "third"}, timeout=60).status_code == 200
+
+
+# ------------------------------------------------------------------------------ the command
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_threadsum_serve_command_runs_and_stops(model_dir):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "threadsum", "serve", "--model", str(model_dir), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.3)
+        else:
+            pytest.fail("threadsum serve did not become ready in 90 s")
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/summarize", json={"text": f"{SECRET} arrives"}, timeout=60)
+        assert r.status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so supervisors see the usual status
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out
+    assert "POST /v1/summarize 200" in out and SECRET not in out
+
+
+# ------------------------------------------------------------------------------- load test
+def _rss_mb() -> float:
+    psutil = pytest.importorskip("psutil")
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@pytest.mark.slow
+def test_bounded_load_mixed_valid_and_invalid(summarizer):
+    """Concurrent clients under capacity: no 5xx, every invalid payload 4xx, memory flat."""
+    cfg = ServeConfig(max_batch_size=8, max_wait_ms=10, queue_size=64, max_emails=10, max_chars=20_000,
+                      max_body_bytes=100_000)
+    rng = random.Random(0)
+    invalid = [
+        {"emails": [{"from": "x"}]},
+        {"text": ""},
+        {"emails": [{"body": "b", "date": "soon"}]},
+        sample_thread(99, n_emails=12, words=2),
+        {"text": "z" * 30_000},
+    ]
+
+    def payload(i: int):
+        if i % 4 == 3:
+            return False, invalid[i % len(invalid)]
+        return True, sample_thread(i, n_emails=rng.randint(1, 5), words=rng.randint(5, 80))
+
+    with serve_in_thread(create_app(summarizer, cfg)) as url:
+        client = httpx.Client(base_url=url, timeout=60, limits=httpx.Limits(max_connections=16))
+
+        def call(i):
+            ok, body = payload(i)
+            return ok, client.post("/v1/summarize", json=body).status_code
+
+        def wave(start: int, n: int):
+            with cf.ThreadPoolExecutor(8) as pool:  # 8 clients < queue_size: under capacity
+                return list(pool.map(call, range(start, start + n)))
+
+        wave(0, 40)  # warm: allocator pools, tokenizer caches, first shapes
+        rss_before = _rss_mb()
+        t0 = time.perf_counter()
+        results = wave(40, 160)
+        elapsed = time.perf_counter() - t0
+        rss_after = _rss_mb()
+        stats = client.get("/healthz").json()["batching"]
+        client.close()
+
+    valid = [code for ok, code in results if ok]
+    bad = [code for ok, code in results if not ok]
+    assert all(code == 200 for code in valid), sorted(set(valid))
+    assert all(400 <= code < 500 for code in bad), sorted(set(bad))
+    assert stats["mean_batch_size"] > 1.0  # concurrency actually turned into batches
+    # flat: a leak of even a few KB per request would show over 160 requests with 1 MB bodies off
+    assert rss_after - rss_before < 60, (rss_before, rss_after)
+    assert elapsed < 120
