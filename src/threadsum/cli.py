@@ -134,11 +134,15 @@ def train(
     if resume:
         extra.append(f"train.resume={resume}")
     try:
-        from threadsum.cloud.container import sagemaker_overrides
-
-        sm = sagemaker_overrides()
-    except ImportError:
+        from threadsum.cloud.container import ContainerError, sagemaker_overrides
+    except ImportError:  # pragma: no cover - the cloud module is part of the package
         sm = None
+    else:
+        try:
+            sm = sagemaker_overrides()
+        except ContainerError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_BAD_INPUT)
     if sm:
         extra = list(sm) + extra
     if nproc > 1:

@@ -254,6 +254,8 @@ class TrackConfig(_Section):
     """MLflow experiment name."""
     run_name: Optional[str] = None
     """MLflow run name; default: '<name>-<output folder name>'."""
+    artifact_max_mb: float = Field(50.0, ge=0)
+    """Files above this size in a logged folder (model weights) stay in the output dir instead of being copied to MLflow (0: no limit)."""
 
 
 # --------------------------------------------------------------------------------------- serve

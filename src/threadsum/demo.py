@@ -91,7 +91,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     table.add_column("system")
     for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         table.add_column(k, justify="right")
-    rows = [("threadsum tiny model", metrics["rouge"])]
+    rows = [("threadsum tiny model", metrics["model"])]
     for name, scores in metrics.get("baselines", {}).items():
         rows.append((f"baseline: {name}", scores))
     for name, scores in rows:
@@ -99,7 +99,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     console.print(table)
 
     lead = metrics.get("baselines", {}).get("lead3")
-    model_l = _f1(metrics["rouge"], "rougeL")
+    model_l = _f1(metrics["model"], "rougeL")
     summary_out = {
         "wall_seconds": round(total, 1),
         "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -133,8 +133,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
 
 
 def _f1(scores, key: str) -> float:
-    """Scores are stored as {'rougeL': {'f1': x, 'ci95': [...]}} or {'rougeL': x}."""
+    """Scores are stored as {'rougeL': {'mean': x, 'ci95': [lo, hi]}}."""
     if scores is None:
         return float("nan")
-    v = scores[key]
-    return float(v["f1"] if isinstance(v, dict) else v)
+    return float(scores[key]["mean"])

@@ -334,11 +334,23 @@ class RunTracker:
         if str(p) not in arts:
             arts.append(str(p))
         self._write()
-        if self._client is not None and p.exists():
-            if p.is_dir():
-                self._mlflow(lambda c: c.log_artifacts(self._run_id, str(p), artifact_path=p.name))
-            else:
-                self._mlflow(lambda c: c.log_artifact(self._run_id, str(p)))
+        if self._client is None or not p.exists():
+            return
+        if p.is_file():
+            self._mlflow(lambda c: c.log_artifact(self._run_id, str(p)))
+            return
+        # a model folder: config, tokenizer and card go to MLflow; weights above the limit stay in
+        # the output dir (a bart-large copy would be 1.6 GB per run in the artifact store)
+        limit = self.cfg.track.artifact_max_mb * 2**20
+        skipped = []
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            if limit and f.stat().st_size > limit:
+                skipped.append(f.relative_to(p).as_posix())
+                continue
+            dest = (Path(p.name) / f.relative_to(p).parent).as_posix()
+            self._mlflow(lambda c, f=f, dest=dest: c.log_artifact(self._run_id, str(f), artifact_path=dest))
+        if skipped:
+            self.set_tags({f"artifacts.not_copied.{p.name}": ", ".join(skipped)[:7000]})
 
     def update_summary(self, summary: dict[str, Any]) -> None:
         """Merge results (e.g. {'eval': {'test': {...}}}) into the record's summary."""

@@ -15,11 +15,11 @@ from threadsum.deps import require
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
-# A period after these words rarely ends a sentence in business mail.
+# A period after these words rarely ends a sentence in business mail (a.m./p.m. often do).
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "inc", "corp", "co", "ltd",
     "no", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
-    "e.g", "i.e", "approx", "dept", "est", "fig", "u.s", "a.m", "p.m",
+    "e.g", "i.e", "approx", "dept", "est", "fig", "u.s",
 }
 # candidate boundary: end punctuation (optionally closing quote/bracket), whitespace, then a
 # character that can start a sentence
@@ -109,11 +109,11 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, samples: int = 1000, seed
 
 
 def summarize_scores(per_example: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """{'rouge1': {'mean': m, 'ci95': [lo, hi]}, ...} from per-example scores."""
+    """{'rouge1': {'f1': mean F1, 'ci95': [lo, hi]}, ...} from per-example scores."""
     out = {}
     for k, v in per_example.items():
         v = np.asarray(v, dtype=np.float64)
-        out[k] = {"mean": float(v.mean()) if v.size else float("nan"), "ci95": list(bootstrap_ci(v, samples, seed))}
+        out[k] = {"f1": float(v.mean()) if v.size else float("nan"), "ci95": list(bootstrap_ci(v, samples, seed))}
     return out
 
 

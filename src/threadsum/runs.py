@@ -1,0 +1,329 @@
+"""`threadsum runs` (a table of every run under a folder) and `threadsum runs report` (EXPERIMENTS.md).
+
+Both read the JSON run records (``run.json``) that every train/evaluate run writes, tracked in
+MLflow or not, so they work on a laptop, on a copied-back SageMaker output and in CI alike.
+
+Fields read from a record (written by ``threadsum.track.RunTracker``): status, cause, last_step,
+started/ended/updated, tags (device, instance_type, host, git_commit), config, history (resumes),
+best (lowest loss / highest ROUGE logged), metrics (latest values) and summary. Summary keys the
+table understands: steps, epochs, time_per_epoch_s, train_seconds, peak_memory_gb (or
+peak_memory_mb), tokens_per_s, cost_usd (or estimated_cost_usd), eval.<split>.rougeL.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from threadsum.track import RECORD_FILE, flatten
+
+# config keys that differ between any two runs without changing the experiment
+_NOISE_KEYS = ("train.output_dir", "data.prepared_dir", "track.", "serve.", "sagemaker.role", "sagemaker.s3_prefix")
+
+
+# ---------------------------------------------------------------------------------- reading
+def find_runs(root: str | Path = "outputs") -> list[dict[str, Any]]:
+    """Every run record under ``root`` (oldest first); each gets '_dir' and '_id' (its folder relative to root)."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no folder '{root}': pass the folder that holds your run outputs (e.g. --root outputs)")
+    records = []
+    paths = [root / RECORD_FILE] if (root / RECORD_FILE).exists() else []
+    paths += sorted(p for p in root.rglob(RECORD_FILE) if p.parent != root and "checkpoints" not in p.parts)
+    for path in paths:
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a record cut mid-write by a crash is skipped, not fatal to the listing
+        if not isinstance(rec, dict):
+            continue
+        rel = path.parent.relative_to(root).as_posix() if path.parent != root else root.name
+        rec["_dir"], rec["_id"] = str(path.parent), rel or "."
+        records.append(rec)
+    records.sort(key=lambda r: r.get("started") or 0)
+    return records
+
+
+def effective_status(rec: dict) -> str:
+    """The recorded status, except a RUNNING run whose process is gone on this host reads 'DIED'."""
+    status = rec.get("status") or "UNKNOWN"
+    if status == "RUNNING" and rec.get("pid") and (rec.get("tags") or {}).get("host") == socket.gethostname():
+        try:
+            os.kill(int(rec["pid"]), 0)
+        except ProcessLookupError:
+            return "DIED"
+        except (PermissionError, OSError, ValueError):
+            pass
+    return status
+
+
+def failure_cause(rec: dict) -> Optional[str]:
+    status = effective_status(rec)
+    if status == "DIED":
+        return "crashed: the process ended without writing a final status (killed -9, OOM killer or power loss?)"
+    if status in ("FAILED", "KILLED"):
+        return rec.get("cause") or "unknown (no cause recorded)"
+    return None
+
+
+def _num(v: Any) -> Optional[float]:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _model_name(cfg: dict) -> str:
+    m = cfg.get("model") or {}
+    if m.get("init") == "random":
+        t = m.get("tiny") or {}
+        name = f"random d{t.get('d_model', '?')} L{t.get('encoder_layers', '?')}/{t.get('decoder_layers', '?')}"
+    else:
+        name = str(m.get("name_or_path") or "?")
+    if (m.get("lora") or {}).get("enabled"):
+        name += f" +LoRA r{m['lora'].get('r')}"
+    return name
+
+
+def best_rouge_l(rec: dict) -> Optional[float]:
+    values = []
+    for split, res in ((rec.get("summary") or {}).get("eval") or {}).items():
+        if isinstance(res, dict) and _num(res.get("rougeL")) is not None:
+            values.append(res["rougeL"])
+    for k, v in (rec.get("best") or {}).items():
+        if k.lower().endswith("rougel") and "baseline" not in k and _num(v) is not None:
+            values.append(v)
+    return max(values) if values else None
+
+
+def run_row(rec: dict) -> dict[str, Any]:
+    """The display fields of one run (numbers stay numbers; None = unknown)."""
+    s = rec.get("summary") or {}
+    tags = rec.get("tags") or {}
+    cfg = rec.get("config") or {}
+    epochs = _num(s.get("epochs"))
+    seconds = _num(s.get("train_seconds"))
+    if seconds is None and _num(rec.get("started")) and _num(rec.get("ended")):
+        seconds = rec["ended"] - rec["started"]
+    per_epoch = _num(s.get("time_per_epoch_s"))
+    if per_epoch is None and seconds is not None and epochs:
+        per_epoch = seconds / epochs
+    peak = _num(s.get("peak_memory_gb"))
+    if peak is None and _num(s.get("peak_memory_mb")) is not None:
+        peak = s["peak_memory_mb"] / 1024
+    if peak is None:
+        peak = _num((rec.get("metrics") or {}).get("peak_memory_gb"))
+    device = tags.get("device", "?")
+    if tags.get("instance_type") and tags.get("instance_type") != "local":
+        device = f"{tags['instance_type']} ({device})"
+    return {
+        "id": rec["_id"],
+        "kind": rec.get("kind", "?"),
+        "name": rec.get("name", "?"),
+        "model": _model_name(cfg),
+        "device": device,
+        "status": effective_status(rec),
+        "cause": failure_cause(rec),
+        "steps": rec.get("last_step") if rec.get("last_step") is not None else s.get("steps"),
+        "epochs": epochs,
+        "time_per_epoch_s": per_epoch,
+        "seconds": seconds,
+        "peak_memory_gb": peak,
+        "best_rougeL": best_rouge_l(rec),
+        "cost_usd": _num(s.get("cost_usd")) if _num(s.get("cost_usd")) is not None else _num(s.get("estimated_cost_usd")),
+        "resumed": rec.get("resumed", 0),
+        "mlflow_run_id": (rec.get("mlflow") or {}).get("run_id"),
+    }
+
+
+# --------------------------------------------------------------------------------- formatting
+def _dur(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _f(v: Optional[float], fmt: str, scale: float = 1.0) -> str:
+    return "-" if v is None else format(v * scale, fmt)
+
+
+def _steps(row: dict) -> str:
+    steps = "-" if row["steps"] is None else str(row["steps"])
+    return steps if row["epochs"] is None else f"{steps} / {row['epochs']:.2g}"
+
+
+def _table_cells(row: dict) -> list[str]:
+    return [row["id"], row["model"], row["device"], row["status"], _steps(row), _dur(row["time_per_epoch_s"]),
+            _f(row["peak_memory_gb"], ".1f"), _f(row["best_rougeL"], ".2f", 100), _f(row["cost_usd"], ".2f")]
+
+
+HEADERS = ["run", "model", "device", "status", "steps / epochs", "time/epoch", "peak GB", "best ROUGE-L", "cost $"]
+
+
+def runs_command(root: str = "outputs", as_json: bool = False) -> list[dict[str, Any]]:
+    """Print the runs under ``root`` as a table (or JSON lines); returns the rows."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [run_row(r) for r in find_runs(root)]
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return rows
+    # piped output (grep, CI logs) gets a wide table instead of rich's 80-column default
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if not rows:
+        console.print(f"no runs under {root} (each run writes a run.json into its output folder)")
+        return rows
+    table = Table(title=f"runs under {root}")
+    for h in HEADERS:
+        table.add_column(h, justify="right" if h in ("steps / epochs", "time/epoch", "peak GB", "best ROUGE-L", "cost $") else "left",
+                         no_wrap=h == "run")
+    colors = {"FINISHED": "green", "FAILED": "red", "KILLED": "yellow", "DIED": "red", "RUNNING": "cyan"}
+    for row in rows:
+        table.add_row(*_table_cells(row), style=None if row["status"] == "FINISHED" else colors.get(row["status"]))
+    console.print(table)
+    failed = [r for r in rows if r["cause"]]
+    for r in failed:
+        console.print(f"[red]{r['id']}[/red]: {r['cause']} (last step {r['steps'] if r['steps'] is not None else '?'})")
+    return rows
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _config_changes(prev: dict, cur: dict, limit: int = 10) -> list[str]:
+    a, b = flatten(prev or {}), flatten(cur or {})
+    changes = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == n or (n.endswith(".") and k.startswith(n)) for n in _NOISE_KEYS):
+            continue
+        if a.get(k) != b.get(k):
+            changes.append(f"`{k}`: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}")
+    if len(changes) > limit:
+        changes = changes[:limit] + [f"... and {len(changes) - limit} more"]
+    return changes
+
+
+def _setup_line(cfg: dict) -> str:
+    t = cfg.get("train") or {}
+    m = cfg.get("model") or {}
+    bits = [f"model {_model_name(cfg)}"]
+    if t:
+        length = f"{t.get('max_steps')} steps" if t.get("max_steps") else f"{t.get('epochs')} epochs"
+        bits += [length, f"lr {t.get('lr')}", f"{t.get('batch_tokens')} tokens/step",
+                 f"micro-batch {t.get('max_tokens')} tokens", f"precision {t.get('precision')}",
+                 f"optimizer {t.get('optimizer')}"]
+    if m.get("gradient_checkpointing"):
+        bits.append("gradient checkpointing")
+    d = cfg.get("data") or {}
+    if d.get("source"):
+        bits.append(f"data {d['source']}")
+    return ", ".join(str(b) for b in bits)
+
+
+def _when(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if _num(ts) else "?"
+
+
+def render_report(records: list[dict[str, Any]], root: str | Path) -> str:
+    """The markdown experiment log of ``records`` (as returned by ``find_runs``)."""
+    rows = [run_row(r) for r in records]
+    lines = [
+        "# Experiment log",
+        "",
+        f"Generated by `threadsum runs report` on {time.strftime('%Y-%m-%d %H:%M')} from {len(records)} run records "
+        f"under `{root}`. Regenerate it rather than editing it.",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_md_escape(c) for c in _table_cells(row)) + " |")
+
+    lines += ["", "## Experiments", ""]
+    prev_cfg: dict[str, dict] = {}
+    for rec, row in zip(records, rows):
+        cfg = rec.get("config") or {}
+        tags = rec.get("tags") or {}
+        lines += [f"### {row['id']} ({row['kind']}, {row['status']})", ""]
+        lines.append(f"- when: {_when(rec.get('started'))} to {_when(rec.get('ended') or rec.get('updated'))}"
+                     f" ({_dur(row['seconds'])}); host {tags.get('host', '?')}, device {row['device']}"
+                     + (f", commit {tags['git_commit'][:10]}" if tags.get("git_commit") else ""))
+        if cfg:
+            lines.append(f"- setup: {_setup_line(cfg)}")
+            before = prev_cfg.get(row["kind"])
+            if before is not None:
+                changes = _config_changes(before, cfg)
+                lines.append("- changed from the previous run: " + ("; ".join(changes) if changes else "nothing in the config"))
+            prev_cfg[row["kind"]] = cfg
+        outcome = [f"status {row['status']}", f"steps {row['steps'] if row['steps'] is not None else '-'}"]
+        if row["epochs"] is not None:
+            outcome.append(f"epochs {row['epochs']:.3g}")
+        best = rec.get("best") or {}
+        for k in ("loss", "val_loss"):
+            if _num(best.get(k)) is not None:
+                outcome.append(f"best {k} {best[k]:.4f}")
+        s = rec.get("summary") or {}
+        if _num(s.get("tokens_per_s")) is not None:
+            outcome.append(f"{s['tokens_per_s']:.0f} tokens/s")
+        if row["time_per_epoch_s"] is not None:
+            outcome.append(f"{_dur(row['time_per_epoch_s'])} per epoch")
+        if row["peak_memory_gb"] is not None:
+            outcome.append(f"peak memory {row['peak_memory_gb']:.1f} GB")
+        if row["cost_usd"] is not None:
+            outcome.append(f"estimated cost ${row['cost_usd']:.2f}")
+        lines.append("- outcome: " + ", ".join(outcome))
+        for split, res in ((s.get("eval") or {}) if isinstance(s.get("eval"), dict) else {}).items():
+            if not isinstance(res, dict) or _num(res.get("rougeL")) is None:
+                continue
+            lead = next((k for k in res if k.startswith("baseline.lead") and k.endswith(".rougeL")), None)
+            parts = [f"{label} {100 * res[k]:.2f}" for k, label in (("rouge1", "R1"), ("rouge2", "R2"), ("rougeL", "RL"))
+                     if _num(res.get(k)) is not None]
+            text = f"- ROUGE on {split} ({res.get('n_threads', '?')} threads): " + ", ".join(parts)
+            if lead:
+                text += f" (lead baseline RL {100 * res[lead]:.2f})"
+            lines.append(text)
+        if row["cause"]:
+            lines.append(f"- failure: {row['cause']} (last step {row['steps'] if row['steps'] is not None else '?'})")
+        for h in rec.get("history") or []:
+            if h.get("previous_cause"):
+                lines.append(f"- resumed at step {h.get('from_step')} on {_when(h.get('resumed_at'))} after: {h['previous_cause']}")
+        if row["mlflow_run_id"]:
+            lines.append(f"- MLflow run: `{row['mlflow_run_id']}`")
+        lines.append("")
+
+    lines += ["## Failed approaches", "",
+              "Runs that failed or were stopped, with their causes, so nobody repeats them.", ""]
+    failures = []
+    for rec, row in zip(records, rows):
+        if row["cause"]:
+            failures.append((rec, row, row["cause"], row["steps"], "final"))
+        for h in rec.get("history") or []:
+            if h.get("previous_cause"):
+                failures.append((rec, row, h["previous_cause"], h.get("from_step"), "resumed later"))
+    if not failures:
+        lines.append("None recorded.")
+    else:
+        lines += ["| run | setup | cause | last step | outcome |", "|---|---|---|---:|---|"]
+        for rec, row, cause, step, what in failures:
+            lines.append(f"| {_md_escape(row['id'])} | {_md_escape(_setup_line(rec.get('config') or {}))} | "
+                         f"{_md_escape(cause)} | {step if step is not None else '?'} | {what} |")
+    return "\n".join(lines) + "\n"
+
+
+def runs_report_command(root: str = "outputs", output: Optional[str] = None) -> Path:
+    """Write the experiment log (default ``<root>/EXPERIMENTS.md``); returns its path."""
+    records = find_runs(root)
+    path = Path(output) if output else Path(root) / "EXPERIMENTS.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_report(records, root), encoding="utf-8")
+    print(f"wrote {path} ({len(records)} runs, {sum(1 for r in records if failure_cause(r))} failed)")
+    return path
