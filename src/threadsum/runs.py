@@ -49,6 +49,66 @@ def find_runs(root: str | Path = "outputs") -> list[dict[str, Any]]:
     return records
 
 
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                break
+            node = nxt
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _param(v: str) -> Any:
+    try:
+        return json.loads(v)
+    except ValueError:
+        return v
+
+
+def mlflow_records(tracking_uri: str) -> list[dict[str, Any]]:
+    """Runs of an MLflow backend as run records (e.g. SageMaker jobs whose output folders are in S3)."""
+    from threadsum.deps import require
+
+    require("mlflow", "track")
+    from threadsum.track import _quiet_mlflow
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    records = []
+    for run in client.search_runs(exp_ids, max_results=5000) if exp_ids else []:
+        tags, metrics = run.data.tags, run.data.metrics
+        summary = _unflatten({k[len("summary."):]: v for k, v in metrics.items() if k.startswith("summary.")})
+        for k, v in metrics.items():
+            split, sep, name = k.partition("/")
+            if sep and split in ("train", "validation", "test"):
+                summary.setdefault("eval", {}).setdefault(split, {})[name] = v
+        last = tags.get("threadsum.last_step")
+        rec = {
+            "_id": run.info.run_name or run.info.run_id[:12], "_dir": run.info.artifact_uri,
+            "kind": tags.get("threadsum.kind", "?"), "name": _param(run.data.params.get("name", '"?"')),
+            "status": run.info.status, "cause": tags.get("threadsum.cause"),
+            "last_step": int(last) if last and last.isdigit() else None,
+            "started": run.info.start_time / 1000 if run.info.start_time else None,
+            "ended": run.info.end_time / 1000 if run.info.end_time else None,
+            "tags": dict(tags), "metrics": dict(metrics), "summary": summary,
+            "config": _unflatten({k: _param(v) for k, v in run.data.params.items()}),
+            "mlflow": {"tracking_uri": tracking_uri, "run_id": run.info.run_id},
+        }
+        if tags.get("threadsum.previous_cause"):
+            rec["history"] = [{"previous_cause": tags["threadsum.previous_cause"]}]
+        records.append(rec)
+    return records
+
+
 def effective_status(rec: dict) -> str:
     """The recorded status, except a RUNNING run whose process is gone on this host reads 'DIED'."""
     status = rec.get("status") or "UNKNOWN"
@@ -73,6 +133,30 @@ def failure_cause(rec: dict) -> Optional[str]:
 
 def _num(v: Any) -> Optional[float]:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _first(*values: Any) -> Optional[float]:
+    for v in values:
+        if _num(v) is not None:
+            return float(v)
+    return None
+
+
+def estimate_cost(rec: dict, seconds: Optional[float]) -> Optional[float]:
+    """List price of a SageMaker run: instance price x instances x hours (x spot discount); None when local."""
+    itype = (rec.get("tags") or {}).get("instance_type")
+    if not itype or itype == "local" or seconds is None:
+        return None
+    try:
+        from threadsum.train.cost import instance_catalog
+
+        catalog = instance_catalog()
+        price = catalog["instances"][itype]["price"]
+    except Exception:  # no price table for this type: show '-' rather than a wrong number
+        return None
+    sm = (rec.get("config") or {}).get("sagemaker") or {}
+    factor = (1 - float(catalog.get("spot_discount", 0))) if sm.get("spot") else 1.0
+    return float(price) * int(sm.get("instance_count") or 1) * seconds / 3600 * factor
 
 
 def _model_name(cfg: dict) -> str:
@@ -103,18 +187,17 @@ def run_row(rec: dict) -> dict[str, Any]:
     s = rec.get("summary") or {}
     tags = rec.get("tags") or {}
     cfg = rec.get("config") or {}
-    epochs = _num(s.get("epochs"))
+    metrics = rec.get("metrics") or {}
+    epochs = _first(s.get("epochs"), s.get("epoch"), metrics.get("epoch"))
     seconds = _num(s.get("train_seconds"))
     if seconds is None and _num(rec.get("started")) and _num(rec.get("ended")):
         seconds = rec["ended"] - rec["started"]
     per_epoch = _num(s.get("time_per_epoch_s"))
     if per_epoch is None and seconds is not None and epochs:
         per_epoch = seconds / epochs
-    peak = _num(s.get("peak_memory_gb"))
-    if peak is None and _num(s.get("peak_memory_mb")) is not None:
-        peak = s["peak_memory_mb"] / 1024
-    if peak is None:
-        peak = _num((rec.get("metrics") or {}).get("peak_memory_gb"))
+    peak = _first(s.get("peak_memory_gb"), s.get("peak_mem_gb"),
+                  s["peak_memory_mb"] / 1024 if _num(s.get("peak_memory_mb")) is not None else None,
+                  (rec.get("best") or {}).get("peak_mem_gb"), metrics.get("peak_memory_gb"), metrics.get("peak_mem_gb"))
     device = tags.get("device", "?")
     if tags.get("instance_type") and tags.get("instance_type") != "local":
         device = f"{tags['instance_type']} ({device})"
@@ -132,7 +215,7 @@ def run_row(rec: dict) -> dict[str, Any]:
         "seconds": seconds,
         "peak_memory_gb": peak,
         "best_rougeL": best_rouge_l(rec),
-        "cost_usd": _num(s.get("cost_usd")) if _num(s.get("cost_usd")) is not None else _num(s.get("estimated_cost_usd")),
+        "cost_usd": _first(s.get("cost_usd"), s.get("estimated_cost_usd"), estimate_cost(rec, seconds)),
         "resumed": rec.get("resumed", 0),
         "mlflow_run_id": (rec.get("mlflow") or {}).get("run_id"),
     }
@@ -166,12 +249,22 @@ def _table_cells(row: dict) -> list[str]:
 HEADERS = ["run", "model", "device", "status", "steps / epochs", "time/epoch", "peak GB", "best ROUGE-L", "cost $"]
 
 
-def runs_command(root: str = "outputs", as_json: bool = False) -> list[dict[str, Any]]:
-    """Print the runs under ``root`` as a table (or JSON lines); returns the rows."""
+def collect_runs(root: str | Path = "outputs", tracking_uri: Optional[str] = None) -> list[dict[str, Any]]:
+    """Run records under ``root`` plus, with ``tracking_uri``, the MLflow runs that have no record there."""
+    records = find_runs(root) if tracking_uri is None or Path(root).exists() else []
+    if tracking_uri:
+        known = {(r.get("mlflow") or {}).get("run_id") for r in records}
+        records += [r for r in mlflow_records(tracking_uri) if (r.get("mlflow") or {}).get("run_id") not in known]
+        records.sort(key=lambda r: r.get("started") or 0)
+    return records
+
+
+def runs_command(root: str = "outputs", tracking_uri: Optional[str] = None, as_json: bool = False) -> list[dict[str, Any]]:
+    """Print the runs under ``root`` (and in MLflow at ``tracking_uri``) as a table or JSON lines; returns the rows."""
     from rich.console import Console
     from rich.table import Table
 
-    rows = [run_row(r) for r in find_runs(root)]
+    rows = [run_row(r) for r in collect_runs(root, tracking_uri)]
     if as_json:
         for row in rows:
             print(json.dumps(row))
@@ -272,8 +365,9 @@ def render_report(records: list[dict[str, Any]], root: str | Path) -> str:
             if _num(best.get(k)) is not None:
                 outcome.append(f"best {k} {best[k]:.4f}")
         s = rec.get("summary") or {}
-        if _num(s.get("tokens_per_s")) is not None:
-            outcome.append(f"{s['tokens_per_s']:.0f} tokens/s")
+        tps = _first(s.get("tokens_per_s"), s.get("real_tokens_per_s"))
+        if tps is not None:
+            outcome.append(f"{tps:.0f} tokens/s")
         if row["time_per_epoch_s"] is not None:
             outcome.append(f"{_dur(row['time_per_epoch_s'])} per epoch")
         if row["peak_memory_gb"] is not None:
@@ -319,9 +413,9 @@ def render_report(records: list[dict[str, Any]], root: str | Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def runs_report_command(root: str = "outputs", output: Optional[str] = None) -> Path:
+def runs_report_command(root: str = "outputs", output: Optional[str] = None, tracking_uri: Optional[str] = None) -> Path:
     """Write the experiment log (default ``<root>/EXPERIMENTS.md``); returns its path."""
-    records = find_runs(root)
+    records = collect_runs(root, tracking_uri)
     path = Path(output) if output else Path(root) / "EXPERIMENTS.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(records, root), encoding="utf-8")

@@ -3,6 +3,7 @@ its held-out ROUGE-L is far above the lead-3 baseline's."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_tiny_model_beats_lead_baseline_on_held_out_threads(tmp_path):
     from threadsum.train.loop import train
 
     write_kaggle_csv(tmp_path / "corpus", 240, seed=3)
-    cfg = load_config("configs/tiny.yaml", [
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml", [
         f"data.source={tmp_path / 'corpus'}", f"data.prepared_dir={tmp_path / 'prepared'}",
         "data.max_source_tokens=384", "data.max_target_tokens=96", "model.tiny.vocab_size=1500",
         f"train.output_dir={tmp_path / 'run'}", "train.epochs=40", "train.max_steps=240", "train.warmup_steps=20",

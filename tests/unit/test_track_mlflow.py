@@ -10,7 +10,7 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from threadsum.config import config_from_dict  # noqa: E402
-from threadsum.runs import find_runs, render_report, run_row, runs_report_command  # noqa: E402
+from threadsum.runs import collect_runs, find_runs, render_report, run_row, runs_report_command  # noqa: E402
 from threadsum.track import RunTracker  # noqa: E402
 
 
@@ -105,3 +105,16 @@ def test_success_failure_resume_and_report(backend):
     assert "| bad |" in failed and "preempted: spot interruption" in failed and "OOM: RuntimeError: CUDA out of memory" in failed
     assert "| ok |" not in failed
     assert "`train.lr`: 5e-05 -> 1.0" in text or "`train.lr`: 5e-05 -> 0.5" in text
+
+    # the same runs read back from MLflow alone (output folders elsewhere, e.g. SageMaker jobs)
+    from_mlflow = collect_runs(root / "elsewhere", tracking_uri=f"sqlite:///{db}")
+    by_run = {r["mlflow"]["run_id"]: run_row(r) for r in from_mlflow}
+    assert set(by_run) == {ok.run_id, bad.run_id}
+    assert by_run[bad.run_id]["status"] == "KILLED" and by_run[bad.run_id]["cause"] == "preempted: spot interruption"
+    assert by_run[bad.run_id]["steps"] == 6 and by_run[ok.run_id]["peak_memory_gb"] == pytest.approx(1.5)
+    assert by_run[ok.run_id]["model"].startswith("random")
+    text = render_report(from_mlflow, "mlflow")
+    failed = text.split("## Failed approaches", 1)[1]
+    assert "preempted: spot interruption" in failed and "OOM: RuntimeError" in failed
+    # both sources together: each run once
+    assert len(collect_runs(runs, tracking_uri=f"sqlite:///{db}")) == 2

@@ -83,3 +83,18 @@ def test_runs_report(outputs, tmp_path):
 def test_runs_missing_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="--root"):
         find_runs(tmp_path / "nope")
+
+
+def test_cost_estimate_from_instance_price(outputs):
+    path = outputs / "bart-base" / "run.json"
+    rec = json.loads(path.read_text())
+    rec["tags"]["instance_type"] = "ml.g5.xlarge"
+    rec["summary"].pop("estimated_cost_usd")
+    rec["summary"]["train_seconds"] = 7200.0
+    path.write_text(json.dumps(rec))
+    from threadsum.train.cost import instance_catalog
+
+    price = instance_catalog()["instances"]["ml.g5.xlarge"]["price"]
+    row = {r["id"]: r for r in runs_command(str(outputs), as_json=True)}["bart-base"]
+    assert row["cost_usd"] == pytest.approx(2 * price)
+    assert row["device"].startswith("ml.g5.xlarge")

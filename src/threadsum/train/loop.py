@@ -43,6 +43,7 @@ from threadsum.config import Config
 from threadsum.train.batching import TokenBudgetSampler, collate, padded_cost, plan_micro_batches, split_micro_batch
 from threadsum.train.checkpoint import (
     CHECKPOINTS_DIR,
+    STEP_DIR_FORMAT,
     CheckpointError,
     Counters,
     TrainState,
@@ -350,7 +351,7 @@ def train(cfg: Config) -> dict[str, Any]:
         state.counters.compute_max_tokens = tc.compute_max_tokens or tc.max_tokens
         resumed_from = _resume(state, tc.resume, ckpt_root)
         counters = state.counters
-        if resumed_from is None and metrics_path.exists():
+        if resumed_from is None and metrics_path.exists() and accelerator.is_main_process:
             metrics_path.unlink()  # a fresh run in a used folder: old records would mix with new ones
         _truncate_metrics(metrics_path, counters.step)
         cfg.save(out_dir)
@@ -382,7 +383,11 @@ def train(cfg: Config) -> dict[str, Any]:
             return m
 
         def save_checkpoint() -> Path:
-            return state.save(ckpt_root, tc.keep_last)
+            # DDP keeps identical replicas: one writer; the others wait so nobody reads a half-written folder
+            if accelerator.is_main_process:
+                path = state.save(ckpt_root, tc.keep_last)
+            accelerator.wait_for_everyone()
+            return ckpt_root / STEP_DIR_FORMAT.format(counters.step) if not accelerator.is_main_process else path
 
         # ---------------------------------------------------------------- the loop
         while counters.step < total_steps:
