@@ -38,6 +38,7 @@ from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa
 from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
 
 PRESETS = {
+    "tiny": None,  # the service tests' model (threadsum.inference.tiny): per-call overhead dominates
     # d_model, encoder/decoder layers, heads, ffn, vocab (BART-large's real vocabulary size matters:
     # the LM head is a d_model x vocab matmul per generated token)
     "small": dict(d_model=256, layers=2, heads=4, ffn=1024, vocab=4000),
@@ -55,6 +56,8 @@ def build_preset(out: Path, preset: str, max_source: int) -> Path:
     p = PRESETS[preset]
     build_tiny_model_dir(out, overrides={"data.max_source_tokens": max_source,
                                          "model.tiny.max_position_embeddings": max(1024, max_source)})
+    if p is None:
+        return out
     tok = load_tokenizer(str(out))
     cfg = BartConfig(
         vocab_size=max(p["vocab"], len(tok)), d_model=p["d_model"], encoder_layers=p["layers"], decoder_layers=p["layers"],
@@ -160,11 +163,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--max-source", type=int, default=512)
     ap.add_argument("--words", type=int, default=60, help="Words per email of the generated threads.")
+    ap.add_argument("--torch-threads", type=int, default=0,
+                    help="torch intra-op threads (0: torch's default). On a shared CPU use 1: two spinning "
+                         "OpenMP threads on an oversubscribed machine made one generation 17x slower here.")
     ap.add_argument("--skip-generate", action="store_true", help="Only the HTTP comparison.")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results_serve.md"))
     args = ap.parse_args(argv)
 
     quiet_loading()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:
         s = make_summarizer(args, Path(tmp))
         threads = threads_for(args.requests, args.words)

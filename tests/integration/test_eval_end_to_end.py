@@ -127,13 +127,13 @@ def test_evaluate_writes_predictions_metrics_and_report(world, capsys):
     assert all(4 <= p["prediction_tokens"] <= 12 for p in preds)  # min/max new tokens honoured
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["n_threads"] == 12 == result["n_threads"]
+    assert metrics["n_threads"] == 12 == result["n_threads"] and metrics["output_dir"] == str(out)
     for k in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        s = metrics["rouge"][k]
-        assert 0.0 <= s["ci95"][0] <= s["f1"] <= s["ci95"][1] <= 1.0
+        s = metrics["model"][k]
+        assert 0.0 <= s["ci95"][0] <= s["mean"] <= s["ci95"][1] <= 1.0
     assert set(metrics["baselines"]) == {"lead3", "first_email", "subject"}
     # the references share the thread's vocabulary: lead-3 beats a random model and the subject line
-    assert metrics["baselines"]["lead3"]["rouge1"]["f1"] > metrics["baselines"]["subject"]["rouge1"]["f1"]
+    assert metrics["baselines"]["lead3"]["rouge1"]["mean"] > metrics["baselines"]["subject"]["rouge1"]["mean"]
     assert metrics["speed"]["threads_per_s"] > 0
     assert metrics["lengths"]["prediction_tokens"]["max"] <= 12
 

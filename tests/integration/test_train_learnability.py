@@ -19,19 +19,14 @@ MARGIN = 10.0  # ROUGE-L points above lead-3 (observed margin is several times l
 
 
 def test_tiny_model_beats_lead_baseline_on_held_out_threads(tmp_path):
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
     from threadsum.data.prepare import prepare
-    from threadsum.data.prepared import open_prepared
     from threadsum.data.synth import write_kaggle_csv
-    from threadsum.evaluate.metrics import baseline_predictions, rouge_scores
-    from threadsum.train.loop import train
 
     write_kaggle_csv(tmp_path / "corpus", 240, seed=3)
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml", [
         f"data.source={tmp_path / 'corpus'}", f"data.prepared_dir={tmp_path / 'prepared'}",
         "data.max_source_tokens=384", "data.max_target_tokens=96", "model.tiny.vocab_size=1500",
-        f"train.output_dir={tmp_path / 'run'}", "train.epochs=40", "train.max_steps=240", "train.warmup_steps=20",
+        f"train.output_dir={tmp_path / 'run'}", "train.epochs=40", "train.max_steps=120", "train.warmup_steps=10",
         "train.lr=3e-3", "train.max_tokens=4096", "train.batch_tokens=4096", "train.eval_every_steps=0",
         "train.checkpoint_every_steps=0", "track.tracking_uri=none",
     ])
@@ -39,9 +34,19 @@ def test_tiny_model_beats_lead_baseline_on_held_out_threads(tmp_path):
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # the shared 2-core CI box: one thread is faster than two contended ones
     try:
-        result = train(cfg)
+        _train_and_score(cfg)
     finally:
         torch.set_num_threads(old)
+
+
+def _train_and_score(cfg):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from threadsum.data.prepared import open_prepared
+    from threadsum.evaluate.metrics import baseline_predictions, rouge_scores
+    from threadsum.train.loop import train
+
+    result = train(cfg)
     assert result["status"] == "finished"
 
     prepared = open_prepared(cfg.data.prepared_dir)

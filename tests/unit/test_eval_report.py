@@ -11,10 +11,10 @@ from threadsum.evaluate.report import read_loss_curves, write_report  # noqa: E4
 
 
 def _result():
-    s = lambda m: {"f1": m, "ci95": [m - 0.02, m + 0.02]}  # noqa: E731
+    s = lambda m: {"mean": m, "ci95": [m - 0.02, m + 0.02]}  # noqa: E731
     return {
         "model_dir": "outputs/run/model", "split": "test", "n_threads": 4, "empty_predictions": 0,
-        "rouge": {k: s(0.40) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
+        "model": {k: s(0.40) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
         "baselines": {"lead3": {k: s(0.25) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")},
                       "subject": {k: s(0.05) for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")}},
         "lengths": {"prediction_words": {"n": 4, "mean": 80.0, "median": 80, "p10": 70, "p90": 90, "max": 95},

@@ -65,6 +65,7 @@ def test_levers_move_memory_the_right_way():
     # AdamW state of BART-large is 3.2 GB (DESIGN.md)
     assert base.optimizer == pytest.approx(3.25e9, rel=0.01)
     assert abs(sum(b for _, b, _ in base.breakdown()) - base.peak) < 1e6
+    assert base.gradients_total == pytest.approx(4 * base.trainable_params)
 
 
 def test_auto_fit_keeps_effective_batch_and_fits():
@@ -133,3 +134,78 @@ def test_live_measurement_matches_committed_calibration():
         assert out.returncode == 0, out.stderr[-2000:]
         live = json.loads(out.stdout.strip().splitlines()[-1])["measured_mb"]
         assert abs(_predict(p) / live - 1) <= 0.15
+
+
+# ---- GPU anchors: BART-large (BartConfig() defaults, random init, sdpa) on one H200, peaks from
+# torch.cuda.max_memory_allocated / 2**30 in /work/shared/bench/gpu_anchor.py (DESIGN.md).
+BART_DEFAULTS = mem.ModelSpec(
+    name="BartConfig()", d_model=1024, encoder_layers=12, decoder_layers=12, encoder_heads=16, decoder_heads=16,
+    encoder_ffn=4096, decoder_ffn=4096, vocab_size=50265, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+)
+
+
+def _anchor_token_budget_batches(max_tokens=16384, n=4167):
+    """(batch, source len, target len) of every micro-batch gpu_anchor.py builds, in its run order.
+
+    Same generator as the script: lognormal lengths, sorted by (source, target), cut when
+    count x longest SOURCE exceeds the budget (targets are not counted), shuffled with seed 1.
+    """
+    import math
+
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    src = np.clip(rng.lognormal(math.log(1024 * 0.6), 0.7, n), 32, 1024).astype(int)
+    tgt = np.clip(rng.lognormal(math.log(256 * 0.35), 0.4, n), 8, 256).astype(int)
+    batches, cur, longest = [], [], 0
+    for i in sorted(range(n), key=lambda i: (src[i], tgt[i])):
+        if cur and (len(cur) + 1) * max(longest, src[i]) > max_tokens:
+            batches.append(cur)
+            cur, longest = [], 0
+        cur.append(i)
+        longest = max(longest, src[i])
+    batches.append(cur)
+    np.random.default_rng(1).shuffle(batches)
+    return [(len(b), int(max(src[j] for j in b)), int(max(tgt[j] for j in b))) for b in batches]
+
+
+def _anchor_peak_gib(levers, shapes):
+    """Largest predicted allocated peak over the micro-batches a run executed."""
+    h200 = mem.resolve_device("H200")
+    return max(mem.estimate(BART_DEFAULTS, levers, mem.Workload(*s), h200).allocated for s in shapes) / mem.GiB
+
+
+@pytest.mark.parametrize("label, levers, which, measured_gib", [
+    # memory_bs1_fp32_max: fp32, batch 1 padded to 1,024 + 256, fused AdamW
+    ("fp32 bs1", mem.Levers(precision="fp32", hold_logits=False), "bs1", 6.8),
+    # amp_bf16_token_budget: 25 steps + 3 warm-up (+ the FLOP-count step on the first batch)
+    ("bf16 16k", mem.Levers(precision="bf16", hold_logits=False), "28", 39.8),
+    # grad_ckpt_amp: same batches; the CUDA activation factor was derived from this point
+    ("bf16 16k ckpt", mem.Levers(precision="bf16", gradient_checkpointing=True, hold_logits=False), "28", 15.6),
+])
+def test_gpu_anchors_within_15_percent(label, levers, which, measured_gib):
+    shapes = [(1, 1024, 256)] if which == "bs1" else _anchor_token_budget_batches()[:28]
+    predicted = _anchor_peak_gib(levers, shapes)
+    assert abs(predicted / measured_gib - 1) <= 0.15, f"{label}: predicted {predicted:.2f} GiB, measured {measured_gib} GiB"
+
+
+def test_anchor_batches_follow_the_script():
+    shapes = _anchor_token_budget_batches()
+    assert len(shapes) == 165
+    assert all(b * s <= 16384 or b == 1 for b, s, _ in shapes)
+    # the budget ignores targets: the worst of the 28 run batches is short sources with many summaries
+    assert max(shapes[:28], key=lambda x: x[0] * x[2]) == (55, 296, 223)
+
+
+def test_bart_large_gradients_and_adamw_states_are_textbook_sizes():
+    plan = mem.plan_memory(_large("train.precision=bf16", "train.max_tokens=4096", "train.batch_tokens=16384"), "A100-80")
+    n = plan.trainable_params
+    assert n == plan.params == mem.model_spec(_large()).params() and 406e6 < n < 407e6
+    assert plan.weights == pytest.approx(4 * n, rel=0.001)  # fp32 master weights (+ final_logits_bias)
+    assert plan.gradients_total == 4 * n  # fp32 gradients
+    assert plan.optimizer == 8 * n  # AdamW: exp_avg + exp_avg_sq in fp32
+    # with accumulation (4 micro-batches) every gradient is live while later micro-batches run
+    assert plan.workload.accumulation == 4 and plan.gradients == 4 * n
+    parts = dict((k, v) for k, v, _ in plan.breakdown())
+    assert parts["gradients"] / mem.GiB == pytest.approx(1.51, abs=0.01)
+    assert parts["fixed overhead"] >= 0.5 * mem.GiB  # CUDA context is real memory
+    assert abs(sum(parts.values()) - plan.peak) < 1e6

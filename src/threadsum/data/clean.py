@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -75,6 +76,19 @@ class Segment:
 
 
 _CANDIDATE = re.compile(r"Original Message|Forwarded by|wrote:|From:", re.I)
+_SLASH_START = re.compile(r"(?m)^[^\n/]{0,11}/")  # a line with '/' in its first 12 characters
+_QUOTE_LINE = re.compile(r"(?m)^[^\S\n]*>")  # what line.lstrip().startswith(">") tests, per line
+_LIST_HDR = re.compile(r"^\s*(To|Cc|Bcc)\s*:", re.I)
+
+
+def _hit_lines(body: str, pattern: re.Pattern) -> set[int]:
+    """Indices of the lines of ``body`` where ``pattern`` (which never spans lines) matches."""
+    hits, line, last = set(), 0, 0
+    for m in pattern.finditer(body):
+        line += body.count("\n", last, m.start())
+        last = m.start()
+        hits.add(line)
+    return hits
 
 
 def _starts_segment(lines: list[str], i: int) -> Optional[str]:
@@ -104,7 +118,21 @@ def segment_body(body: str) -> list[Segment]:
     segs = [Segment("own")]
     i = 0
     n = len(lines)
+    # Lines that may start a segment or are '>' quotes, found by three C-level scans of the body:
+    # every other line is plain text and is copied in runs (a per-line regex test costs ~5x more).
+    special = sorted(_hit_lines(body, _CANDIDATE) | _hit_lines(body, _QUOTE_LINE)
+                     | {k - 1 for k in _hit_lines(body, _SLASH_START) if k > 0})
+    sp = 0
     while i < n:
+        while sp < len(special) and special[sp] < i:
+            sp += 1
+        plain_to = special[sp] if sp < len(special) else n
+        if i < plain_to:  # _starts_segment is None and no '>' on each of these lines
+            if segs[-1].kind == "quote":
+                segs.append(Segment("own"))
+            segs[-1].content.extend(lines[i:plain_to])
+            i = plain_to
+            continue
         line = lines[i]
         kind = _starts_segment(lines, i)
         if kind is None and line.lstrip().startswith(">"):
@@ -137,7 +165,7 @@ def segment_body(body: str) -> list[Segment]:
             h = lines[j]
             if _HDR.match(h):
                 header.append(h)
-                in_list = bool(re.match(r"^\s*(To|Cc|Bcc)\s*:", h, re.I))
+                in_list = bool(_LIST_HDR.match(h))
                 j += 1
                 continue
             if in_list and h.strip() and not _LOTUS_DATE.match(h) and not _starts_segment(lines, j):
@@ -269,6 +297,12 @@ _DISCLAIMER_HITS = ("property of enron", "intended recipient", "confidential and
                     "in error, please")
 
 
+_DASH_LINE = re.compile(r"\s*-{5,}\s*")
+_STARS_PARA = re.compile(r"\s*\*{10,}\s*")
+_PARA_SPLIT_KEEP = re.compile(r"(\n\s*\n)")
+_STARS_LINE = re.compile(r"\n\s*\*{10,}\s*(?=\n|$)")
+
+
 def strip_signature(text: str) -> str:
     """Remove '-- ' signature blocks, mobile footers and legal disclaimer paragraphs."""
     if "Sent " in text or "\n--" in text:
@@ -278,7 +312,7 @@ def strip_signature(text: str) -> str:
         while i < len(lines):
             line = lines[i]
             if line.startswith("Sent") and _MOBILE.match(line):
-                if out and re.fullmatch(r"\s*-{5,}\s*", out[-1]):
+                if out and _DASH_LINE.fullmatch(out[-1]):
                     out.pop()
                 i += 1
                 continue
@@ -297,15 +331,15 @@ def strip_signature(text: str) -> str:
     if not any(h in low for h in _DISCLAIMER_HITS) and "*****" not in text:
         return text
     # legal disclaimers: whole paragraphs with at least two of the well-known phrases
-    paras = re.split(r"(\n\s*\n)", text)
+    paras = _PARA_SPLIT_KEEP.split(text)
     kept = []
     for p in paras:
         low = p.lower()
-        if sum(h in low for h in _DISCLAIMER_HITS) >= 2 or re.fullmatch(r"\s*\*{10,}\s*", p):
+        if sum(h in low for h in _DISCLAIMER_HITS) >= 2 or _STARS_PARA.fullmatch(p):
             continue
         kept.append(p)
     text = "".join(kept)
-    return re.sub(r"\n\s*\*{10,}\s*(?=\n|$)", "", text)
+    return _STARS_LINE.sub("", text)
 
 
 # ---------------------------------------------------------------------------------- stats
@@ -328,22 +362,37 @@ class _Meter:
             got = self.memo[s] = (len(s), len(s.split()))
         return got
 
+    def parts(self, body: str, sender: str, recipients: list[str]) -> tuple[int, int]:
+        chars = words = 0
+        for part in (body, sender, *recipients):
+            c, w = self.text(part)
+            chars += c
+            words += w
+        return chars, words
+
     def __call__(self, emails: list[Email]) -> tuple[int, int]:
         chars = words = 0
         for e in emails:
-            for part in (e.body, e.sender, *e.recipients):
-                c, w = self.text(part)
-                chars += c
-                words += w
+            c, w = self.parts(e.body, e.sender, e.recipients)
+            chars += c
+            words += w
         return chars, words
 
 
 # --------------------------------------------------------------------------------- the steps
+_PARA_SPLIT = re.compile(r"\n\s*\n")
+_QUOTE_PREFIX = re.compile(r"(?m)^\s*>+")
+
+
 def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict
                  ) -> tuple[list[str], list[str]]:
     """Bodies after quote removal, and after quote removal + header collapsing (one segmentation)."""
     segmented = [segment_body(e.body) for e in emails]
     pool = _Pool()
+    # Paragraphs already looked up: each is in the pool now (found there, or added), and the pool only
+    # grows, so a repeat is a duplicate without another lookup. Nested replies quote the same
+    # paragraphs over and over, so this skips most of the word splitting and shingling.
+    known: set[str] = set()
     if remove:
         for segs in segmented:
             for s in segs:
@@ -359,10 +408,13 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
         for s in segs:
             if s.quoted and remove:
                 # paragraph by paragraph: a quote often mixes copies of thread emails with unique text
-                paras = re.split(r"\n\s*\n", "\n".join(s.content))
+                paras = _PARA_SPLIT.split("\n".join(s.content))
                 unique = []
                 for para in paras:
-                    words = _words(re.sub(r"(?m)^\s*>+", " ", para) if ">" in para else para)
+                    if para in known:
+                        continue
+                    known.add(para)
+                    words = _words(_QUOTE_PREFIX.sub(" ", para) if ">" in para else para)
                     if not pool.contains(words):
                         unique.append(para)
                         pool.add(words)
@@ -381,10 +433,17 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
     return removed, collapsed
 
 
+# The same results as sub(r"[ \t\f\v\r]+", " ") and sub(r" ?\n ?", "\n"), without matching (and
+# rebuilding the string at) every single space and newline, which left alone are no-ops.
+_WS_RUN = re.compile(r"[ \t\f\v\r]{2,}|[\t\f\v\r]")
+_WS_NL = re.compile(r" \n ?|\n ")
+_WS_BLANKS = re.compile(r"\n{3,}")
+
+
 def _whitespace(body: str) -> str:
-    body = re.sub(r"[ \t\f\v\r]+", " ", body)
-    body = re.sub(r" ?\n ?", "\n", body)
-    return re.sub(r"\n{3,}", "\n\n", body).strip()
+    body = _WS_RUN.sub(" ", body)
+    body = _WS_NL.sub("\n", body)
+    return _WS_BLANKS.sub("\n\n", body).strip()
 
 
 def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:
@@ -397,22 +456,32 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     st["threads"] += 1
     st["emails_in"] += len(emails)
     meter = _Meter()
+    current = meter(emails)  # a step's "before" is the previous step's "after": measured once
 
     def run(step: str, enabled: bool, fn) -> None:
-        nonlocal emails
+        nonlocal emails, current
         rec = st["steps"][step]
         rec["enabled"] = enabled
-        before = meter(emails)
-        rec["chars_before"] += before[0]
-        rec["words_before"] += before[1]
+        rec["chars_before"] += current[0]
+        rec["words_before"] += current[1]
         if enabled:
             old = [(e.body, e.sender, e.recipients) for e in emails]
             emails = fn(emails) or emails
             if len(old) == len(emails):
-                rec["emails_changed"] += sum(o != (e.body, e.sender, e.recipients) for o, e in zip(old, emails))
-        after = meter(emails)
-        rec["chars_after"] += after[0]
-        rec["words_after"] += after[1]
+                chars, words = current
+                for o, e in zip(old, emails):
+                    new = (e.body, e.sender, e.recipients)
+                    if o != new:  # only the changed emails are measured again
+                        rec["emails_changed"] += 1
+                        c0, w0 = meter.parts(*o)
+                        c1, w1 = meter.parts(*new)
+                        chars += c1 - c0
+                        words += w1 - w0
+                current = (chars, words)
+            else:
+                current = meter(emails)
+        rec["chars_after"] += current[0]
+        rec["words_after"] += current[1]
 
     def qp(es: list[Email]) -> None:
         for e in es:
@@ -421,9 +490,15 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     run("decode_quoted_printable", c.decode_quoted_printable, qp)
 
     def dedupe(es: list[Email]) -> list[Email]:
+        # the body's words (the costly part of the key) only matter for emails sharing sender and time
+        heads = [(e.sender.strip().lower(), e.date) for e in es]
+        shared = {h for h, n in Counter(heads).items() if n > 1}
         seen, out = set(), []
-        for i, e in enumerate(es):
-            key = (e.sender.strip().lower(), e.date, " ".join(_words(e.body)))
+        for i, (e, head) in enumerate(zip(es, heads)):
+            if head not in shared:
+                out.append(e)
+                continue
+            key = (*head, " ".join(_words(e.body)))
             if key in seen:
                 st["duplicate_emails"] += 1
                 st["dropped"].append({"thread_id": thread.thread_id, "index": i,

@@ -21,7 +21,7 @@ from threadsum.config import Config
 from threadsum.data.clean import clean_thread, new_stats
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.readers import DataError, ReadResult, download_kaggle, read_source
-from threadsum.data.render import render_plain, render_thread
+from threadsum.data.render import render_plain, render_threads
 from threadsum.data.split import assign_split
 
 CACHE_VERSION = 1  # bump when the prepared format or the meaning of a setting changes
@@ -251,13 +251,13 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             tokenizer.save_pretrained(str(tok_dir))
         lap("tokenizer")
 
-        # ---- render with the budget
+        # ---- render with the budget (batched: one tokenizer call for all full renderings)
         records = {s: [] for s in SPLITS}
+        source_ids: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
         trunc = Counter()
         kept_tokens = full_tokens = 0
         final_tokens: list[int] = []
-        for c in cleaned:
-            res = render_thread(c, d.render, tokenizer, d.max_source_tokens)
+        for c, res in zip(cleaned, render_threads(cleaned, d.render, tokenizer, d.max_source_tokens)):
             n_tok = res.n_tokens or 0
             final_tokens.append(n_tok)
             full = n_tok if not res.truncated else max(n_tok, round(n_tok / max(res.kept_fraction, 1e-9)))
@@ -266,16 +266,18 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             if res.truncated:
                 trunc["threads"] += 1
                 trunc["emails_dropped"] += res.emails_dropped
-            records[split_of[c.thread_id]].append({
+            split = split_of[c.thread_id]
+            records[split].append({
                 "thread_id": c.thread_id, "subject": c.subject, "source": res.text, "summary": c.summary,
                 "first_email": c.emails[0].body, "n_emails": len(c.emails), "source_tokens": n_tok,
                 "truncated": res.truncated, "kept_fraction": round(res.kept_fraction, 4),
                 "clean_tokens": full,
             })
+            source_ids[split].append(res.input_ids)
         lap("render")
 
-        # ---- tokenize (datasets, Arrow)
-        dsd, target_stats = _tokenize(records, tokenizer, d)
+        # ---- tokenize (datasets, Arrow): the source ids come from render, the summaries are encoded here
+        dsd, target_stats = _tokenize(records, source_ids, tokenizer, d)
         dsd.save_to_disk(str(tmp / "tokenized"))
         lap("tokenize")
 
@@ -353,34 +355,42 @@ def _raw_token_sample(raw_by_id: dict, render_cfg, tokenizer) -> list[int]:
     return [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
 
 
-def _tokenize(records: dict[str, list[dict]], tokenizer, d) -> tuple[Any, dict[str, Any]]:
+def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[int]]], tokenizer, d
+              ) -> tuple[Any, dict[str, Any]]:
+    """The Arrow datasets: render's source ids (already within the budget) and the summaries' labels.
+
+    The same ids as ``tokenizer(source, max_length=..., truncation=True)`` and
+    ``tokenizer(text_target=summary, max_length=..., truncation=True)`` per row, with each text
+    encoded once: every summary in one batched call, re-encoded with truncation only when too long.
+    """
     from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
     features = Features({"thread_id": Value("string"), "input_ids": Sequence(Value("int32")),
                          "labels": Sequence(Value("int32"))})
-
-    def encode(batch):
-        src = tokenizer(batch["source"], max_length=d.max_source_tokens, truncation=True)
-        tgt = tokenizer(text_target=batch["summary"], max_length=d.max_target_tokens, truncation=True)
-        return {"thread_id": batch["thread_id"], "input_ids": src["input_ids"], "labels": tgt["input_ids"]}
-
+    summaries = [r["summary"] for s in SPLITS for r in records[s]]
+    full = tokenizer(text_target=summaries)["input_ids"] if summaries else []
+    too_long = [i for i, ids in enumerate(full) if len(ids) > d.max_target_tokens]
+    labels = list(full)
+    if too_long:  # truncation keeps the closing special token, so a slice of the full ids is not the same
+        cut = tokenizer(text_target=[summaries[i] for i in too_long], max_length=d.max_target_tokens,
+                        truncation=True)["input_ids"]
+        for i, ids in zip(too_long, cut):
+            labels[i] = ids
     out = {}
-    lengths: list[int] = []
-    truncated = total = 0
+    pos = 0
     for s in SPLITS:
-        raw = Dataset.from_dict({"thread_id": [r["thread_id"] for r in records[s]],
-                                 "source": [r["source"] for r in records[s]],
-                                 "summary": [r["summary"] for r in records[s]]})
-        ds = raw.map(encode, batched=True, batch_size=1000, remove_columns=["source", "summary"],
-                     features=features, num_proc=d.num_proc if len(raw) > 1000 else None,
-                     desc=f"tokenize {s}", load_from_cache_file=False)
-        out[s] = ds
-    full = tokenizer(text_target=[r["summary"] for s in SPLITS for r in records[s]])["input_ids"]
-    for ids in full:
-        lengths.append(len(ids))
-        total += min(len(ids), d.max_target_tokens)
-        truncated += len(ids) > d.max_target_tokens
-    return DatasetDict(out), {"truncated": truncated, "total": total, "lengths": lengths}
+        n = len(records[s])
+        src = source_ids[s]
+        for k, ids in enumerate(src):
+            if ids is None or len(ids) > d.max_source_tokens:  # not produced by a budgeted render
+                src[k] = tokenizer(records[s][k]["source"], max_length=d.max_source_tokens,
+                                   truncation=True)["input_ids"]
+        out[s] = Dataset.from_dict({"thread_id": [r["thread_id"] for r in records[s]], "input_ids": src,
+                                    "labels": labels[pos:pos + n]}, features=features)
+        pos += n
+    lengths = [len(ids) for ids in full]
+    return DatasetDict(out), {"truncated": len(too_long),
+                              "total": sum(min(n, d.max_target_tokens) for n in lengths), "lengths": lengths}
 
 
 # ------------------------------------------------------------------------------------ command

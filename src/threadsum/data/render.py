@@ -13,6 +13,9 @@ text is too long, ``truncation='smart'``:
 ``truncation='head'`` renders everything and cuts the token sequence at the budget.
 Cuts happen at token boundaries (offsets of the real tokenizer), so the final text re-tokenizes
 to at most the budget; the function verifies this and tightens the cap when merges differ.
+
+``render_threads`` does the same for a whole corpus with batched tokenizer calls (the fast
+tokenizer encodes a batch on all cores; one call per thread costs ~4x more on 2 cores).
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ class RenderResult:
     n_tokens: Optional[int] = None
     """Tokens of ``text`` including special tokens (None without a tokenizer)."""
     emails_dropped: int = 0
+    input_ids: Optional[list[int]] = None
+    """Token ids of ``text`` with special tokens, as the model is fed them (None without a tokenizer)."""
 
 
 def _fmt_date(e: Email) -> str:
@@ -73,10 +78,12 @@ def _n_special(tokenizer) -> int:
     return _SPECIAL_CACHE[key]
 
 
-def _count(tokenizer, texts: list[str]) -> list[int]:
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids with special tokens (what the model is fed): one batched call, which the fast
+    tokenizer spreads over its Rust threads."""
     if not texts:
         return []
-    return [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return tokenizer(texts, add_special_tokens=True)["input_ids"]
 
 
 def _cut(tokenizer, text: str, n_tokens: int) -> str:
@@ -106,75 +113,139 @@ def _cap_for(lengths: list[int], budget: int) -> int:
 
 def render_thread(thread: Thread, render_cfg, tokenizer: Any = None, max_tokens: Optional[int] = None) -> RenderResult:
     """Render ``thread`` (already cleaned) and fit it into ``max_tokens`` tokens of ``tokenizer``."""
-    full = render_plain(thread, render_cfg)
+    return render_threads([thread], render_cfg, tokenizer, max_tokens)[0]
+
+
+def render_threads(threads: list[Thread], render_cfg, tokenizer: Any = None,
+                   max_tokens: Optional[int] = None) -> list[RenderResult]:
+    """``render_thread`` for many threads, with the same results, batching the tokenizer calls.
+
+    Every full rendering is tokenized in one call; only the threads over the budget go through
+    truncation, and those are fitted together, one batched call per fitting round. Each result
+    carries the ids of its final text, so callers need not tokenize it again.
+    """
+    fulls = [render_plain(t, render_cfg) for t in threads]
     if tokenizer is None or not max_tokens:
-        return RenderResult(full, False, 1.0)
+        return [RenderResult(f, False, 1.0) for f in fulls]
     special = _n_special(tokenizer)
     budget = max_tokens - special
-    total = _count(tokenizer, [full])[0]
-    if total <= budget:
-        return RenderResult(full, False, 1.0, total + special)
+    results: list[Optional[RenderResult]] = [None] * len(threads)
+    over: list[tuple[int, int]] = []  # (index, tokens of the full rendering without special tokens)
+    for i, (full, ids) in enumerate(zip(fulls, _encode(tokenizer, fulls))):
+        total = len(ids) - special
+        if total <= budget:
+            results[i] = RenderResult(full, False, 1.0, len(ids), input_ids=ids)
+        else:
+            over.append((i, total))
     if render_cfg.truncation == "head":
-        text = _cut(tokenizer, full, budget)
-        n = _count(tokenizer, [text])[0]
-        while n > budget:  # merges across the cut can differ; shave until it fits
-            text = _cut(tokenizer, text, budget - (n - budget))
-            n = _count(tokenizer, [text])[0]
-        return RenderResult(text, True, n / total, n + special)
-    return _smart(thread, render_cfg, tokenizer, budget, special, total)
+        for i, total in over:
+            results[i] = _head(fulls[i], tokenizer, budget, special, total)
+    elif over:
+        fits = [_SmartFit(threads[i], render_cfg, budget, special, total) for i, total in over]
+        for i, res in zip((i for i, _ in over), _fit_all(fits, tokenizer)):
+            results[i] = res
+    return results  # type: ignore[return-value]
 
 
-def _smart(thread: Thread, cfg, tokenizer, budget: int, special: int, total: int) -> RenderResult:
-    subject = _subject_line(thread, cfg) + "\n"
-    heads, tails = [], []
-    for i, e in enumerate(thread.emails):
-        h, t = _email_parts(e, i, thread.subject, cfg)
-        heads.append(h)
-        tails.append(t)
-    bodies = [e.body for e in thread.emails]
-    n = len(bodies)
-    # one batched call for every piece; body offsets let us cut without re-tokenizing
-    enc = tokenizer(bodies + [h + t for h, t in zip(heads, tails)] + [cfg.email_separator, CUT_MARK, subject],
-                    add_special_tokens=False, return_offsets_mapping=True)
-    lens = [len(x) for x in enc["input_ids"]]
-    offsets = enc["offset_mapping"][:n]
-    body_len, frame_len = lens[:n], lens[n:2 * n]
-    sep_len, cut_len, subj_len = lens[2 * n:]
-
-    def cut(i: int, k: int) -> str:
-        return bodies[i][: offsets[i][k - 1][1]] if k > 0 else ""
-
-    keep = list(range(n))
-
-    def fixed(idx: list[int]) -> int:
-        omitted = 1 if len(idx) < n else 0
-        return subj_len + sum(frame_len[i] + cut_len for i in idx) + sep_len * (len(idx) - 1 + omitted) + 12 * omitted
-
-    # which emails to keep: all, else the first + as many of the latest as minimal bodies allow
-    while len(keep) > 2 and fixed(keep) + sum(min(body_len[i], MIN_BODY_TOKENS) for i in keep) > budget:
-        keep.pop(1)  # the oldest email after the first goes first
-    dropped = n - len(keep)
-
-    slack = 0
-    text = subject
-    for _ in range(6):  # re-tokenizing the joined text can differ by a few tokens from the sum of parts
-        avail = max(0, budget - fixed(keep) - slack)
-        cap = _cap_for([body_len[i] for i in keep], avail)
-        pieces = []
-        for pos, i in enumerate(keep):
-            body = bodies[i] if body_len[i] <= cap else cut(i, cap).rstrip() + CUT_MARK
-            pieces.append(heads[i] + body + tails[i])
-            if dropped and pos == 0:
-                pieces.append(f"[... {dropped} email{'s' if dropped > 1 else ''} omitted ...]")
-        text = subject + cfg.email_separator.join(pieces)
-        n_tok = _count(tokenizer, [text])[0]
-        if n_tok <= budget:
-            return RenderResult(text, True, min(1.0, n_tok / total), n_tok + special, dropped)
-        slack += n_tok - budget + 2
-    # last resort (headers alone exceed the budget): plain head cut
+def _final(text: str, tokenizer, budget: int, special: int, total: int, dropped: int = 0) -> RenderResult:
+    """Cut ``text`` at the budget (merges across the cut can differ, so shave until it fits)."""
     text = _cut(tokenizer, text, budget)
-    n_tok = _count(tokenizer, [text])[0]
-    while n_tok > budget:
-        text = _cut(tokenizer, text, budget - (n_tok - budget))
-        n_tok = _count(tokenizer, [text])[0]
-    return RenderResult(text, True, min(1.0, n_tok / total), n_tok + special, dropped)
+    ids = _encode(tokenizer, [text])[0]
+    while len(ids) - special > budget:
+        text = _cut(tokenizer, text, budget - (len(ids) - special - budget))
+        ids = _encode(tokenizer, [text])[0]
+    return RenderResult(text, True, min(1.0, (len(ids) - special) / total), len(ids), dropped, ids)
+
+
+def _head(full: str, tokenizer, budget: int, special: int, total: int) -> RenderResult:
+    res = _final(full, tokenizer, budget, special, total)
+    res.kept_fraction = (res.n_tokens - special) / total  # type: ignore[operator]
+    return res
+
+
+class _SmartFit:
+    """One over-budget thread under ``truncation='smart'``; the state is kept between batched rounds."""
+
+    def __init__(self, thread: Thread, cfg, budget: int, special: int, total: int) -> None:
+        self.cfg, self.budget, self.special, self.total = cfg, budget, special, total
+        self.subject = _subject_line(thread, cfg) + "\n"
+        self.heads, self.tails = [], []
+        for i, e in enumerate(thread.emails):
+            h, t = _email_parts(e, i, thread.subject, cfg)
+            self.heads.append(h)
+            self.tails.append(t)
+        self.bodies = [e.body for e in thread.emails]
+        self.slack = 0
+        self.text = self.subject
+
+    def pieces(self) -> list[str]:
+        """Every piece to measure; body offsets let us cut without re-tokenizing."""
+        return (self.bodies + [h + t for h, t in zip(self.heads, self.tails)]
+                + [self.cfg.email_separator, CUT_MARK, self.subject])
+
+    def measure(self, ids: list[list[int]], offsets: list[list[tuple[int, int]]]) -> None:
+        n = len(self.bodies)
+        lens = [len(x) for x in ids]
+        self.offsets = offsets[:n]
+        self.body_len, self.frame_len = lens[:n], lens[n:2 * n]
+        self.sep_len, self.cut_len, self.subj_len = lens[2 * n:]
+        # which emails to keep: all, else the first + as many of the latest as minimal bodies allow
+        self.keep = list(range(n))
+        while len(self.keep) > 2 and (self.fixed(self.keep) + sum(min(self.body_len[i], MIN_BODY_TOKENS)
+                                                                  for i in self.keep) > self.budget):
+            self.keep.pop(1)  # the oldest email after the first goes first
+        self.dropped = n - len(self.keep)
+
+    def fixed(self, idx: list[int]) -> int:
+        omitted = 1 if len(idx) < len(self.bodies) else 0
+        return (self.subj_len + sum(self.frame_len[i] + self.cut_len for i in idx)
+                + self.sep_len * (len(idx) - 1 + omitted) + 12 * omitted)
+
+    def candidate(self) -> str:
+        avail = max(0, self.budget - self.fixed(self.keep) - self.slack)
+        cap = _cap_for([self.body_len[i] for i in self.keep], avail)
+        pieces = []
+        for pos, i in enumerate(self.keep):
+            if self.body_len[i] <= cap:
+                body = self.bodies[i]
+            else:
+                body = (self.bodies[i][: self.offsets[i][cap - 1][1]] if cap > 0 else "").rstrip() + CUT_MARK
+            pieces.append(self.heads[i] + body + self.tails[i])
+            if self.dropped and pos == 0:
+                pieces.append(f"[... {self.dropped} email{'s' if self.dropped > 1 else ''} omitted ...]")
+        self.text = self.subject + self.cfg.email_separator.join(pieces)
+        return self.text
+
+    def accept(self, ids: list[int]) -> Optional[RenderResult]:
+        """The result when the candidate fits, else None (and the next candidate is tighter)."""
+        n_tok = len(ids) - self.special
+        if n_tok <= self.budget:
+            return RenderResult(self.text, True, min(1.0, n_tok / self.total), len(ids), self.dropped, ids)
+        self.slack += n_tok - self.budget + 2
+        return None
+
+
+def _fit_all(fits: list[_SmartFit], tokenizer) -> list[RenderResult]:
+    pieces = [f.pieces() for f in fits]
+    enc = tokenizer([p for ps in pieces for p in ps], add_special_tokens=False, return_offsets_mapping=True)
+    pos = 0
+    for f, ps in zip(fits, pieces):
+        f.measure(enc["input_ids"][pos:pos + len(ps)], enc["offset_mapping"][pos:pos + len(ps)])
+        pos += len(ps)
+    del enc
+    done: list[Optional[RenderResult]] = [None] * len(fits)
+    pending = list(range(len(fits)))
+    for _ in range(6):  # re-tokenizing the joined text can differ by a few tokens from the sum of parts
+        if not pending:
+            break
+        ids = _encode(tokenizer, [fits[k].candidate() for k in pending])
+        still = []
+        for k, x in zip(pending, ids):
+            done[k] = fits[k].accept(x)
+            if done[k] is None:
+                still.append(k)
+        pending = still
+    for k in pending:  # last resort (headers alone exceed the budget): plain head cut
+        f = fits[k]
+        done[k] = _final(f.text, tokenizer, f.budget, f.special, f.total, f.dropped)
+    return done  # type: ignore[return-value]

@@ -109,11 +109,11 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, samples: int = 1000, seed
 
 
 def summarize_scores(per_example: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """{'rouge1': {'f1': mean F1, 'ci95': [lo, hi]}, ...} from per-example scores."""
+    """{'rouge1': {'mean': mean F1, 'ci95': [lo, hi]}, ...} from per-example scores."""
     out = {}
     for k, v in per_example.items():
         v = np.asarray(v, dtype=np.float64)
-        out[k] = {"f1": float(v.mean()) if v.size else float("nan"), "ci95": list(bootstrap_ci(v, samples, seed))}
+        out[k] = {"mean": float(v.mean()) if v.size else float("nan"), "ci95": list(bootstrap_ci(v, samples, seed))}
     return out
 
 

@@ -129,10 +129,10 @@ def plot_loss_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> 
 
 
 def _fmt_score(s: dict) -> str:
-    if s is None or math.isnan(s["f1"]):
+    if s is None or math.isnan(s["mean"]):
         return "-"
     lo, hi = s["ci95"]
-    return f"{100 * s['f1']:.2f} ({100 * lo:.1f}-{100 * hi:.1f})"
+    return f"{100 * s['mean']:.2f} ({100 * lo:.1f}-{100 * hi:.1f})"
 
 
 def _clip(text: str, n: int = 600) -> str:
@@ -176,7 +176,7 @@ def write_report(result: dict[str, Any], rows: Sequence[dict], out_dir: str | Pa
         "",
         "| system | " + " | ".join(ROUGE_KEYS) + " | mean words |",
         "|---|" + "---:|" * (len(ROUGE_KEYS) + 1),
-        "| **model** | " + " | ".join(_fmt_score(result["rouge"].get(k)) for k in ROUGE_KEYS)
+        "| **model** | " + " | ".join(_fmt_score(result["model"].get(k)) for k in ROUGE_KEYS)
         + f" | {L.get('prediction_words', {}).get('mean', float('nan')):.0f} |",
     ]
     for name, scores in baselines.items():
@@ -184,7 +184,7 @@ def write_report(result: dict[str, Any], rows: Sequence[dict], out_dir: str | Pa
                      + f" | {L.get(f'{name}_words', {}).get('mean', float('nan')):.0f} |")
     lines.append(f"| reference | | | | | {L.get('reference_words', {}).get('mean', float('nan')):.0f} |")
     if lead:
-        delta = 100 * (result["rouge"]["rougeL"]["f1"] - baselines[lead]["rougeL"]["f1"])
+        delta = 100 * (result["model"]["rougeL"]["mean"] - baselines[lead]["rougeL"]["mean"])
         lines += ["", f"ROUGE-L of the model minus {lead}: {delta:+.2f} points."]
 
     lines += ["", "## Lengths", "", "| | mean | median | p10 | p90 | max |", "|---|---:|---:|---:|---:|---:|"]

@@ -215,9 +215,9 @@ def evaluate(cfg: Config, model_dir: str, split: str = "test", output_dir: Optio
 
 
 def _flat_scores(result: dict) -> dict[str, float]:
-    flat = {k: v["f1"] for k, v in result["rouge"].items()}
+    flat = {k: v["mean"] for k, v in result["model"].items()}
     for name, scores in result["baselines"].items():
-        flat.update({f"baseline.{name}.{k}": v["f1"] for k, v in scores.items()})
+        flat.update({f"baseline.{name}.{k}": v["mean"] for k, v in scores.items()})
     return flat
 
 
@@ -262,9 +262,10 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
 
     result: dict[str, Any] = {
         "model_dir": str(model_dir),
+        "output_dir": str(out),
         "split": split,
         "n_threads": n,
-        "rouge": M.summarize_scores(model_scores, B, seed),
+        "model": M.summarize_scores(model_scores, B, seed),
         "baselines": {name: M.summarize_scores(s, B, seed) for name, s in baseline_scores.items()},
         "lengths": {
             "prediction_words": M.length_stats(M.word_count(p) for p in predictions),
@@ -323,9 +324,9 @@ def evaluate_command(cfg: Config, model_dir: str, split: str = "test", output_di
 
     def cells(scores: dict) -> list[str]:
         # the interval on a second line keeps the table inside an 80-column terminal
-        return [f"{100 * s['f1']:.2f}\n{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f}" for s in (scores[k] for k in M.ROUGE_KEYS)]
+        return [f"{100 * s['mean']:.2f}\n{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f}" for s in (scores[k] for k in M.ROUGE_KEYS)]
 
-    table.add_row("model", *cells(result["rouge"]), f"{result['lengths']['prediction_words'].get('mean', 0):.0f}", style="bold")
+    table.add_row("model", *cells(result["model"]), f"{result['lengths']['prediction_words'].get('mean', 0):.0f}", style="bold")
     table.add_section()
     for name, scores in result["baselines"].items():
         table.add_row(name, *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")

@@ -16,7 +16,7 @@ import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 log = logging.getLogger("threadsum.serve")
@@ -54,14 +54,12 @@ class BatcherStats:
     max_batch_seen: int = 0
     ewma_batch_s: float = 0.0
     busy_s: float = 0.0
-    sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, size: int, seconds: float) -> None:
         self.batches += 1
         self.threads += size
         self.busy_s += seconds
         self.max_batch_seen = max(self.max_batch_seen, size)
-        self.sizes[size] = self.sizes.get(size, 0) + 1
         # a short memory (alpha 0.3) so Retry-After follows load changes within a few batches
         self.ewma_batch_s = seconds if self.batches == 1 else 0.7 * self.ewma_batch_s + 0.3 * seconds
 

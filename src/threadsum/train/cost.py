@@ -18,13 +18,28 @@ from threadsum.train import memory as mem
 
 # Measured anchors (BART-large, bf16 autocast, token-budget batches of 16k): tokens/s.
 H200_MEASURED = {"full": 45_600.0, "checkpointing": 57_000.0, "lora": 98_000.0}
-# This project's 2-vCPU development machine (BART-large): fp32 and bf16 autocast tokens/s.
-CPU_MEASURED_PER_VCPU = {"fp32": 105.0 / 2, "bf16": 240.0 / 2}
-CPU_SCALING = 0.7  # share of linear speed-up kept when going from 2 to 16+ vCPUs (memory bandwidth)
+# This project's 2-vCPU development machine (BART-large, DESIGN.md): fp32 and bf16 autocast tokens/s.
+CPU_MEASURED = {"fp32": 105.0, "bf16": 240.0}
+CPU_MEASURED_VCPUS = 2
+# Training speed grows sub-linearly with vCPUs: a vCPU is a hyperthread (two share a core's FMA
+# units), and the step streams weights, activations and AdamW state through DRAM, so it is memory-
+# bandwidth bound. Assumed: each doubling of vCPUs gives 1.5x (rate ~ vCPUs^0.585), i.e. 3.4x from
+# 2 to 16 vCPUs and 7.7x to 72, not 8x and 36x. Not measured on those instances.
+CPU_DOUBLING_GAIN = 1.5
 MULTI_GPU_EFFICIENCY = 0.9  # data parallel across the GPUs of one instance
 PADDING_OVERHEAD = 1.05  # length-sorted token-budget batches pad about 5%
 # DATA.md: one epoch over all 4,167 threads is about 3.05M real (unpadded) tokens.
 DATA_MD_TOKENS, DATA_MD_THREADS = 3_050_000, 4_167
+
+
+def cpu_speedup(vcpus: int) -> float:
+    """Speed of ``vcpus`` relative to the measured 2-vCPU machine (see CPU_DOUBLING_GAIN)."""
+    return CPU_DOUBLING_GAIN ** math.log2(max(1, vcpus) / CPU_MEASURED_VCPUS)
+
+
+def cpu_rate(vcpus: int, precision: str = "fp32") -> float:
+    """BART-large training tokens/s on ``vcpus`` (fp32 unless the CPU has native bf16)."""
+    return CPU_MEASURED[precision] * cpu_speedup(vcpus)
 
 
 @lru_cache(maxsize=None)
@@ -145,11 +160,14 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
             levers, mem_gib = best.label, gpu.memory_gib
         else:
             ram = mem.Device(f"{name} RAM", "cpu", int(it["ram_gib"] * mem.GiB), False)
-            fits = mem.plan_memory(cfg, ram).fits
-            per_vcpu = CPU_MEASURED_PER_VCPU["fp32"]  # these instances lack bf16 instructions
+            # the largest micro-batch budget that fits the RAM (accumulation keeps the effective batch)
+            found = mem._largest_budget(cfg, spec, mem.levers_from_config(cfg, ram), ram)
+            fits = found is not None
             fpt = flops_per_token(spec, et.src_share, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
-            rate = per_vcpu * it["vcpus"] * CPU_SCALING * flops_per_token(large, 0.8, 1024, 256) / fpt
-            basis, levers, mem_gib = "measured 2-vCPU rate, scaled", "fp32", float(it["ram_gib"])
+            # fp32: m5/c5 (Skylake/Cascade Lake) lack avx512_bf16, so bf16 autocast would be emulated
+            rate = cpu_rate(it["vcpus"]) * flops_per_token(large, 0.8, 1024, 256) / fpt
+            basis, mem_gib = f"measured 2-vCPU rate x {cpu_speedup(it['vcpus']):.1f}", float(it["ram_gib"])
+            levers = f"fp32, max_tokens={found[0]}" if found else "fp32"
             if not fits:
                 rows.append(CostRow(name, "CPU", 0, mem_gib, it["vcpus"], price, 0.0, "-", math.inf, math.inf, math.inf,
                                     False, "does not fit RAM"))
@@ -231,6 +249,7 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
     result["options"] = [{"label": o.label, "overrides": o.overrides, "peak_gib": o.plan.peak / mem.GiB, "speed": o.speed} for o in options]
     if cost:
         rows, meta = cost_table(cfg)
+        et = epoch_tokens(cfg)
         ct = Table(title=f"cost per epoch ({meta['epoch_threads']} threads, {meta['epoch_tokens'] / 1e6:.2f}M tokens; "
                          f"{meta['region']} on-demand prices as of {meta['prices_as_of']}: check them before you spend)")
         for c in ("instance", "GPUs", "mem GiB", "vCPU", "$/h", "tokens/s", "basis", "epoch h", "$ on-demand", "$ spot", "levers"):
@@ -243,7 +262,11 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
         console.print(ct)
         console.print(f"tokens: {meta['tokens_source']}; +{PADDING_OVERHEAD - 1:.0%} padding. Spot = on-demand x "
                       f"{1 - meta['spot_discount']:.2f}. GPU rates without a measurement use the H200's measured MFU on each "
-                      f"GPU's peak tensor TFLOP/s; CPU rates scale the measured 2-vCPU fp32 rate by vCPUs x {CPU_SCALING}.")
+                      f"GPU's peak tensor TFLOP/s. CPU rates: the measured 2-vCPU fp32 rate ({CPU_MEASURED['fp32']:.0f} "
+                      f"tokens/s for BART-large) x {CPU_DOUBLING_GAIN}x per doubling of vCPUs (assumed: vCPUs are "
+                      f"hyperthreads and training is memory-bandwidth bound), so 16 vCPUs ~ {cpu_speedup(16):.1f}x, "
+                      f"not 8x. For scale: the measured 2-vCPU machine needs {et.tokens * PADDING_OVERHEAD / CPU_MEASURED['fp32'] / 3600:.1f} h "
+                      f"per epoch in fp32 ({et.tokens * PADDING_OVERHEAD / CPU_MEASURED['bf16'] / 3600:.1f} h with bf16) before evaluation.")
         result["cost"] = [r.__dict__ for r in rows]
         result["cost_meta"] = meta
     return result

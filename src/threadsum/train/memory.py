@@ -42,12 +42,26 @@ MiB = 1024**2
 
 # Fixed costs not proportional to the model. CPU: the autograd graph, oneDNN scratch and glibc
 # arenas of one step (measured on a 48-token step: ~28 MB stays after the first forward, ~45 MB
-# more is transient beyond the gradients; see bench/results_plan.md). CUDA: the
-# CUDA context + cuBLAS/cuDNN workspaces, which live outside max_memory_allocated but count
-# against the card.
+# more is transient beyond the gradients; see bench/results_plan.md).
 CPU_OVERHEAD_BYTES = 80 * MiB
+# CUDA: the context with its loaded kernels (~0.3-0.6 GiB with lazy module loading), cuBLAS/cuBLASLt
+# workspaces (tens of MiB per stream) and cuDNN/NCCL handles; they live outside
+# max_memory_allocated but count against the card. Assumed, not measured here (0.5-1 GiB is typical).
 CUDA_CONTEXT_BYTES = int(0.75 * GiB)
-# Share of the device kept free for allocator fragmentation and length outliers.
+# Reserved minus allocated memory of PyTorch's caching allocator when every micro-batch has a new
+# shape (token-budget batching): freed blocks are cached but too small or split for the next shape.
+# Assumed 15% of the step's activations and temporaries (10-20% is the usual range); the anchors
+# measured only max_memory_allocated, so this part is not checked by them.
+CUDA_FRAGMENTATION = 0.15
+# Empirical: the op-by-op count above misses part of what CUDA holds during a step (allocator
+# block rounding, kernel workspaces, tensors whose lifetime the op list does not show). Derived
+# from ONE anchor, BART-large bf16 + gradient checkpointing at a 16k token budget on an H200:
+# measured 15.6 GiB allocated, of which 4.54 GiB weights + AdamW state; the count gives 8.52 GiB
+# of activations + temporaries for the rest, 11.06 / 8.52 = 1.30. Checked against the other two
+# anchors in bench/results_plan.md and tests/unit/test_plan_memory.py. Multiplies activations and
+# temporaries on CUDA only (CPU is calibrated directly).
+CUDA_ACTIVATION_FACTOR = 1.30
+# Share of the device kept free for length outliers and memory this model does not count.
 HEADROOM = {"cuda": 0.10, "cpu": 0.15}
 # A process that imported torch + transformers already holds this much RAM.
 CPU_PROCESS_BASE_BYTES = int(0.5 * GiB)
@@ -316,6 +330,9 @@ class Levers:
     attn: str = "sdpa"
     ranks: int = 1
     cpu_offload: bool = False
+    # threadsum's loop keeps ``logits`` in a local through backward (+4 B x vocab per target token);
+    # a loop that only keeps ``model(...).loss`` (the HF models' own loss) frees them first
+    hold_logits: bool = True
 
     @property
     def amp(self) -> bool:
@@ -348,11 +365,16 @@ def levers_from_config(cfg: Config, device: Device, ranks: int = 1, cpu_offload:
 
 @dataclass(frozen=True)
 class Workload:
-    """Shape of the largest micro-batch: ``batch`` sequences of src_len + tgt_len padded tokens."""
+    """Shape of the largest micro-batch: ``batch`` sequences of src_len + tgt_len padded tokens.
+
+    ``accumulation`` > 1 means the gradients of earlier micro-batches of the same optimizer step
+    stay allocated while this one runs forward and backward.
+    """
 
     batch: float
     src_len: int
     tgt_len: int
+    accumulation: int = 1
 
     @property
     def src_tokens(self) -> float:
@@ -371,19 +393,27 @@ def workload_from_config(cfg: Config, max_tokens: Optional[int] = None) -> Workl
     """Worst case of the token-budget sampler: every thread at the longest source and summary.
 
     A micro-batch holds at least one thread even when the budget is smaller than one thread.
+    Accumulation follows the training loop: ceil(train.batch_tokens / max_tokens) micro-batches
+    per optimizer step.
     """
     mult = cfg.train.pad_to_multiple_of
     src = math.ceil(cfg.data.max_source_tokens / mult) * mult
     tgt = math.ceil(cfg.data.max_target_tokens / mult) * mult
     budget = max_tokens if max_tokens is not None else cfg.train.max_tokens
     batch = min(max(1, budget // (src + tgt)), cfg.train.max_batch_size)
-    return Workload(batch=batch, src_len=src, tgt_len=tgt)
+    accumulation = max(1, math.ceil(cfg.train.batch_tokens / max(1, budget)))
+    return Workload(batch=batch, src_len=src, tgt_len=tgt, accumulation=accumulation)
 
 
 # ---------------------------------------------------------------------------- the estimate
 @dataclass
 class MemoryPlan:
-    """Predicted peak of one training step on one device (per rank), with its parts in bytes."""
+    """Predicted peak of one training step on one device (per rank), with its parts in bytes.
+
+    ``peak`` is what the device must hold: on CUDA the allocated tensors (``allocated``, what
+    ``torch.cuda.max_memory_allocated`` reports) + allocator fragmentation + the CUDA context;
+    on CPU the growth of the process RSS during a step.
+    """
 
     device: Device
     model: ModelSpec
@@ -392,22 +422,28 @@ class MemoryPlan:
     params: int
     trainable_params: int
     weights: float
-    gradients: float
+    gradients: float  # live at the peak
     optimizer: float
-    activations: float
+    activations: float  # live at the peak
     temporary: float
     overhead: float
     peak: float
+    fragmentation: float = 0.0
+    gradients_total: float = 0.0  # fp32 gradients of every trainable parameter (4 B/param)
+    phase: str = ""
     host_bytes: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
+    def allocated(self) -> float:
+        """Predicted peak of allocated tensors (CUDA: ``max_memory_allocated``)."""
+        return self.peak - self.overhead - self.fragmentation
+
+    @property
     def capacity(self) -> float:
-        """Bytes the step may use on the device, after fixed costs and headroom."""
+        """Bytes the step may use on the device, after headroom (and, on CPU, the process itself)."""
         cap = self.device.memory_bytes * (1 - HEADROOM[self.device.kind])
-        if self.device.kind == "cuda":
-            cap -= CUDA_CONTEXT_BYTES
-        else:
+        if self.device.kind == "cpu":
             cap -= CPU_PROCESS_BASE_BYTES
         return cap
 
@@ -420,24 +456,42 @@ class MemoryPlan:
         return self.peak / self.device.memory_bytes
 
     def breakdown(self) -> list[tuple[str, float, str]]:
-        lv = self.levers
-        opt_note = {"adamw": "2 fp32 moments", "adamw8bit": "2 int8 moments + scales", "adafactor": "factored 2nd moment"}[lv.optimizer]
-        return [
+        lv, w = self.levers, self.workload
+        opt_note = {"adamw": "2 fp32 moments, 8 B/param", "adamw8bit": "2 int8 moments + scales",
+                    "adafactor": "factored 2nd moment"}[lv.optimizer]
+        if w.accumulation > 1:
+            grad_note = f"all kept across {w.accumulation} accumulated micro-batches"
+        elif self.gradients < self.gradients_total - 1:
+            grad_note = f"{self.gradients_total / GiB:.2f} GiB in all; this much is allocated at the peak ({self.phase})"
+        else:
+            grad_note = "all allocated at the peak"
+        kind = self.device.kind
+        rows = [
             ("weights", self.weights, f"{self.params / 1e6:.1f}M params, fp32 master copy" + (" (1/N shard)" if lv.ranks > 1 else "")),
-            ("gradients", self.gradients, f"{self.trainable_params / 1e6:.2f}M trainable, fp32"),
+            ("gradients", self.gradients, f"{self.trainable_params / 1e6:.2f}M trainable x 4 B (fp32); {grad_note}"),
             ("optimizer states", self.optimizer, f"{lv.optimizer}: {opt_note}"),
             ("activations", self.activations,
-             f"{self.workload.src_tokens:.0f} source + {self.workload.tgt_tokens:.0f} target tokens, {lv.precision}"
-             + (", checkpointed" if lv.gradient_checkpointing else "")),
-            ("temporary buffers", self.temporary, "logit gradients at the start of backward / optimizer scratch"),
-            ("fixed overhead", self.overhead, "autograd graph, kernels' workspaces"),
+             f"{w.batch:g} x ({w.src_len}+{w.tgt_len}) tokens, {lv.precision}"
+             + (", checkpointed" if lv.gradient_checkpointing else "") + (" + bf16/fp16 weight copies" if lv.amp else "")
+             + (f"; CUDA factor {CUDA_ACTIVATION_FACTOR:g} included" if kind == "cuda" else "")),
+            ("temporary buffers", self.temporary, "logit gradients (backward start) / optimizer scratch"),
         ]
+        if kind == "cuda":
+            rows.append(("allocator fragmentation", self.fragmentation,
+                         f"{CUDA_FRAGMENTATION:.0%} of activations+temporaries: cached blocks that changing shapes cannot reuse"))
+            rows.append(("fixed overhead", self.overhead, "CUDA context, kernels, cuBLAS/cuDNN workspaces (assumed)"))
+        else:
+            rows.append(("fixed overhead", self.overhead, "autograd graph, oneDNN scratch, malloc arenas (measured)"))
+        return rows
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "device": self.device.name, "capacity_gib": self.capacity / GiB, "peak_gib": self.peak / GiB, "fits": self.fits,
+            "device": self.device.name, "capacity_gib": self.capacity / GiB, "peak_gib": self.peak / GiB,
+            "allocated_gib": self.allocated / GiB, "fits": self.fits, "phase": self.phase,
             "parts_gib": {k: v / GiB for k, v, _ in self.breakdown()}, "host_gib": self.host_bytes / GiB,
-            "workload": {"batch": self.workload.batch, "src_len": self.workload.src_len, "tgt_len": self.workload.tgt_len},
+            "gradients_total_gib": self.gradients_total / GiB,
+            "workload": {"batch": self.workload.batch, "src_len": self.workload.src_len, "tgt_len": self.workload.tgt_len,
+                         "accumulation": self.workload.accumulation},
             "levers": {k: getattr(self.levers, k) for k in ("precision", "optimizer", "gradient_checkpointing", "lora", "ranks", "cpu_offload")},
         }
 
@@ -462,11 +516,29 @@ def _optimizer_bytes(spec: ModelSpec, lv: Levers, trainable: int) -> tuple[float
     return state, 4.0 * 2 * spec.largest_param()
 
 
-def _activation_bytes(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> tuple[float, float, list[str]]:
-    """(activations saved for backward, head transient in backward) for one micro-batch."""
+@dataclass
+class _Acts:
+    """Bytes autograd saves for one micro-batch, by where backward frees them."""
+
+    enc_layer: float  # one encoder layer (all its saved tensors, weight casts included)
+    dec_layer: float  # one decoder layer, cross-attention keys/values over the source included
+    enc_input: float  # checkpointing: the fp32 input kept per encoder layer
+    dec_input: float
+    other: float  # embeddings, encoder output, attention masks
+    head_saved: float  # lm_head input, log-softmax output, logits held by the loop
+    head_forward: float  # fp32 logits + log-softmax at the end of the forward
+    head_transient: float  # the logits' gradients at the start of backward
+    layer_transient: float  # gradient buffers inside one layer's backward
+    casts_cached: float  # low-precision weight copies the autocast cache holds until the forward ends
+    notes: list[str]
+
+
+def _activations(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> _Acts:
+    """What one micro-batch keeps for backward, op by op through a BART layer (see module docstring)."""
     notes: list[str] = []
-    d, V = spec.d_model, spec.vocab_size
+    d, V, f_enc, f_dec = spec.d_model, spec.vocab_size, spec.encoder_ffn, spec.decoder_ffn
     lp = 2 if lv.amp else 4
+    S, T, B = w.src_tokens, w.tgt_tokens, w.batch
     # dropout keeps a bool mask on CUDA; the CPU kernel keeps a full noise tensor of the input dtype
     m_lp = (1 if kind == "cuda" else lp) if spec.dropout > 0 else 0
     m32 = (1 if kind == "cuda" else 4) if spec.dropout > 0 else 0
@@ -476,15 +548,18 @@ def _activation_bytes(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> tu
         """Per query token: what the attention kernel keeps beyond q/k/v."""
         materialized = lv.attn == "eager" or (kind == "cpu" and spec.attention_dropout > 0)
         if not materialized:
-            return d * lp + 4 * h  # output + log-sum-exp
+            # output + log-sum-exp. On CPU the output is copied again by reshape(...).contiguous()
+            # for out_proj; the CUDA flash/mem-efficient kernels write it in (B, L, H, D) order, so
+            # out_proj reads the same storage
+            return d * lp + 4 * h + (d * lp if kind == "cpu" else 0)
         if lv.attn == "eager":
             probs = h * l_kv * (4 + lp)  # fp32 softmax, low-precision copy for the value matmul
             if spec.attention_dropout > 0:
                 probs += h * l_kv * ((1 if kind == "cuda" else 4) + lp)
-            return probs + d * lp
+            return probs + 2 * d * lp
         # CPU math kernel: fp32 copies of q/k/v and the fp32 probabilities (+ dropout noise and output)
         notes.append("CPU sdpa with attention dropout uses the math kernel (attention matrix materialized)")
-        return 3 * d * 4 + h * l_kv * 4 * 3 + d * 4
+        return 3 * d * 4 + h * l_kv * 4 * 3 + d * 4 + d * lp
 
     def attn_block(h: int, l_kv: int, self_attn: bool) -> float:
         n_in = 3 if self_attn else 1  # projections reading the query-side input
@@ -493,16 +568,17 @@ def _activation_bytes(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> tu
         else:
             inputs = d * 4  # one shared input
         projections = (3 if self_attn else 1) * d * lp
-        out_in = d * lp  # the reshaped attention output, input of out_proj
         extra = 0.0
         for p in (("q_proj", "k_proj", "v_proj") if self_attn else ("q_proj",)) + ("out_proj",):
             if p in lora:  # LoRA: dropout noise on the adapter input + the adapter's own input copy
                 extra += d * m32 + (d * lp if not lv.amp and p != "out_proj" else 0)
-        return inputs + projections + attention_core(h, l_kv) + out_in + d * m_lp + d * 4 + 8 + extra
+        # + dropout mask of the block output + fp32 LayerNorm input (+ its mean/rstd)
+        return inputs + projections + attention_core(h, l_kv) + d * m_lp + d * 4 + 8 + extra
 
     def ffn_block(f: int) -> float:
         act_mask = f * m_lp if spec.activation_dropout > 0 else 0
         extra = (d * m32 if "fc1" in lora else 0) + (f * m32 if "fc2" in lora else 0)
+        # fc1 input, GELU input, fc2 input, dropout mask, fp32 LayerNorm input
         return d * lp + 2 * f * lp + act_mask + d * m_lp + d * 4 + 8 + extra
 
     def kv_per_source_token() -> float:
@@ -511,33 +587,49 @@ def _activation_bytes(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> tu
         extra = sum(d * m32 for p in ("k_proj", "v_proj") if p in lora)
         return inputs + 2 * d * lp + extra
 
-    enc_layer = attn_block(spec.encoder_heads, w.src_len, True) + ffn_block(spec.encoder_ffn)
-    dec_layer = (attn_block(spec.decoder_heads, w.tgt_len, True) + attn_block(spec.decoder_heads, w.src_len, False)
-                 + ffn_block(spec.decoder_ffn))
-    embed = d * 4 + 8 + d * m32  # layernorm_embedding input + embedding dropout
-    head_saved = d * lp + 2 * 4 * V  # lm_head input; fp32 logits (held by the loop) + log-softmax
-    head_transient = (2 * 4 + (2 if lv.amp else 0)) * V  # their gradients at the start of backward
-    masks = w.batch * 4 * (w.src_len**2 + w.tgt_len**2 + w.src_len * w.tgt_len)  # 4-D fp32 attention masks
-    casts = spec.linear_weights() * lp if lv.amp else 0.0
+    def mask_bias(q_len: int, kv_len: int) -> float:
+        """CUDA mem-efficient sdpa turns the bool padding mask into a bias of the query dtype (last
+        dim padded to 16) in every layer, and keeps it for backward."""
+        if kind != "cuda" or B <= 1 or lv.attn == "eager":
+            return 0.0
+        return B * q_len * (math.ceil(kv_len / 16) * 16) * lp
 
-    S, T = w.src_tokens, w.tgt_tokens
-    if not lv.gradient_checkpointing:
-        layers = S * spec.encoder_layers * enc_layer + T * spec.decoder_layers * dec_layer + S * spec.decoder_layers * kv_per_source_token()
-        shared_enc_out = S * d * 4
+    enc_cast = (4 * d * d + 2 * d * f_enc) * lp if lv.amp else 0.0
+    dec_cast = (8 * d * d + 2 * d * f_dec) * lp if lv.amp else 0.0
+    enc_layer = S * (attn_block(spec.encoder_heads, w.src_len, True) + ffn_block(f_enc)) + mask_bias(w.src_len, w.src_len)
+    dec_layer = (T * (attn_block(spec.decoder_heads, w.tgt_len, True) + attn_block(spec.decoder_heads, w.src_len, False)
+                      + ffn_block(f_dec)) + S * kv_per_source_token() + mask_bias(w.tgt_len, w.src_len))
+    embed = (S + T) * (d * 4 + 8 + d * m32)  # layernorm_embedding input + embedding dropout
+    if kind == "cuda":
+        masks = B * (w.src_len**2 + w.src_len * w.tgt_len)  # bool padding masks, made once per forward
     else:
-        # only each layer's fp32 input is kept; backward recomputes one layer at a time
-        layers = (S * spec.encoder_layers + T * spec.decoder_layers) * d * 4
-        recompute = max(S * enc_layer, T * dec_layer + S * kv_per_source_token())
-        layers += recompute
-        shared_enc_out = S * d * 4
-        if lv.amp:  # weight casts of the layers are re-made per layer; only the head's stay
-            casts = V * d * lp + max(4 * d * d + 2 * d * spec.encoder_ffn, 8 * d * d + 2 * d * spec.decoder_ffn) * lp
-    acts = layers + shared_enc_out + (S + T) * embed + T * head_saved + masks + casts
-    return acts, T * head_transient, notes
+        masks = B * 4 * (w.src_len**2 + w.tgt_len**2 + w.src_len * w.tgt_len)  # 4-D fp32 masks (CPU)
+    enc_out = S * d * 4  # encoder output: input of every cross-attention (and checkpoint)
+    # lm_head input; log-softmax output (fp32: autocast runs the loss in fp32, and the fp32
+    # final_logits_bias promotes the logits to fp32); logits kept alive by the loop
+    head_saved = T * (d * lp + 4 * V + (4 * V if lv.hold_logits else 0))
+    head_forward = T * (d * lp + 8 * V)  # fp32 logits + log-softmax side by side
+    head_transient = T * 8 * V  # grad of the log-softmax output (from nll) + grad of its input
+    layer_transient = max(S * f_enc, T * f_dec) * 2 * lp  # grad of fc1 output + grad of GELU input
+    head_cast = V * d * lp if lv.amp else 0.0  # lm_head (tied embedding) low-precision copy
+    cached = lv.amp and not lv.lora  # the autocast cache only keeps casts of trainable leaf weights
+    casts_all = spec.encoder_layers * enc_cast + spec.decoder_layers * dec_cast + head_cast
+    return _Acts(
+        enc_layer=enc_layer + enc_cast, dec_layer=dec_layer + dec_cast,
+        enc_input=S * d * 4, dec_input=T * d * 4,
+        other=embed + masks + enc_out, head_saved=head_saved + head_cast, head_forward=head_forward + head_cast,
+        head_transient=head_transient, layer_transient=layer_transient,
+        casts_cached=casts_all if cached else 0.0, notes=notes,
+    )
 
 
 def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> MemoryPlan:
-    """The memory of one training step with these levers on this device (per rank)."""
+    """The memory of one training step with these levers on this device (per rank).
+
+    Three moments compete for the peak: the end of the forward, every point of the backward
+    (activations are freed layer by layer while gradients are allocated layer by layer; with
+    accumulation all gradients already exist), and the optimizer step.
+    """
     kind = device.kind
     P = spec.params()
     if lv.lora:
@@ -548,42 +640,91 @@ def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> Memory
     weights = 4.0 * P + 4.0 * spec.vocab_size  # + final_logits_bias buffer
     if lv.lora:
         weights += 4.0 * trainable
-    gradients = 4.0 * trainable
+    grads_total = 4.0 * trainable
     opt_state, opt_scratch = _optimizer_bytes(spec, lv, trainable)
-    acts, head_transient, notes = _activation_bytes(spec, lv, w, kind)
-    # the tied embedding/lm_head gradient is the first one allocated in backward
-    first_grad = 0.0 if (lv.lora or lv.freeze_embeddings) else 4.0 * spec.embedding_params()
+    a = _activations(spec, lv, w, kind)
+    notes = list(a.notes)
+    factor = CUDA_ACTIVATION_FACTOR if kind == "cuda" else 1.0
     host = 0.0
+    grad_scale = 1.0  # share of each gradient this rank keeps
     if n > 1 or lv.cpu_offload:
         # FSDP FULL_SHARD: each rank keeps 1/N of weights, grads and states, and gathers one layer
         # (plus the next, prefetched) in full while it runs
         layer = 4.0 * max(spec.encoder_layer_params(), spec.decoder_layer_params())
         gathered = 2 * layer + 4.0 * spec.embedding_params() / n
         if lv.cpu_offload:
-            host = (weights + gradients + opt_state) / n
-            weights, gradients, opt_state = gathered, layer, 0.0
+            host = (weights + grads_total + opt_state) / n
+            weights, opt_state, grad_scale = gathered, 0.0, 0.0
             notes.append(f"CPU offload keeps {host / GiB:.1f} GiB per rank in host RAM")
+            grads_total_dev = layer
         else:
-            weights, gradients, opt_state = weights / n + gathered, gradients / n + layer, opt_state / n
-        first_grad = first_grad / n
-    overhead = CPU_OVERHEAD_BYTES if kind == "cpu" else 0.0
-    backward_phase = acts + head_transient + first_grad
-    step_phase = gradients + opt_scratch
-    peak = overhead + weights + opt_state + max(backward_phase, step_phase)
-    temporary = peak - overhead - weights - opt_state - acts - gradients
-    # report the parts so they sum to the peak: the larger phase decides which parts are live together
-    if backward_phase >= step_phase:
-        shown_grads = first_grad
-        temporary = head_transient
+            weights, opt_state, grad_scale = weights / n + gathered, opt_state / n, 1.0 / n
+            grads_total_dev = grads_total / n + layer
     else:
-        shown_grads = gradients
-        temporary = opt_scratch
-        acts = 0.0
+        grads_total_dev = grads_total
+    static = weights + opt_state
+
+    # gradients allocated as backward walks the model (full fine-tune; LoRA: adapters, tiny)
+    if lv.lora:
+        g_head = g_dec = g_enc = 0.0
+        g_early = grads_total_dev
+    else:
+        g_head = 0.0 if lv.freeze_embeddings else 4.0 * spec.embedding_params() * grad_scale
+        g_dec = 4.0 * spec.decoder_layer_params() * grad_scale
+        g_enc = 4.0 * spec.encoder_layer_params() * grad_scale
+        g_early = 0.0
+    persist = grads_total_dev if w.accumulation > 1 else 0.0
+
+    Le, Ld = spec.encoder_layers, spec.decoder_layers
+    ckpt = lv.gradient_checkpointing
+    saved_enc = a.enc_input if ckpt else a.enc_layer
+    saved_dec = a.dec_input if ckpt else a.dec_layer
+    acts_total = Le * saved_enc + Ld * saved_dec + a.other + a.head_saved
+
+    phases: list[tuple[str, float, float, float, float]] = []  # (name, grads live, acts live, temporary)
+
+    def add(name: str, grads: float, acts: float, temp: float) -> None:
+        phases.append((name, grads, acts * factor, temp * factor))
+
+    # end of the forward: the log-softmax is being computed; autocast still caches every weight copy
+    fwd_acts = acts_total - a.head_saved + a.head_forward + (a.casts_cached if ckpt else 0.0)
+    add("end of forward", max(persist, g_early), fwd_acts, 0.0)
+    # backward, node by node
+    grads = max(persist, g_early)
+    acts = acts_total
+    if kind == "cpu":
+        # RSS is sticky: glibc keeps the pages of freed chunks below its mmap threshold in its
+        # arenas, so the logits' gradients, the first recomputed layer and the tied-embedding
+        # gradient add up instead of reusing each other's memory (this is how the CPU points were
+        # calibrated; a CUDA allocator reuses the blocks)
+        first = max(a.dec_layer, a.enc_layer) if ckpt else 0.0
+        add("start of backward", grads + g_head, acts + first, a.head_transient)
+    else:
+        add("start of backward", grads, acts, a.head_transient)
+    acts -= a.head_saved
+    grads = max(persist, grads + g_head)
+    for saved, layer_full, g in [(saved_dec, a.dec_layer, g_dec)] * Ld + [(saved_enc, a.enc_layer, g_enc)] * Le:
+        recompute = layer_full if ckpt else 0.0  # checkpointing re-runs the layer's forward here
+        add("backward", grads, acts + recompute, a.layer_transient)
+        acts -= saved
+        grads = max(persist, grads + g)
+    add("end of backward", max(persist, grads_total_dev), acts, 0.0)
+    add("optimizer step", grads_total_dev, 0.0, opt_scratch / factor)
+
+    name, g_live, acts_live, temp = max(phases, key=lambda p: p[1] + p[2] + p[3])
+    if name == "optimizer step":
         notes.append("the optimizer step (not the forward/backward) sets the peak")
+    allocated = static + g_live + acts_live + temp
+    if kind == "cuda":
+        overhead = float(CUDA_CONTEXT_BYTES)
+        fragmentation = CUDA_FRAGMENTATION * (acts_live + temp)
+    else:
+        overhead, fragmentation = float(CPU_OVERHEAD_BYTES), 0.0
     return MemoryPlan(
         device=device, model=spec, levers=lv, workload=w, params=P, trainable_params=trainable,
-        weights=weights, gradients=shown_grads, optimizer=opt_state, activations=acts, temporary=temporary,
-        overhead=overhead, peak=peak, host_bytes=host, notes=sorted(set(notes)),
+        weights=weights, gradients=g_live, optimizer=opt_state, activations=acts_live, temporary=temp,
+        overhead=overhead, peak=allocated + fragmentation + overhead, fragmentation=fragmentation,
+        gradients_total=grads_total, phase=name, host_bytes=host, notes=sorted(set(notes)),
     )
 
 
