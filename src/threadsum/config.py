@@ -267,7 +267,7 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(16, ge=1)
     """Most threads generated together."""
     max_wait_ms: float = Field(20.0, ge=0)
-    """How long the first request of a batch waits for company."""
+    """How long a batch waits for company (from its first request's arrival or the previous batch's end)."""
     queue_size: int = Field(256, ge=1)
     """Pending threads beyond which requests get 503 + Retry-After."""
     max_body_bytes: int = Field(1_000_000, ge=1)

@@ -236,3 +236,13 @@ def test_evaluation_lands_on_the_training_run_in_mlflow(world, tmp_path):
     assert "test/baseline.lead3.rouge1" in run.data.metrics
     names = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.md", "metrics.json", "README.md", "lengths.png"} <= names
+
+
+def test_missing_prepared_data_names_the_one_the_model_was_trained_on(world, tmp_path):
+    _, cfg, model_dir, _ = world
+    from threadsum.data.prepared import PreparedDataError
+
+    (model_dir / "config.yaml").write_text(cfg.to_yaml())
+    other = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared_dir": str(tmp_path / "nope")})})
+    with pytest.raises(PreparedDataError, match=f"data.prepared_dir={cfg.data.prepared_dir}"):
+        evaluate(other, str(model_dir), split="test", output_dir=str(tmp_path / "e"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from threadsum.config import Config, GenerationConfig
-from threadsum.data.prepared import SPLITS, open_prepared
+from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.deps import require
 from threadsum.evaluate import metrics as M
 
@@ -138,8 +138,27 @@ def _load(model_dir: str, cfg: Config, prepared_tokenizer_dir: Path):
     return model, tokenizer, device, dtype
 
 
-def _read_split(cfg: Config, split: str) -> tuple[Any, list[list[int]], list[dict]]:
-    prepared = open_prepared(cfg.data.prepared_dir)
+def _trained_on(model_dir: str) -> Optional[str]:
+    """data.prepared_dir of the config saved with the model, if any."""
+    try:
+        import yaml
+
+        saved = yaml.safe_load((Path(model_dir) / "config.yaml").read_text()) or {}
+        return (saved.get("data") or {}).get("prepared_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _read_split(cfg: Config, split: str, model_dir: str = "") -> tuple[Any, list[list[int]], list[dict]]:
+    try:
+        prepared = open_prepared(cfg.data.prepared_dir)
+    except PreparedDataError as exc:
+        trained_on = _trained_on(model_dir)
+        if trained_on and trained_on != cfg.data.prepared_dir:
+            raise PreparedDataError(f"{exc}\nThe model in {model_dir} was trained on data.prepared_dir={trained_on}: "
+                                    f"pass its config (-c {Path(model_dir) / 'config.yaml'}) or the override "
+                                    f"data.prepared_dir={trained_on}") from None
+        raise
     dsd = prepared.datasets()
     if split not in dsd:
         raise EvaluationError(f"split '{split}' is not in {prepared.tokenized_dir} (it has: {', '.join(dsd.keys())})")
@@ -224,7 +243,7 @@ def _flat_scores(result: dict) -> dict[str, float]:
 def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optional[Path]) -> dict:
     from threadsum.evaluate.report import write_report
 
-    prepared, sequences, records = _read_split(cfg, split)
+    prepared, sequences, records = _read_split(cfg, split, model_dir)
     model, tokenizer, device, dtype = _load(model_dir, cfg, prepared.tokenizer_dir)
     vocab = model.get_input_embeddings().weight.shape[0]
     top = max((max(s) for s in sequences if s), default=0)

@@ -85,6 +85,7 @@ class MicroBatcher:
         self.stats = BatcherStats()
         self._items: deque[_Item] = deque()
         self._pending = 0  # accepted and not yet answered (queued + generating)
+        self._last_done = 0.0  # loop time at which the previous batch was answered
         self._has_items: Optional[asyncio.Event] = None
         self._full: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
@@ -156,9 +157,11 @@ class MicroBatcher:
             if not self._items:
                 self._has_items.clear()
                 continue
-            # wait for company, measured from the oldest item's arrival: requests that queued
-            # up during the previous generation have already waited and go at once
-            timeout = self._items[0].arrived + self.max_wait_s - loop.time()
+            # wait for company from the later of the oldest arrival and the end of the previous
+            # batch: clients just answered by that batch usually send their next request within
+            # milliseconds, and letting them join merges request groups into full batches
+            # (closed-loop clients otherwise settle into a few small groups that never merge)
+            timeout = max(self._items[0].arrived, self._last_done) + self.max_wait_s - loop.time()
             if len(self._items) < self.max_batch_size and timeout > 0:
                 try:
                     await asyncio.wait_for(self._full.wait(), timeout)
@@ -175,6 +178,7 @@ class MicroBatcher:
                     await self._run_batch(live)
             finally:
                 self._pending -= len(batch)
+                self._last_done = loop.time()
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

@@ -1,25 +1,24 @@
 """Memory planner: predict the peak memory of a training step, list the levers that fit, auto-fit.
 
 The prediction is arithmetic over the model's architecture (no model is built), following what
-PyTorch actually keeps alive during one optimizer step:
+PyTorch actually keeps alive during one optimizer step. Three moments compete for the peak:
 
-    peak = overhead + weights + optimizer states
-           + max(activations + head transient + first gradient,   # start of backward
-                 gradients + optimizer temporaries)                # optimizer step
+* the end of the forward (with checkpointing, the autocast cache still holds every bf16 weight copy);
+* every point of the backward, walked node by node: activations are freed layer by layer while
+  fp32 gradients are allocated layer by layer; with gradient accumulation (batch_tokens >
+  max_tokens) all gradients already exist from the previous micro-batch;
+* the optimizer step (all gradients + optimizer scratch).
 
-* weights: fp32 master copies (autocast keeps them fp32), plus final_logits_bias.
-* gradients: fp32, trainable parameters only (LoRA: the adapters).
-* optimizer states: AdamW 8 B/param, 8-bit AdamW 2 B/param, Adafactor rows + columns per matrix.
-* activations: the tensors autograd saves, counted per token and per layer from the ops of a
-  BART layer (projections, attention, dropout masks, LayerNorm inputs, GELU); under autocast the
-  low-precision copies of every weight (saved for backward) and of every linear input; the
-  fp32 logits and log-softmax of the loss; the 4-D attention masks.
-* head transient: the gradients of the logits (the largest temporaries of backward).
+Parts: fp32 master weights (+ final_logits_bias); fp32 gradients of the trainable parameters
+(4 B/param); optimizer states (AdamW 8 B/param, 8-bit AdamW ~2 B/param, Adafactor rows + columns);
+activations counted per op of a BART layer (see ``_activations``); the loss head (fp32
+log-softmax over the vocabulary and its gradients); on CUDA the context (assumed 0.75 GiB) and
+allocator fragmentation (assumed 15%), which max_memory_allocated does not show.
 
-Constants that differ by backend are explicit below (dropout masks are bool on CUDA but full
-tensors on CPU; CPU ``sdpa`` with attention dropout falls back to the math kernel, which
-materializes the attention matrix in fp32). ``bench/calibrate_memory.py`` measures real CPU
-peaks; ``tests/unit/test_plan_memory.py`` holds every measured point to 15%.
+Calibration: ``bench/calibrate_memory.py`` measures CPU peaks (RSS); three BART-large anchors
+measured on an H200 (max_memory_allocated) check the CUDA side, with one empirical factor derived
+from one of them (``CUDA_ACTIVATION_FACTOR``). ``tests/unit/test_plan_memory.py`` holds every point
+to 15%; ``bench/results_plan.md`` lists them.
 """
 from __future__ import annotations
 
@@ -40,10 +39,12 @@ from threadsum.config import Config
 GiB = 1024**3
 MiB = 1024**2
 
-# Fixed costs not proportional to the model. CPU: the autograd graph, oneDNN scratch and glibc
-# arenas of one step (measured on a 48-token step: ~28 MB stays after the first forward, ~45 MB
-# more is transient beyond the gradients; see bench/results_plan.md).
-CPU_OVERHEAD_BYTES = 80 * MiB
+# CPU: RSS a step adds beyond the counted tensors: the autograd graph, oneDNN scratch, gradient
+# temporaries before they are accumulated, and glibc arenas. It grows with the model, not the
+# batch: the calibration implies 55-118 MB at 19.4M params and 25-43 MB at 6.3M params
+# (bench/results_plan.md), so it is charged per parameter: 80 MiB per 19.36M params (~4.3 B/param,
+# about one more fp32 copy of the weights).
+CPU_OVERHEAD_PER_PARAM = 80 * MiB / 19_356_672
 # CUDA: the context with its loaded kernels (~0.3-0.6 GiB with lazy module loading), cuBLAS/cuBLASLt
 # workspaces (tens of MiB per stream) and cuDNN/NCCL handles; they live outside
 # max_memory_allocated but count against the card. Assumed, not measured here (0.5-1 GiB is typical).
@@ -481,7 +482,7 @@ class MemoryPlan:
                          f"{CUDA_FRAGMENTATION:.0%} of activations+temporaries: cached blocks that changing shapes cannot reuse"))
             rows.append(("fixed overhead", self.overhead, "CUDA context, kernels, cuBLAS/cuDNN workspaces (assumed)"))
         else:
-            rows.append(("fixed overhead", self.overhead, "autograd graph, oneDNN scratch, malloc arenas (measured)"))
+            rows.append(("fixed overhead", self.overhead, "autograd graph, oneDNN scratch, gradient temporaries, malloc arenas (~4.3 B/param, measured)"))
         return rows
 
     def to_dict(self) -> dict[str, Any]:
@@ -719,7 +720,7 @@ def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> Memory
         overhead = float(CUDA_CONTEXT_BYTES)
         fragmentation = CUDA_FRAGMENTATION * (acts_live + temp)
     else:
-        overhead, fragmentation = float(CPU_OVERHEAD_BYTES), 0.0
+        overhead, fragmentation = CPU_OVERHEAD_PER_PARAM * P, 0.0
     return MemoryPlan(
         device=device, model=spec, levers=lv, workload=w, params=P, trainable_params=trainable,
         weights=weights, gradients=g_live, optimizer=opt_state, activations=acts_live, temporary=temp,
