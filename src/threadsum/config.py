@@ -201,6 +201,14 @@ class TrainConfig(_Section):
     """CPU: treat RSS above this as out-of-memory and back off (0: off)."""
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     """Distributed strategy when launched with several processes."""
+    fsdp_sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"
+    """FSDP: 'full_shard' re-gathers layer weights for backward (least memory); 'shard_grad_op' keeps them from forward to backward."""
+    fsdp_cpu_offload: bool = False
+    """FSDP: keep sharded parameters and optimizer state in CPU memory (slower; fits bigger models)."""
+    deepspeed_stage: Literal[2, 3] = 2
+    """DeepSpeed ZeRO stage when train.strategy=deepspeed."""
+    dist_timeout_minutes: float = Field(30.0, gt=0)
+    """A collective that waits longer than this (a dead or stuck rank) fails the run instead of hanging."""
     num_workers: int = Field(0, ge=0)
     """DataLoader worker processes."""
     compute_max_tokens: int = Field(0, ge=0)

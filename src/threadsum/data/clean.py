@@ -76,6 +76,8 @@ class Segment:
 
 
 _CANDIDATE = re.compile(r"Original Message|Forwarded by|wrote:|From:", re.I)
+# the same test on lower-cased ASCII text (4x faster than re.I; for other text re.I also folds e.g. 'ſ' to 's')
+_CANDIDATE_ASCII = re.compile(r"original message|forwarded by|wrote:|from:")
 _SLASH_START = re.compile(r"(?m)^[^\n/]{0,11}/")  # a line with '/' in its first 12 characters
 _QUOTE_LINE = re.compile(r"(?m)^[^\S\n]*>")  # what line.lstrip().startswith(">") tests, per line
 _LIST_HDR = re.compile(r"^\s*(To|Cc|Bcc)\s*:", re.I)
@@ -120,8 +122,12 @@ def segment_body(body: str) -> list[Segment]:
     n = len(lines)
     # Lines that may start a segment or are '>' quotes, found by three C-level scans of the body:
     # every other line is plain text and is copied in runs (a per-line regex test costs ~5x more).
-    special = sorted(_hit_lines(body, _CANDIDATE) | _hit_lines(body, _QUOTE_LINE)
-                     | {k - 1 for k in _hit_lines(body, _SLASH_START) if k > 0})
+    hits = _hit_lines(body.lower(), _CANDIDATE_ASCII) if body.isascii() else _hit_lines(body, _CANDIDATE)
+    if ">" in body:
+        hits |= _hit_lines(body, _QUOTE_LINE)
+    if "/" in body:
+        hits |= {k - 1 for k in _hit_lines(body, _SLASH_START) if k > 0}
+    special = sorted(hits)
     sp = 0
     while i < n:
         while sp < len(special) and special[sp] < i:
@@ -441,9 +447,14 @@ _WS_BLANKS = re.compile(r"\n{3,}")
 
 
 def _whitespace(body: str) -> str:
-    body = _WS_RUN.sub(" ", body)
-    body = _WS_NL.sub("\n", body)
-    return _WS_BLANKS.sub("\n\n", body).strip()
+    # substring tests (memchr speed) skip the regex passes that would change nothing
+    if "  " in body or "\t" in body or "\r" in body or "\f" in body or "\v" in body:
+        body = _WS_RUN.sub(" ", body)
+    if " \n" in body or "\n " in body:
+        body = _WS_NL.sub("\n", body)
+    if "\n\n\n" in body:
+        body = _WS_BLANKS.sub("\n\n", body)
+    return body.strip()
 
 
 def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:

@@ -155,13 +155,16 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
 
     d = cfg.data
     timings: dict[str, float] = {}
+    cpu_timings: dict[str, float] = {}  # CPU seconds (all threads): on a shared machine wall time mostly measures the load
     t_start = t = time.perf_counter()
+    cpu_start = cpu_t = time.process_time()
 
     def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
+        nonlocal t, cpu_t
+        now, cpu_now = time.perf_counter(), time.process_time()
         timings[name] = round(now - t, 3)
-        t = now
+        cpu_timings[name] = round(cpu_now - cpu_t, 3)
+        t, cpu_t = now, cpu_now
 
     source = resolve_source(cfg)
     if not source.exists():
@@ -323,12 +326,14 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
                           "vocab_size": len(tokenizer)},
             "cache": {"key": key, "hit": False},
             "timings_s": timings,
+            "timings_cpu_s": cpu_timings,
         }
         from threadsum.data.report import write_report
 
         write_report(tmp, info, records, final_tokens, raw_sample, target_stats["lengths"], rejects)
         lap("report")
         timings["total"] = round(time.perf_counter() - t_start, 3)
+        cpu_timings["total"] = round(time.process_time() - cpu_start, 3)
         # prepare.json last: its presence (with the key) marks the folder complete
         (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
         _swap_in(tmp, out)

@@ -125,6 +125,7 @@ class TokenBudgetSampler:
     def __post_init__(self) -> None:
         self._epoch_batches: list[list[int]] | None = None
         self._epoch_of_batches = -1
+        self.last_step_global: list[list[int]] = []
 
     # ---- shape of an epoch
     def batches_for_epoch(self, epoch: int) -> list[list[int]]:
@@ -156,6 +157,8 @@ class TokenBudgetSampler:
                 continue
             taken.append(batches[self.cursor])
             self.cursor += 1
+        # all ranks' micro-batches of this step: the loss is normalised by their label tokens
+        self.last_step_global = taken
         return taken[self.rank :: self.world_size]
 
     @property
@@ -166,7 +169,7 @@ class TokenBudgetSampler:
         """Identifies the batching: resuming with another one would silently change the data order."""
         return (f"n={len(self.src_lens)},sum={int(np.sum(self.src_lens)) + int(np.sum(self.tgt_lens))},"
                 f"max_tokens={self.max_tokens},bs={self.max_batch_size},mult={self.pad_to_multiple_of},"
-                f"seed={self.seed},accum={self.accumulation},world={self.world_size}")
+                f"seed={self.seed},per_step={self.micro_batches_per_step}")  # any world size x accumulation
 
     def state_dict(self) -> dict[str, Any]:
         return {SAMPLER_EPOCH: self.epoch, SAMPLER_CURSOR: self.cursor, SAMPLER_FINGERPRINT: self.fingerprint()}

@@ -63,6 +63,8 @@ _IGNORED_ON_RESUME = {
     "train.checkpoint_every_minutes", "train.keep_last", "train.eval_every_steps",
     "train.eval_rouge_samples", "train.num_workers", "train.memory_limit_gb", "train.auto_fit",
     "data.num_proc", "data.source", "data.strict",
+    # distributed layout: same math on any strategy/world size (see train/distributed.py)
+    "train.strategy", "train.fsdp_sharding", "train.fsdp_cpu_offload", "train.dist_timeout_minutes",
 }
 _IGNORED_SECTIONS = ("eval.", "track.", "serve.", "sagemaker.")
 
@@ -122,6 +124,20 @@ class TrainState:
             if p.requires_grad or not self.adapter_only
         }
 
+    def state_blob(self, include_optimizer: bool = True) -> dict[str, Any]:
+        """Contents of state.pt (sharded checkpoints keep the optimizer in their shards instead)."""
+        return {
+            KEY_FORMAT: FORMAT_VERSION,
+            KEY_OPTIMIZER: self.optimizer.state_dict() if include_optimizer else None,
+            KEY_SCHEDULER: self.scheduler.state_dict(),
+            KEY_SCALER: self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else None,
+            KEY_RNG: capture_rng(),
+            KEY_SAMPLER: self.sampler.state_dict(),
+            KEY_COUNTERS: self.counters.to_dict(),
+            KEY_CONFIG: self.config,
+            KEY_ADAPTER_ONLY: self.adapter_only,
+        }
+
     # ---- save
     def save(self, root: str | Path, keep_last: int) -> Path:
         """Write ``root/step-XXXXXXXX`` atomically, then prune old ones (keep ``keep_last`` + best)."""
@@ -144,20 +160,7 @@ class TrainState:
         if os.environ.get(FAULT_CHECKPOINT_CRASH_ENV) == str(step):
             log.error("fault injection: crashing while writing checkpoint of step %d", step)
             os._exit(FAULT_EXIT_CODE)
-        torch.save(
-            {
-                KEY_FORMAT: FORMAT_VERSION,
-                KEY_OPTIMIZER: self.optimizer.state_dict(),
-                KEY_SCHEDULER: self.scheduler.state_dict(),
-                KEY_SCALER: self.scaler.state_dict() if self.scaler is not None and self.scaler.is_enabled() else None,
-                KEY_RNG: capture_rng(),
-                KEY_SAMPLER: self.sampler.state_dict(),
-                KEY_COUNTERS: self.counters.to_dict(),
-                KEY_CONFIG: self.config,
-                KEY_ADAPTER_ONLY: self.adapter_only,
-            },
-            tmp / STATE_FILE,
-        )
+        torch.save(self.state_blob(), tmp / STATE_FILE)
         _fsync(tmp / STATE_FILE)
         marker = {
             "step": step,
@@ -183,10 +186,19 @@ class TrainState:
         path = Path(path)
         if _read_marker(path) is None:
             raise CheckpointError(f"checkpoint '{path}' is incomplete or corrupt (no valid {COMPLETE_MARKER} marker)")
+        # --- distributed: FSDP checkpoints keep weights + optimizer in sharded/ (train/distributed.py)
+        from threadsum.train.distributed import is_sharded_checkpoint, model_is_sharded
+
+        sharded = is_sharded_checkpoint(path)
+        if not sharded and model_is_sharded(self.model):
+            raise CheckpointError(
+                f"checkpoint '{path}' was written without FSDP and cannot be loaded into sharded weights; "
+                f"resume it with train.strategy=ddp (or one process), or start a new output_dir")
+        # --- end distributed
         try:
             # our own file, written by save() above; it holds numpy RNG state, hence weights_only=False
             blob = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-            weights = load_file(str(path / MODEL_FILE))
+            weights = {} if sharded else load_file(str(path / MODEL_FILE))
         except Exception as exc:  # truncated / garbled files
             raise CheckpointError(f"checkpoint '{path}' cannot be read: {type(exc).__name__}: {exc}") from exc
         if blob.get(KEY_FORMAT) != FORMAT_VERSION:
@@ -196,18 +208,27 @@ class TrainState:
                 f"checkpoint '{path}' was written {'with' if blob[KEY_ADAPTER_ONLY] else 'without'} LoRA; "
                 f"set model.lora.enabled={bool(blob[KEY_ADAPTER_ONLY])} or start a new output_dir"
             )
-        expected = set(self._weights())
+        expected = set(self._weights()) if not sharded else set()
         if set(weights) != expected:
             missing, extra = sorted(expected - set(weights)), sorted(set(weights) - expected)
             raise CheckpointError(
                 f"checkpoint '{path}' does not match the model (missing {missing[:3]}, unexpected {extra[:3]}); "
                 f"the model settings changed since it was written: resume with the same model section or a new output_dir"
             )
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
-        self.optimizer.load_state_dict(blob[KEY_OPTIMIZER])
+        if sharded:  # distributed: any world size, including one plain process
+            from threadsum.train.distributed import load_sharded
+
+            try:
+                load_sharded(self.model, self.optimizer, path)
+            except Exception as exc:  # noqa: BLE001 - missing keys, torn shards
+                raise CheckpointError(f"sharded checkpoint '{path}' cannot be loaded into this model: "
+                                      f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        else:
+            params = dict(self.model.named_parameters())
+            with torch.no_grad():
+                for name, tensor in weights.items():
+                    params[name].copy_(tensor)
+            self.optimizer.load_state_dict(blob[KEY_OPTIMIZER])
         self.scheduler.load_state_dict(blob[KEY_SCHEDULER])
         if self.scaler is not None and blob[KEY_SCALER] is not None:
             self.scaler.load_state_dict(blob[KEY_SCALER])

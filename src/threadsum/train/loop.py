@@ -43,13 +43,25 @@ from threadsum.config import Config
 from threadsum.train.batching import TokenBudgetSampler, collate, padded_cost, plan_micro_batches, split_micro_batch
 from threadsum.train.checkpoint import (
     CHECKPOINTS_DIR,
-    STEP_DIR_FORMAT,
     CheckpointError,
     Counters,
     TrainState,
     list_checkpoints,
     remove_stale_tmp,
 )
+from threadsum.train.distributed import (
+    accumulation_steps,
+    build_accelerator,
+    consolidated_model,
+    load_model_weights,
+    make_tracker,
+    prepare_model_for_strategy,
+    save_train_state,
+    sync_step,
+    uses_sharded_checkpoints,
+    world_size,
+)
+from threadsum.train.distributed import destroy as destroy_process_group
 from threadsum.train.progress import Progress, current_rss_gb, peak_memory_gb
 
 log = logging.getLogger("threadsum.train")
@@ -264,13 +276,10 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train per ``cfg`` (resuming when a checkpoint exists); returns the run summary with ``exit_code``."""
     import torch
     import torch.nn.functional as F
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import GradientAccumulationPlugin
 
     from threadsum.data.prepared import open_prepared
     from threadsum.model import load_model, load_tokenizer, prepare_for_training
-    from threadsum.track import RunTracker
     from threadsum.train.modelcard import hardware_description
     from threadsum.train.optim import build_optimizer, build_scheduler
 
@@ -279,7 +288,7 @@ def train(cfg: Config) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_root = out_dir / CHECKPOINTS_DIR
     metrics_path = out_dir / METRICS_FILE
-    tracker = RunTracker(cfg, out_dir, "train")
+    tracker = make_tracker(cfg, out_dir, "train")  # distributed: rank 0 writes the run record, others no-op
     tracker.start()
     stop = StopSignal()
     stop.install()
@@ -299,12 +308,10 @@ def train(cfg: Config) -> dict[str, Any]:
         random.seed(tc.seed)
         np.random.seed(tc.seed)
         torch.manual_seed(tc.seed)
-        accumulation = max(1, math.ceil(tc.batch_tokens / tc.max_tokens))
-        accelerator = Accelerator(
-            mixed_precision="no",  # autocast and loss scaling are explicit below, identical on CPU and GPU
-            gradient_accumulation_plugin=GradientAccumulationPlugin(
-                num_steps=accumulation, adjust_scheduler=False, sync_with_dataloader=False),
-        )
+        # distributed: batch_tokens is global (all ranks); strategy per train.strategy (train/distributed.py)
+        accumulation = accumulation_steps(tc.batch_tokens, tc.max_tokens, world_size())
+        accelerator = build_accelerator(cfg, accumulation)
+        sharded_ckpt = uses_sharded_checkpoints(cfg)
         device = accelerator.device
         precision = resolve_precision(tc.precision, device.type)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -332,6 +339,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
         # ---------------------------------------------------------------- model and optimizer
         model = prepare_for_training(load_model(cfg, tokenizer), cfg.model)
+        model = prepare_model_for_strategy(model, cfg)  # distributed: FSDP needs one tied-embedding module
         model.config.use_cache = False  # no KV cache in teacher-forced training
         model.train()
         start_id = model.config.decoder_start_token_id
@@ -353,8 +361,9 @@ def train(cfg: Config) -> dict[str, Any]:
         counters = state.counters
         if resumed_from is None and metrics_path.exists() and accelerator.is_main_process:
             metrics_path.unlink()  # a fresh run in a used folder: old records would mix with new ones
-        _truncate_metrics(metrics_path, counters.step)
-        cfg.save(out_dir)
+        if accelerator.is_main_process:  # distributed: one writer
+            _truncate_metrics(metrics_path, counters.step)
+            cfg.save(out_dir)
         tracker.log_params({
             "precision": precision, "device": str(device), "accumulation": accumulation, "total_steps": total_steps,
             "n_params": n_params, "n_trainable_params": n_trainable, "world_size": accelerator.num_processes,
@@ -383,17 +392,15 @@ def train(cfg: Config) -> dict[str, Any]:
             return m
 
         def save_checkpoint() -> Path:
-            # DDP keeps identical replicas: one writer; the others wait so nobody reads a half-written folder
-            if accelerator.is_main_process:
-                path = state.save(ckpt_root, tc.keep_last)
-            accelerator.wait_for_everyone()
-            return ckpt_root / STEP_DIR_FORMAT.format(counters.step) if not accelerator.is_main_process else path
+            # distributed: DDP/plain: rank 0 writes, the others wait; FSDP: every rank writes its shard
+            return save_train_state(state, ckpt_root, tc.keep_last, accelerator, sharded_ckpt)
 
         # ---------------------------------------------------------------- the loop
         while counters.step < total_steps:
             micro_batches = sampler.next_step()
             # the step's gradient is the mean over all its label tokens, however it is split
-            step_label_tokens = sum(int(tgt_lens[i]) for mb in micro_batches for i in mb)
+            # distributed: over all ranks' label tokens; averaging gradients across ranks divides by world size
+            step_label_tokens = sum(int(tgt_lens[i]) for mb in sampler.last_step_global for i in mb) / accelerator.num_processes
             rng_at_step_start = torch.get_rng_state()
             step_budget = counters.compute_max_tokens
             t_step = time.perf_counter()
@@ -467,10 +474,17 @@ def train(cfg: Config) -> dict[str, Any]:
                     torch.set_rng_state(rng_at_step_start)  # the redo sees the same dropout stream
                     event = {"event": "oom", "step": counters.step + 1, "oom_events": counters.oom_events,
                              "piece_budget": step_budget, "run_budget": counters.compute_max_tokens}
-                    _append_jsonl(metrics_path, event)
+                    if accelerator.is_main_process:
+                        _append_jsonl(metrics_path, event)
                     progress.message(f"out of memory at step {counters.step + 1}: redoing it in pieces of "
                                      f"<= {step_budget} tokens (event {counters.oom_events}; budget for the rest of "
                                      f"the run: {counters.compute_max_tokens})")
+            # distributed: one all-reduce per step: loss and token totals of all ranks, and whether any
+            # rank was signalled (then all stop after this step and checkpoint together)
+            step_loss, step_real, step_padded, stop_any = sync_step(
+                accelerator, step_loss, step_real, step_padded, stop.signum is not None)
+            if stop_any and stop.signum is None:
+                stop.signum = signal.SIGTERM
             step_seconds = time.perf_counter() - t_step
             counters.step += 1
             counters.micro_steps += len(micro_batches)
@@ -480,7 +494,7 @@ def train(cfg: Config) -> dict[str, Any]:
             window["t"] += step_seconds
             window["real"] += step_real
             window["padded"] += step_padded
-            step_loss = float(step_loss) / step_label_tokens  # note: CPU-GPU sync, once per optimizer step
+            step_loss = step_loss / (step_label_tokens * accelerator.num_processes)
             window["loss"] += step_loss
             window["steps"] += 1
 
@@ -511,7 +525,8 @@ def train(cfg: Config) -> dict[str, Any]:
                 if counters.best_val_loss is None or val_metrics["val_loss"] < counters.best_val_loss:
                     counters.best_val_loss, counters.best_step = val_metrics["val_loss"], counters.step
                     want_ckpt = True  # the best checkpoint must exist on disk to be kept
-                _append_jsonl(metrics_path, val_metrics)
+                if accelerator.is_main_process:
+                    _append_jsonl(metrics_path, val_metrics)
                 tracker.log_metrics({k: v for k, v in val_metrics.items() if k != "step"}, step=counters.step)
                 progress.message(f"step {counters.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items() if k != "step"))
             if want_ckpt or stop.signum is not None:
@@ -523,6 +538,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 log.warning("%s: checkpoint of step %d written; run the same command to resume (exit code %d)",
                             cause, counters.step, EXIT_PREEMPTED)
                 tracker.finish("KILLED", cause=cause, last_step=counters.step, summary=_summary(counters, last_metrics))
+                accelerator.wait_for_everyone()  # distributed: nobody exits before the run record is written
                 return {"status": "preempted", "exit_code": EXIT_PREEMPTED, "cause": cause, "step": counters.step,
                         **_summary(counters, last_metrics)}
 
@@ -532,19 +548,15 @@ def train(cfg: Config) -> dict[str, Any]:
             val_metrics = evaluate_now()
             if counters.best_val_loss is None or val_metrics["val_loss"] < counters.best_val_loss:
                 counters.best_val_loss, counters.best_step = val_metrics["val_loss"], counters.step
-            _append_jsonl(metrics_path, val_metrics)
+            if accelerator.is_main_process:
+                _append_jsonl(metrics_path, val_metrics)
             tracker.log_metrics({k: v for k, v in val_metrics.items() if k != "step"}, step=counters.step)
         final_ckpt = save_checkpoint()
         export_from = model
         if tc.export_best and counters.best_step is not None and counters.best_step != counters.step:
             best = [p for s, p in list_checkpoints(ckpt_root) if s == counters.best_step]
-            if best:
-                from safetensors.torch import load_file
-
-                params = dict(accelerator.unwrap_model(model).named_parameters())
-                with torch.no_grad():
-                    for name, tensor in load_file(str(best[0] / "model.safetensors")).items():
-                        params[name].copy_(tensor)
+            if best:  # distributed: either checkpoint format; every rank loads under FSDP
+                load_model_weights(accelerator.unwrap_model(model), best[0])
         summary = {
             **_summary(counters, last_metrics),
             "val_loss": val_metrics.get("val_loss"), "val_rougeL": val_metrics.get("val_rougeL"),
@@ -552,9 +564,10 @@ def train(cfg: Config) -> dict[str, Any]:
             "n_params": n_params, "n_trainable_params": n_trainable, "steps": counters.step,
         }
         model_dir = None
+        export_target = consolidated_model(accelerator, export_from, cfg, tokenizer)  # distributed: FSDP gathers
         if accelerator.is_main_process:
             counts = {name: len(ds) for name, ds in splits.items()}
-            model_dir = export_model(accelerator.unwrap_model(export_from), tokenizer, cfg, out_dir, summary, counts)
+            model_dir = export_model(export_target, tokenizer, cfg, out_dir, summary, counts)
             tracker.log_artifact(model_dir)
         tracker.finish("FINISHED", last_step=counters.step, summary=summary)
         return {"status": "finished", "exit_code": EXIT_OK, "model_dir": str(model_dir) if model_dir else None,
@@ -577,6 +590,8 @@ def train(cfg: Config) -> dict[str, Any]:
         raise
     finally:
         stop.restore()
+        if world_size() > 1:
+            destroy_process_group()
 
 
 def _summary(counters: Counters, last_metrics: dict[str, Any]) -> dict[str, Any]:
