@@ -80,7 +80,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     example = next(open_prepared(cfg.data.prepared_dir).threads("test"))
     summarizer = Summarizer.from_pretrained(str(model_dir), device="cpu")
     t = time.perf_counter()
-    summary = summarizer.summarize(example["source"])
+    summary = summarizer.generate([example["source"]])[0]  # source is already cleaned and rendered
     timings["summarize"] = time.perf_counter() - t
     console.print(f"[bold]thread {example['thread_id']}[/bold] (subject: {example.get('subject', '')})")
     console.print(f"[bold]reference:[/bold] {example['summary']}")
