@@ -27,10 +27,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # (label, function name as cProfile records it) for the CPU breakdown, in pipeline order
-STEPS = [("read", "read_source"), ("clean", "clean_thread"), ("render (incl. its tokenizer calls)", "render_threads"),
-         ("tokenize: summaries + Arrow datasets", "_tokenize"), ("save Arrow", "save_to_disk"),
-         ("raw-token sample (report)", "_raw_token_sample"), ("report (md + plots)", "write_report"),
-         ("tokenizer encode (all callers)", "encode_batch")]
+# (render_thread is the per-thread entry that earlier versions of prepare called)
+STEPS = [("read", ("read_source",)), ("clean", ("clean_thread",)),
+         ("render (incl. its tokenizer calls)", ("render_threads", "render_thread")),
+         ("tokenize: summaries + Arrow datasets", ("_tokenize",)), ("save Arrow", ("save_to_disk",)),
+         ("raw-token sample (report)", ("_raw_token_sample",)), ("report (md + plots)", ("write_report",)),
+         ("tokenizer encode, all callers (Rust)", ("<method 'encode_batch' of 'tokenizers.Tokenizer' objects>",))]
+
+
+def _cpu_seconds() -> float:
+    """All threads of this process (the tokenizer's Rust threads included) and its finished workers."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _cpu_breakdown(prof_path: str) -> dict[str, float]:
@@ -38,10 +46,9 @@ def _cpu_breakdown(prof_path: str) -> dict[str, float]:
 
     stats = pstats.Stats(prof_path).stats  # (file, line, name) -> (cc, nc, tottime, cumtime, callers)
     out: dict[str, float] = {}
-    for label, fn in STEPS:
-        # cumulative time of the outermost entries only (recursion is counted once by cProfile)
-        out[label] = round(sum(v[3] for k, v in stats.items() if k[2] == fn or k[2].endswith(f".{fn}'>")
-                               or k[2] == f"<method '{fn}' of 'tokenizers.Tokenizer' objects>"), 2)
+    for label, names in STEPS:
+        # cumulative time over all calls of the function (cProfile counts recursion once)
+        out[label] = round(sum(v[3] for k, v in stats.items() if k[2] in names), 2)
     out["total (prepare)"] = round(max(v[3] for k, v in stats.items() if k[2] == "prepare"), 2)
     return out
 
@@ -52,6 +59,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/bench_prepare")
     ap.add_argument("--results", default=None, help="append a markdown section here")
     ap.add_argument("--cprofile", default=None, help="profile prepare (CPU-time clock) into this file")
+    ap.add_argument("--num-proc", type=int, default=1, help="data.num_proc (worker processes for cleaning)")
     args = ap.parse_args()
 
     t = time.perf_counter()
@@ -81,9 +89,10 @@ def main() -> None:
             bodies = [r["body"] for r in csv.DictReader(fh)]
         train_tokenizer(bodies, 50265, tok_dir)  # BART-large's vocabulary size
     cfg = load_config(None, [f"data.source={out / 'corpus'}", f"data.prepared_dir={out / 'prepared'}",
-                             "model.init=pretrained", f"model.name_or_path={tok_dir}", f"model.tokenizer={tok_dir}"])
+                             "model.init=pretrained", f"model.name_or_path={tok_dir}", f"model.tokenizer={tok_dir}",
+                             f"data.num_proc={args.num_proc}"])
     load_before = os.getloadavg()
-    cpu = time.process_time()  # all threads of the process, the tokenizer's Rust threads included
+    cpu = _cpu_seconds()
     t = time.perf_counter()
     if args.cprofile:
         import cProfile
@@ -94,7 +103,7 @@ def main() -> None:
     else:
         info = prepare(cfg, force=True)
     wall = time.perf_counter() - t
-    cpu = time.process_time() - cpu
+    cpu = _cpu_seconds() - cpu
     load_after = os.getloadavg()
     t = time.perf_counter()
     again = prepare(cfg)
@@ -114,7 +123,7 @@ def main() -> None:
     if args.results:
         lines = [
             f"## prepare on the full-scale synthetic corpus ({res['threads']} threads, {res['emails']} emails)", "",
-            f"`python bench/bench_prepare.py` on {res['machine']}; tokenizer: byte-level BPE trained with "
+            f"`python bench/bench_prepare.py --num-proc {res['num_proc']}` on {res['machine']}; tokenizer: byte-level BPE trained with "
             f"vocab_size 50265 (reached {res['tokenizer_vocab']}), max_source_tokens "
             f"{info['truncation']['max_source_tokens']}; load average {res['loadavg_before'][0]} before, "
             f"{res['loadavg_after'][0]} after.", "",

@@ -43,10 +43,43 @@ def _load(config: Optional[Path], overrides: Optional[List[str]]) -> Config:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
+def quiet_libraries() -> None:
+    """Show threadsum's own progress lines; keep library progress bars and advisory warnings out."""
+    import logging
+    import os
+    import warnings
+
+    ours = logging.getLogger("threadsum")
+    if not ours.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|torch)\b")
+    try:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    except ImportError:  # the [train] extra is not installed; the command will say so
+        pass
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def _run(fn, *args, **kwargs):
     """Call a library function; known user errors become one clear line and exit code 2."""
     from threadsum.deps import MissingExtraError
 
+    quiet_libraries()
     known: tuple[type[BaseException], ...] = (ConfigError, MissingExtraError, FileNotFoundError)
     try:
         from threadsum.model import ModelLoadError

@@ -80,7 +80,7 @@ class DataConfig(_Section):
     strict: bool = False
     """Exit non-zero when any row or thread is rejected."""
     num_proc: int = Field(1, ge=1)
-    """Worker processes for tokenization."""
+    """Worker processes for cleaning in prepare (1: in-process); tokenizing already uses every core."""
     clean: CleanConfig = CleanConfig()
     """Cleaning steps, each switchable."""
     render: RenderConfig = RenderConfig()

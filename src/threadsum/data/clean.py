@@ -569,3 +569,17 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
     stats = new_stats()
     return [clean_thread(t, clean_cfg, stats) for t in threads], stats
+
+
+def merge_stats(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Add the counts of ``other`` to ``into`` (lists are appended, so merge in thread order)."""
+    for key, value in other.items():
+        if isinstance(value, bool):
+            into[key] = into.get(key, False) or value
+        elif isinstance(value, dict):
+            merge_stats(into.setdefault(key, {}), value)
+        elif isinstance(value, list):
+            into.setdefault(key, []).extend(value)
+        else:
+            into[key] = into.get(key, 0) + value
+    return into

@@ -30,9 +30,13 @@ def _plots(out: Path, records: dict, final_tokens: list[int], raw_sample: list[i
         plt.close(fig)
         made.append(name)
 
+    # np.histogram on the lengths already in memory, drawn as one filled step artist per series
+    # (ax.hist draws one rectangle per bin; the same picture costs ~2x the CPU)
+    import numpy as np
+
     n_emails = [r["n_emails"] for recs in records.values() for r in recs]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(n_emails, bins=range(1, max(n_emails + [2]) + 2), color="#4c72b0")
+    ax.stairs(*np.histogram(n_emails, bins=range(1, max(n_emails + [2]) + 2)), fill=True, color="#4c72b0")
     ax.set(title="emails per thread (after cleaning)", xlabel="emails", ylabel="threads")
     save(fig, "emails_per_thread.png")
 
@@ -40,15 +44,15 @@ def _plots(out: Path, records: dict, final_tokens: list[int], raw_sample: list[i
     hi = max(raw_sample + clean_tokens + [max_source]) if (raw_sample or clean_tokens) else max_source
     bins = [i * hi / 40 for i in range(41)]
     if raw_sample:
-        ax.hist(raw_sample, bins=bins, alpha=0.5, label="raw (sample)", density=True)
-    ax.hist(clean_tokens, bins=bins, alpha=0.5, label="cleaned", density=True)
+        ax.stairs(*np.histogram(raw_sample, bins=bins, density=True), fill=True, alpha=0.5, label="raw (sample)")
+    ax.stairs(*np.histogram(clean_tokens, bins=bins, density=True), fill=True, alpha=0.5, label="cleaned")
     ax.axvline(max_source, color="k", ls="--", lw=1, label=f"budget {max_source}")
     ax.set(title="source tokens per thread", xlabel="tokens", ylabel="density")
     ax.legend()
     save(fig, "source_tokens.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(target_lengths, bins=30, color="#55a868")
+    ax.stairs(*np.histogram(target_lengths, bins=30), fill=True, color="#55a868")
     ax.axvline(max_target, color="k", ls="--", lw=1, label=f"budget {max_target}")
     ax.set(title="summary tokens", xlabel="tokens", ylabel="threads")
     ax.legend()

@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -330,6 +331,7 @@ def _save_sharded(state, root: Path, final: Path, keep_last: int, main: bool) ->
         tmp.mkdir()
     _barrier()
     model_sd, optim_sd = get_state_dict(state.model, state.optimizer)
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
     # collective: each rank writes its own shard file, rank 0 the global metadata
     dcp.save({_SHARDED_MODEL: model_sd, _SHARDED_OPTIMIZER: optim_sd}, checkpoint_id=str(tmp / SHARDED_DIR),
              no_dist=not _dist_active())
@@ -373,6 +375,7 @@ def load_sharded(model, optimizer, path: str | Path) -> None:
     if folder.name != SHARDED_DIR:
         folder = folder / SHARDED_DIR
     no_dist = not _dist_active()
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
     if optimizer is None:
         model_sd = get_model_state_dict(model)
         blob = {_SHARDED_MODEL: model_sd}
@@ -436,6 +439,18 @@ def destroy() -> None:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - best effort at exit
             pass
+
+
+def finish(stopped: bool) -> None:
+    """End of ``train()`` on every rank: leave the process group; after a preemption also ignore
+    further SIGTERMs. torchrun terminates the remaining ranks as soon as the first one exits; the
+    checkpoint is complete by then and a rank has only its exit left, which should be its own 75."""
+    import signal
+
+    if world_size() > 1:
+        if stopped:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        destroy()
 
 
 def describe(cfg: Config, n: Optional[int] = None) -> str:

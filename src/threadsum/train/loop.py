@@ -61,7 +61,7 @@ from threadsum.train.distributed import (
     uses_sharded_checkpoints,
     world_size,
 )
-from threadsum.train.distributed import destroy as destroy_process_group
+from threadsum.train.distributed import finish as finish_distributed
 from threadsum.train.progress import Progress, current_rss_gb, peak_memory_gb
 
 log = logging.getLogger("threadsum.train")
@@ -590,8 +590,7 @@ def train(cfg: Config) -> dict[str, Any]:
         raise
     finally:
         stop.restore()
-        if world_size() > 1:
-            destroy_process_group()
+        finish_distributed(stopped=stop.signum is not None)
 
 
 def _summary(counters: Counters, last_metrics: dict[str, Any]) -> dict[str, Any]:
