@@ -7,7 +7,9 @@ from threadsum.data import clean as C
 ATOMS = [" ", "  ", "\t", "\r", "\n", "\n\n", "\n \n", "\f", "\v", "a", "word", "x/y", ">", " > ", ">> ",
          "-----Original Message-----", "From: X", "FROM: Y", "Sent: y", "To: a; b", "Cc: c", "Subject: s",
          "On Mon, Bob wrote:", "WROTE:", "01/02/2001 10:00 AM", "1/2/01 9:00 PM", "Kay Mann", "ſ", "İ", "Ωmega",
-         "--------- Forwarded by K/HOU/ECT on 01/02/2001 ----", "---", "=20", "=\n", "-- ", "*****"]
+         "--------- Forwarded by K/HOU/ECT on 01/02/2001 ----", "---", "=20", "=\n", "-- ", "*****",
+         "        04/27/2001 08:00 AM", "Joe Smith\n       4/27/01 8:00 PM\nTo: K/HOU/ECT@ECT\n", "To: Kay Mann/HOU",
+         "Ann Lee\n          1/2/01 9:00 PM\nTo: x\n"]  # '/' at the 12th character: the edge of the fast path
 
 
 def _texts(n, seed=0):
