@@ -18,7 +18,8 @@ synthetic token ids with the anchor's email-like lengths (4,167 threads, median 
 process, so an allocator setting, an out-of-memory or a crash stays in that variant; the others go on.
 
 Variants (``ONLY=name,name`` picks some): bf16 full fine-tune at token budgets 16k/32k, with and
-without gradient checkpointing, with expandable CUDA segments (the loop's default) and without;
+without gradient checkpointing, with expandable CUDA segments (the loop's default; whether it really
+took effect is read back from the allocator) and without;
 LoRA r16; generation at batch 32, 4 beams, 128 new tokens in bf16 with threadsum's generation
 settings and with the anchor's (every summary exactly 128 tokens, no n-gram blocking).
 
@@ -32,7 +33,7 @@ torch.utils.flop_counter on the real model in the generation variant); peak
 Time caps: each variant stops after ``cap_s`` seconds of training (the process exits once the
 numbers are read; the main variant instead gets SIGTERM, so the loop's checkpoint-on-preemption and
 its timing are part of the result) and the whole script skips variants that no longer fit
-``BUDGET_S`` (default 390 s). Results: ``$OUT/bench_gpu.json``, a markdown table on stdout and
+``BUDGET_S`` (default 360 s). Results: ``$OUT/bench_gpu.json``, a markdown table on stdout and
 ``$OUT/bench_gpu.md``, per-variant logs and metrics in ``$OUT/logs``.
 
 Environment: OUT (default /tmp/bench_gpu_out), TINY=1, ONLY, BUDGET_S, BENCH_DATA=auto|disk|memory
@@ -89,29 +90,33 @@ GOALS = {"full_tokens_per_s": 230_000, "full_mfu": 0.40, "epoch_s": 15.0, "lora_
 # cap_s: seconds of training after the first step; cap_steps: steps (TINY keeps runs deterministic)
 VARIANTS: list[dict[str, Any]] = [
     {"name": "matmul_bf16", "kind": "matmul"},
-    {"name": "full_bf16_16k", "kind": "train", "max_tokens": K16, "finish": True, "cap_s": 60,
+    {"name": "full_bf16_16k", "kind": "train", "max_tokens": K16, "finish": True, "cap_s": 50,
      "note": "main variant: stopped by SIGTERM (checkpoint written) or at the end of the epoch (checkpoint + export)"},
-    {"name": "generate_bs32_beams4", "kind": "generate", "cap_s": 45},
-    {"name": "lora_r16_16k", "kind": "train", "max_tokens": K16, "lora": True, "cap_s": 25},
-    {"name": "full_bf16_32k", "kind": "train", "max_tokens": K32, "cap_s": 25},
+    {"name": "generate_bs32_beams4", "kind": "generate", "cap_s": 40},
+    {"name": "lora_r16_16k", "kind": "train", "max_tokens": K16, "lora": True, "cap_s": 20},
+    # the allocator comparison: only the one of these two that differs from what full_bf16_16k ran with
     {"name": "full_bf16_16k_no_expandable", "kind": "train", "max_tokens": K16,
-     "alloc_conf": "expandable_segments:False", "cap_s": 25},
-    {"name": "full_bf16_16k_gc", "kind": "train", "max_tokens": K16, "gc": True, "cap_s": 25},
-    {"name": "full_bf16_32k_gc", "kind": "train", "max_tokens": K32, "gc": True, "cap_s": 25},
-    {"name": "lora_r16_32k", "kind": "train", "max_tokens": K32, "lora": True, "cap_s": 25},
-    {"name": "full_bf16_64k_gc", "kind": "train", "max_tokens": K64, "gc": True, "cap_s": 25},
-    {"name": "lora_r16_16k_gc", "kind": "train", "max_tokens": K16, "lora": True, "gc": True, "cap_s": 25},
+     "alloc_conf": "expandable_segments:False", "cap_s": 20},
+    {"name": "full_bf16_16k_expandable_env", "kind": "train", "max_tokens": K16,
+     "alloc_conf": "expandable_segments:True", "cap_s": 20},
+    {"name": "full_bf16_16k_gc", "kind": "train", "max_tokens": K16, "gc": True, "cap_s": 20},
+    {"name": "full_bf16_32k", "kind": "train", "max_tokens": K32, "cap_s": 20},
+    {"name": "full_bf16_32k_gc", "kind": "train", "max_tokens": K32, "gc": True, "cap_s": 20},
+    {"name": "lora_r16_32k", "kind": "train", "max_tokens": K32, "lora": True, "cap_s": 20},
+    {"name": "full_bf16_64k_gc", "kind": "train", "max_tokens": K64, "gc": True, "cap_s": 20},
+    {"name": "lora_r16_16k_gc", "kind": "train", "max_tokens": K16, "lora": True, "gc": True, "cap_s": 20},
 ]
 # the smoke test covers every code path once (SIGTERM + checkpoint, capped exit, LoRA with checkpointing,
 # generation) in as few processes as possible: each one pays ~5-15 s of imports on a busy 2-core machine
 TINY_VARIANTS = ["matmul_bf16", "full_bf16_16k", "generate_bs32_beams4", "lora_r16_16k_gc"]
-CHILD_OVERHEAD_S = 15 if TINY else 45
+CHILD_OVERHEAD_S = 15 if TINY else 35
 """Estimated seconds a variant spends outside its cap (imports, model init, checkpoint): used to skip what no longer fits."""
 
 # anchor runs (gpu_anchor.py names) that each variant is compared with
 ANCHOR_MATCH = {
     "full_bf16_16k": ["FULL EPOCH amp-bf16 token-budget 16k", "amp-bf16 sdpa fusedAdamW token-budget 16k"],
     "full_bf16_16k_no_expandable": ["amp-bf16 sdpa fusedAdamW token-budget 16k"],
+    "full_bf16_16k_expandable_env": ["amp-bf16 sdpa fusedAdamW token-budget 16k"],
     "full_bf16_32k": ["amp-bf16 sdpa fusedAdamW token-budget 16k"],
     "full_bf16_16k_gc": ["grad-ckpt amp-bf16 token-budget 16k"],
     "full_bf16_32k_gc": ["grad-ckpt amp-bf16 token-budget 16k"],
@@ -335,6 +340,29 @@ def _cuda_memory() -> dict[str, Any]:
             "max_reserved_gb": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
 
 
+def _allocator_state() -> dict[str, Any]:
+    """Whether expandable segments are really in effect (PYTORCH_CUDA_ALLOC_CONF is read once, when CUDA
+    initialises: a value set later is silently ignored), and how many segments the allocator holds."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    out: dict[str, Any] = {}
+    try:
+        segments = torch.cuda.memory._snapshot()["segments"]
+        flags = [bool(s["is_expandable"]) for s in segments if "is_expandable" in s]
+        out["expandable_in_effect"] = any(flags) if flags else None
+        out["allocator_segments"] = len(segments)
+    except Exception as exc:  # noqa: BLE001 - private API: informative only
+        out["expandable_in_effect"] = None
+        out["allocator_state_error"] = repr(exc)[:200]
+    try:
+        out["allocator_settings"] = torch._C._accelerator_getAllocatorSettings()
+    except Exception:  # noqa: BLE001 - absent in older torch
+        pass
+    return out
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
@@ -394,7 +422,7 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
         "data": {"prepared_dir": str(work / "prepared"), "max_source_tokens": MAX_SRC, "max_target_tokens": MAX_TGT},
         "model": {"init": "random", "name_or_path": None, "attn_implementation": "sdpa",
                   "gradient_checkpointing": bool(spec.get("gc")),
-                  "tiny": {k: v for k, v in DIMS.items()},
+                  "tiny": dict(DIMS),
                   "lora": {"enabled": bool(spec.get("lora")), "r": 16, "alpha": 32}},
         "train": {"output_dir": str(out_dir), "seed": 0, "epochs": 1, "max_steps": 0,
                   "max_tokens": spec["max_tokens"], "batch_tokens": spec["max_tokens"],  # accumulation 1, like the anchor
@@ -410,7 +438,7 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
     state = {"stopped_by": None}
 
     def result(status: str, extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        r = {"status": status, "stopped_by": state["stopped_by"], **times, **_cuda_memory(),
+        r = {"status": status, "stopped_by": state["stopped_by"], **times, **_cuda_memory(), **_allocator_state(),
              "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"), "wall_s": round(time.perf_counter() - t0, 1)}
         r.update(extra or {})
         return r
@@ -427,10 +455,12 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
             if first is None:
                 continue
             over_time = time.perf_counter() - first >= spec["cap_s"]
-            over_steps = spec.get("cap_steps") and len(steps) >= spec["cap_steps"]
-            if not (over_time or over_steps):
+            over_steps = bool(spec.get("cap_steps")) and len(steps) >= spec["cap_steps"]
+            # the epoch is done: the rest (final checkpoint, export) only matters for the main variant
+            epoch_done = not spec.get("finish") and len(steps) >= spec.get("epoch_steps", math.inf)
+            if not (over_time or over_steps or epoch_done):
                 continue
-            state["stopped_by"] = "cap_steps" if over_steps else "cap_s"
+            state["stopped_by"] = "epoch_end" if epoch_done else "cap_steps" if over_steps else "cap_s"
             if spec.get("finish"):
                 times["stop_signal_at_s"] = round(time.perf_counter() - t0, 1)
                 os.kill(os.getpid(), signal.SIGTERM)  # the loop finishes the step, checkpoints, returns
@@ -521,11 +551,11 @@ def child_generate(spec: dict[str, Any], work: Path, result_path: Path) -> None:
     texts = [" ".join(f"t{i}" for i in ids) for ids in src[: batch * (3 if TINY else 5)]]
     warm, timed = texts[:batch], texts[batch:]
     settings = {
-        # what `threadsum summarize`/serve do: the config's generation section (4 beams, n-gram blocking)
-        "threadsum_settings": {"num_beams": 4, "max_new_tokens": new_tokens, "batch_size": batch},
         # gpu_anchor.py's: every summary exactly max_new_tokens long, no n-gram blocking
         "anchor_settings": {"num_beams": 4, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
                             "no_repeat_ngram_size": 0, "batch_size": batch},
+        # what `threadsum summarize`/serve do: the config's generation section (4 beams, n-gram blocking)
+        "threadsum_settings": {"num_beams": 4, "max_new_tokens": new_tokens, "batch_size": batch},
     }
     runs = []
     budget_end = time.perf_counter() + spec["cap_s"]
@@ -634,7 +664,9 @@ def run_child(spec: dict[str, Any], work: Path, env: dict[str, str], timeout: fl
             (OUT / "logs" / f"{spec['name']}.metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in records))
         rec.update(summarize_metrics(records, spec["real_tokens_epoch"]))
         rec["epoch_steps"] = spec["epoch_steps"]
-        for k in ("max_tokens", "gc", "lora", "alloc_conf"):
+        if rec.get("steps", 0) >= spec["epoch_steps"]:
+            rec["epoch_s_measured"] = rec.get("train_seconds")  # the loop's clock over the whole epoch
+        for k in ("max_tokens", "gc", "lora", "alloc_conf", "cap_s"):
             if k in spec:
                 rec.setdefault(k, spec[k])
         shutil.rmtree(run_dir, ignore_errors=True)  # a BART-large checkpoint is ~5 GB
@@ -686,20 +718,27 @@ def markdown(results: dict[str, Any]) -> str:
              f"target median {data['tgt_median']}; read through the {data['data_path']} path. "
              f"bf16 matmul ceiling: {_fmt(env.get('bf16_matmul_tflops'))} TFLOP/s. "
              f"Model FLOPs per real token: {_fmt(results['flops']['full_G_per_token'])} G (full), "
-             f"{_fmt(results['flops']['lora_G_per_token'])} G (LoRA).", "",
-             "| variant | tokens/s (steady) | vs anchor | MFU | peak alloc GB | peak reserved GB | epoch s (proj.) | "
-             "steps | padding | OOM events | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{_fmt(results['flops']['lora_G_per_token'])} G (LoRA). Anchor results: "
+             f"{results.get('anchor_file') or 'none found (run gpu_anchor.py first in the same command)'}.", "",
+             "| variant | tokens/s (steady) | vs anchor | MFU | peak alloc GB | peak reserved GB | expandable segments | "
+             "epoch s (proj.) | steps | padding | OOM events | notes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["runs"]:
         if r["kind"] != "train":
             continue
         notes = r.get("error") or r.get("skipped") or (f"stopped by {r['stopped_by']}" if r.get("stopped_by") else r.get("status", ""))
+        if r.get("epoch_s_measured") is not None:
+            notes += f"; full epoch measured: {r['epoch_s_measured']:.1f} s"
+        if r.get("stop_to_return_s") is not None:
+            notes += f"; SIGTERM to return (checkpoint) {r['stop_to_return_s']} s"
+        if r.get("finish_s") is not None:
+            notes += f"; final checkpoint + export {r['finish_s']} s"
         if r.get("anchor"):
             notes += f"; anchor: {r['anchor']['name']} {r['anchor']['value']:,.0f}"
         lines.append(
             f"| {r['name']} | {_fmt(r.get('tokens_per_s'))} | {_fmt(r.get('vs_anchor'))}{'x' if r.get('vs_anchor') else ''} | {_fmt(r.get('mfu'), pct=True)} | "
             f"{_fmt(r.get('max_allocated_gb', r.get('peak_rss_gb')))} | {_fmt(r.get('max_reserved_gb'))} | "
-            f"{_fmt(r.get('epoch_s_projected'))} | {_fmt(r.get('steps'))} | {_fmt(r.get('padding_fraction'), pct=True)} | "
+            f"{_fmt(r.get('expandable_in_effect'))} | {_fmt(r.get('epoch_s_projected'))} | {_fmt(r.get('steps'))} | {_fmt(r.get('padding_fraction'), pct=True)} | "
             f"{_fmt(r.get('oom_events'))} | {notes} |")
     gens = [g for r in results["runs"] if r["kind"] == "generate" for g in r.get("runs", [])]
     gens += [r for r in results["runs"] if r["kind"] == "generate" and not r.get("runs")]
@@ -729,7 +768,7 @@ def main() -> int:
         return child_main(args)
 
     t_start = time.perf_counter()
-    budget = float(os.environ.get("BUDGET_S") or (110 if TINY else 390))
+    budget = float(os.environ.get("BUDGET_S") or (115 if TINY else 360))
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(REPO / "src"), env.get("PYTHONPATH", "")] if p)
@@ -792,6 +831,12 @@ def main() -> int:
                 spec["cap_s"], spec["cap_steps"] = 10, 4
             if v["kind"] == "train":
                 spec["epoch_steps"] = epoch_steps(v["max_tokens"], max_batch_size, pad_to)
+            main = next((r for r in results["runs"] if r["name"] == "full_bf16_16k"), {})
+            duplicate = {"full_bf16_16k_no_expandable": False, "full_bf16_16k_expandable_env": True}.get(v["name"])
+            if duplicate is not None and main.get("expandable_in_effect") is duplicate:
+                results["runs"].append({"name": v["name"], "kind": v["kind"], "skipped": (
+                    f"same allocator setting as full_bf16_16k (expandable segments in effect: {duplicate})")})
+                continue
             left = budget - (time.perf_counter() - t_start)
             need = spec.get("cap_s", 10) + CHILD_OVERHEAD_S
             if left < need:

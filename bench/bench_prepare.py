@@ -32,7 +32,8 @@ STEPS = [("read", ("read_source",)), ("clean", ("clean_thread",)),
          ("render (incl. its tokenizer calls)", ("render_threads", "render_thread")),
          ("tokenize: summaries + Arrow datasets", ("_tokenize",)), ("save Arrow", ("save_to_disk",)),
          ("raw-token sample (report)", ("_raw_token_sample",)), ("report (md + plots)", ("write_report",)),
-         ("tokenizer encode, all callers (Rust)", ("<method 'encode_batch' of 'tokenizers.Tokenizer' objects>",))]
+         ("tokenizer encode, all callers (Rust)", ("<method 'encode_batch' of 'tokenizers.Tokenizer' objects>",
+                                                   "<method 'encode_batch_fast' of 'tokenizers.Tokenizer' objects>"))]
 
 
 def _cpu_seconds() -> float:
@@ -114,7 +115,8 @@ def main() -> None:
            "cpu_s": round(cpu, 1), "cached_rerun_s": round(cached, 2), "cache_hit": again["cache"]["hit"],
            "peak_rss_mb": round(peak_mb), "cores": cores, "num_proc": cfg.data.num_proc,
            "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
-           "stages_s": info["timings_s"], "stages_cpu_s": info.get("timings_cpu_s", {}), "imports_s": round(t_imports, 1), "synth_s": round(t_synth, 1),
+           "stages_s": info["timings_s"], "stages_cpu_s": info.get("timings_cpu_s", {}),
+           "imports_s": round(t_imports, 1), "synth_s": round(t_synth, 1),
            "tokenizer_vocab": info["tokenizer"]["vocab_size"], "truncation": info["truncation"],
            "machine": f"{platform.processor() or platform.machine()}, {cores} cores"}
     if args.cprofile:
@@ -123,8 +125,8 @@ def main() -> None:
     if args.results:
         lines = [
             f"## prepare on the full-scale synthetic corpus ({res['threads']} threads, {res['emails']} emails)", "",
-            f"`python bench/bench_prepare.py --num-proc {res['num_proc']}` on {res['machine']}; tokenizer: byte-level BPE trained with "
-            f"vocab_size 50265 (reached {res['tokenizer_vocab']}), max_source_tokens "
+            f"`python bench/bench_prepare.py --num-proc {res['num_proc']}` on {res['machine']}; tokenizer: "
+            f"byte-level BPE trained with vocab_size 50265 (reached {res['tokenizer_vocab']}), max_source_tokens "
             f"{info['truncation']['max_source_tokens']}; load average {res['loadavg_before'][0]} before, "
             f"{res['loadavg_after'][0]} after.", "",
             f"- wall time: **{res['wall_s']} s** (goal <= 60 s on 2 cores), CPU time {res['cpu_s']} s; "

@@ -4,6 +4,8 @@ import json
 from datetime import datetime
 from email.message import EmailMessage
 
+import pytest
+
 from threadsum.data.readers import (
     parse_mail_bytes, parse_recipients, parse_timestamp, read_path, read_source, thread_emails,
 )
@@ -151,3 +153,35 @@ def test_jsonl_threads(tmp_path):
     assert [t.thread_id for t in res.threads] == ["2", "x1"]
     assert [e.body for e in res.threads[1].emails] == ["earlier", "later"]
     assert res.counts["emails"]["kept"] == 3
+
+
+@pytest.mark.parametrize("literal", ["['Kay Mann', 'Sara Shackleton']", "[ 'Murphy', 'Melissa Mmurphy' ,]", "[]",
+                                     "[\"O'Neil, Pat\", 'b@x.com']", "['a',  \"b\"]", "['a\\\\b', 'c']",
+                                     "['Jos\u00e9 Ruiz']", "['a' 'b']", "['a', ['b']]"])
+def test_recipient_list_fast_path_matches_literal_eval(literal):
+    import ast
+
+    from threadsum.data.readers import parse_recipients, regroup_enron_names
+
+    parsed = ast.literal_eval(literal)
+    if isinstance(parsed, list) and all(isinstance(v, str) for v in parsed):
+        assert parse_recipients(literal) == (regroup_enron_names(parsed), True)
+    else:
+        assert parse_recipients(literal)[1] is False
+
+
+def test_empty_recipient_item_is_dropped_not_a_crash():
+    from threadsum.data.readers import parse_recipients
+
+    assert parse_recipients("['', 'Kay Mann']") == (["Kay Mann"], True)
+    assert parse_recipients('["", "Murphy", "Melissa Mmurphy"]') == (["Murphy, Melissa Mmurphy"], True)
+
+
+def test_plain_timestamps_fast_path():
+    from datetime import datetime
+
+    from threadsum.data.readers import parse_timestamp
+
+    assert parse_timestamp("2001-05-14 16:39:00") == datetime(2001, 5, 14, 16, 39)
+    assert parse_timestamp("2001-13-14 16:39:00") is None  # not a date in any accepted format
+    assert parse_timestamp("2001-5-4 1:02:03") == datetime(2001, 5, 4, 1, 2, 3)  # strptime still reads it

@@ -21,7 +21,7 @@ from threadsum.config import Config
 from threadsum.data.clean import clean_threads, merge_stats, new_stats
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.readers import DataError, ReadResult, download_kaggle, read_source
-from threadsum.data.render import render_plain, render_threads
+from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
@@ -162,7 +162,8 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
 
     d = cfg.data
     timings: dict[str, float] = {}
-    cpu_timings: dict[str, float] = {}  # CPU seconds (all threads): on a shared machine wall time mostly measures the load
+    # CPU seconds (all threads, finished workers): on a shared machine wall time mostly measures the load
+    cpu_timings: dict[str, float] = {}
     t_start = t = time.perf_counter()
     cpu_start = cpu_t = _cpu_seconds()
 
@@ -389,7 +390,7 @@ def _raw_token_sample(raw_by_id: dict, render_cfg, tokenizer) -> list[int]:
     texts = [render_plain(raw_by_id[t], render_cfg) for t in ids]
     if not texts:
         return []
-    return [len(x) for x in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    return [len(x) for x in encode_ids(tokenizer, texts)]
 
 
 def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[int]]], tokenizer, d

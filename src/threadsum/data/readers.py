@@ -130,6 +130,14 @@ class _Ledger:
 
 
 # ------------------------------------------------------------------------------ field parsing
+_PLAIN_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+# a list literal of plain quoted strings (printable ASCII, no backslash): what ast.literal_eval
+# returns for it is just the text between the quotes, without its ~40 us parse per row
+_SIMPLE_LIST = re.compile(r"\[ *(?:(?:'[ !#-&(-\[\]-~]*'|\"[ !#-\[\]-~]*\") *, *)*"
+                          r"(?:'[ !#-&(-\[\]-~]*'|\"[ !#-\[\]-~]*\")? *\]")
+_SIMPLE_ITEM = re.compile(r"'([ !#-&(-\[\]-~]*)'|\"([ !#-\[\]-~]*)\"")
+
+
 def parse_timestamp(value: Any) -> Optional[datetime]:
     """'YYYY-MM-DD HH:MM:SS', ISO 8601, RFC 2822 or epoch seconds/milliseconds -> naive UTC datetime."""
     if value is None or isinstance(value, bool):
@@ -149,6 +157,11 @@ def parse_timestamp(value: Any) -> Optional[datetime]:
         return None
     if re.fullmatch(r"-?\d+(\.\d+)?", s):
         return parse_timestamp(float(s))
+    if _PLAIN_TIME.fullmatch(s):  # the Kaggle layout: fromisoformat reads it ~20x faster than strptime
+        try:
+            return datetime.fromisoformat(s)
+        except ValueError:
+            pass  # e.g. month 13: the slow path below decides
     for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
         try:
             return datetime.strptime(s, fmt)
@@ -179,7 +192,7 @@ def regroup_enron_names(items: list[str]) -> list[str]:
         cur = items[i].strip()
         nxt = items[i + 1].strip() if i + 1 < len(items) else None
         if nxt is not None:
-            opens_quote = cur[:1] in "\"'" and cur.count(cur[0]) == 1
+            opens_quote = cur[:1] in ("\"", "'") and cur.count(cur[0]) == 1  # (an empty item opens nothing)
             if opens_quote or (_SURNAME.match(cur) and " " in nxt and "@" not in nxt and "<" not in nxt):
                 out.append(f"{cur}, {nxt}")
                 i += 2
@@ -202,6 +215,8 @@ def parse_recipients(value: Any) -> tuple[list[str], bool]:
     s = str(value).strip()
     if not s:
         return [], True
+    if _SIMPLE_LIST.fullmatch(s):
+        return regroup_enron_names([a or b for a, b in _SIMPLE_ITEM.findall(s)]), True
     if s.startswith("["):
         try:
             parsed = ast.literal_eval(s)

@@ -80,11 +80,21 @@ def _n_special(tokenizer) -> int:
     return _SPECIAL_CACHE[key]
 
 
-def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids with special tokens (what the model is fed): one batched call, which the fast
-    tokenizer spreads over its Rust threads."""
+def encode_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids with special tokens (what the model is fed) of many texts: one batched call, which
+    the fast tokenizer spreads over its Rust threads.
+
+    When the wrapper would add nothing (no truncation or padding set on the backend, special-token
+    splitting as the wrapper has it) this asks the backend for ids only (``encode_batch_fast``: no
+    offsets and no per-text Python dicts), the same ids for ~25% less CPU.
+    """
     if not texts:
         return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (backend is not None and hasattr(backend, "encode_batch_fast") and backend.truncation is None
+            and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=True)]
     return tokenizer(texts, add_special_tokens=True, return_attention_mask=False)["input_ids"]
 
 
@@ -140,7 +150,7 @@ def _render_batch(threads: list[Thread], render_cfg, tokenizer: Any, max_tokens:
     budget = max_tokens - special
     results: list[Optional[RenderResult]] = [None] * len(threads)
     over: list[tuple[int, int]] = []  # (index, tokens of the full rendering without special tokens)
-    for i, (full, ids) in enumerate(zip(fulls, _encode(tokenizer, fulls))):
+    for i, (full, ids) in enumerate(zip(fulls, encode_ids(tokenizer, fulls))):
         total = len(ids) - special
         if total <= budget:
             results[i] = RenderResult(full, False, 1.0, len(ids), input_ids=ids)
@@ -159,10 +169,10 @@ def _render_batch(threads: list[Thread], render_cfg, tokenizer: Any, max_tokens:
 def _final(text: str, tokenizer, budget: int, special: int, total: int, dropped: int = 0) -> RenderResult:
     """Cut ``text`` at the budget (merges across the cut can differ, so shave until it fits)."""
     text = _cut(tokenizer, text, budget)
-    ids = _encode(tokenizer, [text])[0]
+    ids = encode_ids(tokenizer, [text])[0]
     while len(ids) - special > budget:
         text = _cut(tokenizer, text, budget - (len(ids) - special - budget))
-        ids = _encode(tokenizer, [text])[0]
+        ids = encode_ids(tokenizer, [text])[0]
     return RenderResult(text, True, min(1.0, (len(ids) - special) / total), len(ids), dropped, ids)
 
 
@@ -247,7 +257,7 @@ def _fit_all(fits: list[_SmartFit], tokenizer) -> list[RenderResult]:
     for _ in range(6):  # re-tokenizing the joined text can differ by a few tokens from the sum of parts
         if not pending:
             break
-        ids = _encode(tokenizer, [fits[k].candidate() for k in pending])
+        ids = encode_ids(tokenizer, [fits[k].candidate() for k in pending])
         still = []
         for k, x in zip(pending, ids):
             done[k] = fits[k].accept(x)
