@@ -1,10 +1,12 @@
 """GPU benchmark of threadsum's own training loop and Summarizer on BART-large (random init).
 
 One command on a GPU machine, after the anchor script so both sets of numbers come from one card
-(see bench/README.md for the carry list and the wheels of threadsum's own dependencies):
+(bench/README.md has the exact device call, its carry list and the wheels of threadsum's own
+dependencies):
 
-    ONLY=amp_bf16_token_budget,grad_ckpt_amp,lora_r16_amp,generation_speed python .anchor/gpu_anchor.py; \
-    PYTHONPATH=src python bench/bench_gpu.py
+    ONLY=amp_bf16_token_budget,generation_speed,lora_r16_amp,grad_ckpt_amp,full_epoch_best \
+        timeout 200 python .anchor/gpu_anchor.py > $OUT/anchor.log 2>&1; \
+    PYTHONPATH=src BUDGET_S=330 python bench/bench_gpu.py
 
 CPU smoke test (tiny BART, a few steps per variant, under 2 minutes):
 
@@ -19,9 +21,9 @@ process, so an allocator setting, an out-of-memory or a crash stays in that vari
 
 Variants (``ONLY=name,name`` picks some): bf16 full fine-tune at token budgets 16k/32k, with and
 without gradient checkpointing, with expandable CUDA segments (the loop's default; whether it really
-took effect is read back from the allocator) and without;
-LoRA r16; generation at batch 32, 4 beams, 128 new tokens in bf16 with threadsum's generation
-settings and with the anchor's (every summary exactly 128 tokens, no n-gram blocking).
+took effect is read back from the allocator) and without; LoRA r16; generation at batch 32,
+4 beams, 128 new tokens in bf16 with threadsum's generation settings and with the anchor's (every
+summary exactly 128 tokens, no n-gram blocking).
 
 Measured per training variant: real (non-pad) tokens/s after the first warm-up steps, read from the
 loop's own metrics.jsonl (per-step records: the loop's clock, which ends each step with a CPU-GPU
@@ -445,13 +447,17 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
 
     def watch() -> None:
         # the cap counts training time only: from the first step's record to now
-        first = None
+        first, seen = None, 0
         while True:
             time.sleep(0.25)
             steps = [x for x in _metrics_records(metrics) if "event" not in x]
+            if len(steps) > seen:
+                seen = len(steps)
+                times["last_step_seen_s"] = round(time.perf_counter() - t0, 2)
             if steps and first is None:
                 first = time.perf_counter()
-                times["setup_s"] = round(first - t0, 1)
+                # imports, model init, moving it to the device: up to the first step's start
+                times["setup_s"] = round(first - t0 - steps[0].get("train_seconds", 0), 1)
             if first is None:
                 continue
             over_time = time.perf_counter() - first >= spec["cap_s"]
@@ -476,10 +482,9 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
     end = time.perf_counter()
     if "stop_signal_at_s" in times:
         times["stop_to_return_s"] = round(end - t0 - times["stop_signal_at_s"], 1)
-    else:
-        # checkpoint + export of model/ after the last step
-        last = _metrics_records(metrics)
-        times["finish_s"] = round(end - t0 - times.get("setup_s", 0) - (last[-1].get("train_seconds", 0) if last else 0), 1)
+    elif "last_step_seen_s" in times:
+        # the final checkpoint (+ export of model/ when the epoch ended) after the last step, +-0.25 s
+        times["finish_s"] = round(end - t0 - times["last_step_seen_s"], 1)
     keep = ("status", "exit_code", "real_tokens_per_s", "padding_fraction", "peak_mem_gb", "train_seconds", "oom_events",
             "compute_max_tokens", "precision", "n_params", "n_trainable_params", "steps")
     _write_json(result_path, result(str(summary.get("status")), {"loop_summary": {k: summary.get(k) for k in keep}}))
