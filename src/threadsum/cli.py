@@ -148,8 +148,7 @@ def prepare(
     cfg = _load(config, (overrides or []) + extra)
     from threadsum.data.prepare import prepare_command
 
-    code = _run(prepare_command, cfg, force=force, strict=cfg.data.strict)
-    raise typer.Exit(code or 0)
+    _run(prepare_command, cfg, force=force, strict=cfg.data.strict)  # bad input exits 2 from inside
 
 
 @app.command()
