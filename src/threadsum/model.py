@@ -119,6 +119,7 @@ def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -
         decoder_ffn_dim=t.ffn_dim,
         max_position_embeddings=t.max_position_embeddings,
         dropout=t.dropout,
+        init_std=t.init_std,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
