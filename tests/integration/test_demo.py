@@ -17,11 +17,11 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MARGIN_OVER_LEAD = 5.0
-"""ROUGE-L points the model must beat lead-3 by on held-out threads."""
+MARGIN_OVER_LEAD = 8.0
+"""ROUGE-L points the model must beat lead-3 by on held-out threads (measured: 48.3 vs 34.3)."""
 MARGIN_OVER_SHUFFLED = 5.0
 """ROUGE-L points by which the model's summaries must match their own thread's reference better
-than another thread's reference (0 for a model that ignores its input)."""
+than another thread's reference (0 for a model that ignores its input; measured: 48.3 vs 36.6)."""
 
 
 def test_demo_runs_end_to_end_and_the_model_reads_the_thread(tmp_path):
