@@ -283,6 +283,10 @@ def train(cfg: Config) -> dict[str, Any]:
     from threadsum.train.modelcard import hardware_description
     from threadsum.train.optim import build_optimizer, build_scheduler
 
+    # changing shapes (token-budget batches) fragment CUDA's caching allocator; expandable segments
+    # measured faster than plain caching. The allocator reads this once, when CUDA initialises, and
+    # the tracker below may initialise CUDA (device name), so it is set first. Harmless on CPU.
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     tc = cfg.train
     out_dir = Path(tc.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -297,9 +301,6 @@ def train(cfg: Config) -> dict[str, Any]:
     try:
         # ---------------------------------------------------------------- device and precision
         if torch.cuda.is_available():
-            # changing shapes (token-budget batches) fragment the caching allocator; expandable
-            # segments measured faster than plain caching. Must be set before the first CUDA allocation.
-            os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if int(os.environ.get("WORLD_SIZE", "1")) == 1:
