@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -137,18 +136,10 @@ def run_generate(s: Summarizer, texts: list[str], batch: int) -> dict:
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from threadsum.train.modelcard import hardware_description
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, load avg {load:.1f} at start"
+    return f"{hardware_description()}, torch threads {torch.get_num_threads()}, load avg {load:.1f} at start"
 
 
 def main(argv=None) -> int:
