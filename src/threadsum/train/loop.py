@@ -431,6 +431,7 @@ def train(cfg: Config) -> dict[str, Any]:
                                             logits.float().view(-1, logits.shape[-1]),
                                             b["labels"].to(device, non_blocking=True).view(-1),
                                             ignore_index=-100, reduction="sum", label_smoothing=tc.label_smoothing)
+                                        del logits  # backward needs only the loss's log-softmax: holding logits costs 4 B x vocab per target token
                                     if tc.memory_limit_gb and current_rss_gb() > tc.memory_limit_gb:
                                         raise _SimulatedOOM(f"RSS {current_rss_gb():.2f} GB above train.memory_limit_gb={tc.memory_limit_gb}")
                                     scaler.scale(loss_sum / step_label_tokens).backward()

@@ -331,8 +331,9 @@ class Levers:
     attn: str = "sdpa"
     ranks: int = 1
     cpu_offload: bool = False
-    # threadsum's loop keeps ``logits`` in a local through backward (+4 B x vocab per target token);
-    # a loop that only keeps ``model(...).loss`` (the HF models' own loss) frees them first
+    # a loop that keeps ``logits`` alive through backward pays +4 B x vocab per target token.
+    # threadsum's loop now frees them before backward; the default stays True (a safe overestimate)
+    # because the CPU calibration points were measured with the logits held
     hold_logits: bool = True
 
     @property
