@@ -12,7 +12,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from threadsum.config import Config, ConfigError, load_config
+from threadsum.config import Config, load_config
+from threadsum.errors import ThreadsumError
 
 app = typer.Typer(
     help="Fine-tune and serve BART-family summarizers on email threads.\n\n"
@@ -26,21 +27,13 @@ app.add_typer(runs_app, name="runs")
 
 console = Console(stderr=True)
 
-# exit codes shared by all commands (training has its own for preemption, see train/loop.py)
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/). Defaults apply when omitted.")
 OverridesArg = typer.Argument(None, help="Overrides as section.key=value, e.g. train.lr=3e-4 data.max_source_tokens=512.")
 
 
 def _load(config: Optional[Path], overrides: Optional[List[str]]) -> Config:
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    """The config file plus overrides; a bad value exits 2 naming the key."""
+    return _run(load_config, config, overrides or [])
 
 
 def quiet_libraries() -> None:
@@ -76,23 +69,17 @@ def quiet_libraries() -> None:
 
 
 def _run(fn, *args, **kwargs):
-    """Call a library function; known user errors become one clear line and exit code 2."""
-    from threadsum.deps import MissingExtraError
+    """Call a library function; a :class:`ThreadsumError` becomes one line and its exit code.
 
+    This is the one place errors become exit codes (the table is in :mod:`threadsum.errors`).
+    Anything else is a bug or a broken environment: its traceback is shown and the exit code is 1.
+    """
     quiet_libraries()
-    known: tuple[type[BaseException], ...] = (ConfigError, MissingExtraError, FileNotFoundError)
-    try:
-        from threadsum.model import ModelLoadError
-        from threadsum.data.prepared import PreparedDataError
-
-        known += (ModelLoadError, PreparedDataError)
-    except ImportError:  # pragma: no cover
-        pass
     try:
         return fn(*args, **kwargs)
-    except known as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    except ThreadsumError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(int(exc.exit_code))
 
 
 @app.command("config")
@@ -165,16 +152,9 @@ def train(
         extra.append("train.auto_fit=true")
     if resume:
         extra.append(f"train.resume={resume}")
-    try:
-        from threadsum.cloud.container import ContainerError, sagemaker_overrides
-    except ImportError:  # pragma: no cover - the cloud module is part of the package
-        sm = None
-    else:
-        try:
-            sm = sagemaker_overrides()
-        except ContainerError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(EXIT_BAD_INPUT)
+    from threadsum.cloud.container import sagemaker_overrides
+
+    sm = _run(sagemaker_overrides)
     if sm:
         extra = list(sm) + extra
     if nproc > 1:

@@ -14,9 +14,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the fix."""
+from threadsum.errors import ConfigError  # noqa: F401 - re-exported: callers import it from here
 
 
 class _Section(BaseModel):

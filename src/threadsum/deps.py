@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import importlib.util
 
+from threadsum.errors import MissingExtraError  # noqa: F401 - re-exported
+
 # import name -> distribution name where they differ
 _DIST = {"rouge_score": "rouge-score", "yaml": "pyyaml", "multipart": "python-multipart"}
-
-
-class MissingExtraError(ImportError):
-    """An optional dependency is missing; the message names the extra to install."""
 
 
 def require(module: str, extra: str) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Optional
 
 from threadsum.config import Config, ModelConfig
 from threadsum.deps import require
+from threadsum.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -18,7 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # BART's ids 0..4, in BART's order
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model or tokenizer could not be loaded; the message says how to fix it."""
 
 
@@ -182,7 +183,8 @@ def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrai
         model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.lora.enabled:
         require("peft", "train")
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
 
         lcfg = PeftLoraConfig(
             r=cfg.lora.r,

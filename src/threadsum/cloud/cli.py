@@ -12,6 +12,8 @@ from typing import List, Optional
 
 import typer
 
+from threadsum.errors import ThreadsumError
+
 app = typer.Typer(
     name="sagemaker",
     help="Run training as AWS SageMaker training jobs (needs: pip install 'threadsum[sagemaker]').",
@@ -20,20 +22,15 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: ThreadsumError) -> None:
     from threadsum.cloud.sagemaker import redact
 
     typer.echo(f"error: {redact(str(exc))}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(int(exc.exit_code))
 
 
 def _errors():
-    from threadsum.cloud.container import ContainerError
-    from threadsum.cloud.sagemaker import SageMakerError
-    from threadsum.config import ConfigError
-    from threadsum.deps import MissingExtraError
-
-    return (SageMakerError, ConfigError, MissingExtraError, ContainerError)
+    return ThreadsumError
 
 
 @app.command("launch")

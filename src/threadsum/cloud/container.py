@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from threadsum.errors import UserError
+
 #: Root of the SageMaker tree; tests point it at a temporary folder.
 ROOT_ENV = "THREADSUM_SM_ROOT"
 DEFAULT_ROOT = "/opt/ml"
@@ -55,7 +57,7 @@ DEFAULT_CHECKPOINT_MINUTES = 10.0
 TORCHRUN_PORT = 29500
 
 
-class ContainerError(RuntimeError):
+class ContainerError(UserError):
     """The SageMaker environment is missing something the job needs; the message says what."""
 
 

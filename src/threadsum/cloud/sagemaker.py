@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional, TextIO
 
 from threadsum.cloud import container
 from threadsum.config import Config
+from threadsum.errors import UserError
 
 #: Instance used when neither --instance-type, sagemaker.instance_type nor the planner picks one:
 #: one A10G (24 GB), enough for bart-large full fine-tuning in bf16 with a 16k-token budget.
@@ -60,7 +61,7 @@ _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 _IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
 
 
-class SageMakerError(RuntimeError):
+class SageMakerError(UserError):
     """A SageMaker operation failed or was asked for something impossible; the message says the fix."""
 
 
@@ -381,7 +382,11 @@ def _aws_errors(action: str) -> Callable:
     """Turn botocore errors into SageMakerError with a fix; messages never include credentials."""
     def wrap(fn):
         def inner(*args, **kwargs):
-            from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+            from botocore.exceptions import (
+                BotoCoreError,
+                ClientError,
+                NoCredentialsError,
+            )
 
             try:
                 return fn(*args, **kwargs)

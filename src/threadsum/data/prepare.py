@@ -20,9 +20,10 @@ from typing import Any, Optional
 from threadsum.config import Config
 from threadsum.data.clean import clean_threads, merge_stats, new_stats
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
-from threadsum.data.readers import DataError, ReadResult, download_kaggle, read_source
+from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
+from threadsum.errors import UserError
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
 CACHE_VERSION = 1  # bump when the prepared format or the meaning of a setting changes
@@ -31,7 +32,7 @@ R_EMPTY_AFTER_CLEANING = "empty_after_cleaning"
 R_DUPLICATE_EMAIL = "duplicate_email"
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError):
     """prepare cannot produce a dataset; the message names the problem and the fix."""
 
 
@@ -433,7 +434,11 @@ def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[in
 
 # ------------------------------------------------------------------------------------ command
 def prepare_command(cfg: Config, force: bool = False, strict: bool = False) -> dict[str, Any]:
-    """`threadsum prepare`: run prepare and print a summary table; clear message and exit 2 on bad input."""
+    """`threadsum prepare`: run prepare and print a summary table.
+
+    Raises:
+        PrepareError, DataError: the input cannot make a dataset (the CLI prints the message, exit 2).
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -441,11 +446,7 @@ def prepare_command(cfg: Config, force: bool = False, strict: bool = False) -> d
     if strict and not cfg.data.strict:
         cfg = cfg.model_copy(deep=True)
         cfg.data.strict = True
-    try:
-        info = prepare(cfg, force=force)
-    except (PrepareError, DataError) as exc:
-        console.print(f"[bold red]prepare failed:[/] {exc}", markup=True, highlight=False)
-        raise SystemExit(2) from None
+    info = prepare(cfg, force=force)  # PrepareError / DataError reach the CLI, which exits 2 with the message
     table = Table(title=f"prepared {info['prepared_dir']}" + ("  (cache hit)" if info["cache"].get("hit") else ""))
     for col in ("", "input", "kept", "rejected"):
         table.add_column(col, justify="right" if col else "left")

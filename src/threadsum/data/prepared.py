@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from threadsum.errors import UserError
+
 SPLITS = ("train", "validation", "test")
 
 
-class PreparedDataError(RuntimeError):
+class PreparedDataError(UserError):
     """A prepared folder is missing or incomplete; the message says which command makes it."""
 
 

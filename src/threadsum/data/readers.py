@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from threadsum.data.types import Email, Thread
+from threadsum.errors import UserError
 
 DETAILS_CSV = "email_thread_details.csv"
 SUMMARIES_CSV = "email_thread_summaries.csv"
@@ -72,7 +73,7 @@ _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The input cannot be read at all; the message says what to fix."""
 
 

@@ -82,7 +82,7 @@ def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: l
         L.append(f"| {what} | {c['input']} | {c['kept']} | {c['rejected']}{ok} |")
     s = info["summaries"]
     L.append(f"| summary rows | {s['input']} | {s['input'] - s['rejected']} | {s['rejected']} |")
-    L += ["", f"Splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()), ""]
+    L += ["", "Splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()), ""]
     if reasons:
         L += ["## Rejects by reason", "", "| level: reason | count |", "|---|---:|"]
         L += [f"| {k} | {v} |" for k, v in reasons.most_common()]

@@ -23,7 +23,6 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Optional
 
 DETAILS_FILE = "email_thread_details.csv"
 SUMMARIES_FILE = "email_thread_summaries.csv"

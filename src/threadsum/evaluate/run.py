@@ -13,103 +13,24 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
-from threadsum.config import Config, GenerationConfig
+from threadsum.config import Config
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.deps import require
+from threadsum.devices import resolve_device, resolve_dtype
+from threadsum.errors import UserError
 from threadsum.evaluate import metrics as M
+from threadsum.generation import generate_batches  # noqa: F401 - re-exported for callers of evaluate.run
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
+    pass
 
 log = logging.getLogger(__name__)
 
 
-class EvaluationError(RuntimeError):
+class EvaluationError(UserError):
     """Evaluation cannot run with these inputs; the message says what to change."""
-
-
-# -------------------------------------------------------------------------------- generation
-def generation_kwargs(gen: GenerationConfig) -> dict[str, Any]:
-    """Keyword arguments of ``model.generate`` for the eval.generation settings."""
-    kw: dict[str, Any] = {
-        "num_beams": gen.num_beams,
-        "no_repeat_ngram_size": gen.no_repeat_ngram_size,
-        "min_new_tokens": min(gen.min_new_tokens, gen.max_new_tokens),
-        "max_new_tokens": gen.max_new_tokens,
-        # scores/logits of every step would be batch x beams x steps x vocab floats: never keep them
-        "output_scores": False,
-        "output_logits": False,
-        "return_dict_in_generate": False,
-    }
-    if gen.num_beams > 1:
-        kw["length_penalty"] = gen.length_penalty
-        kw["early_stopping"] = True
-    return kw
-
-
-def resolve_device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"eval.device={name} but CUDA is not available here; use eval.device=cpu or auto")
-    return dev
-
-
-def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":
-    import torch
-
-    if name == "fp32":
-        return torch.float32
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        return torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Index batches, longest inputs first, so each batch pads little."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def generate_batches(model, tokenizer, sequences: Sequence[Sequence[int]], gen: GenerationConfig,
-                     device: "torch.device") -> Iterator[tuple[list[int], list[str], list[int]]]:
-    """Yield (indices, summaries, generated token counts) per length-sorted batch.
-
-    Each batch's tensors are released before the next one starts; nothing but strings and ints
-    leaves this function.
-    """
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
-    kwargs = generation_kwargs(gen)
-    limit = getattr(model.config, "max_position_embeddings", None) or 1_000_000
-    for idx in length_sorted_batches([len(s) for s in sequences], gen.batch_size):
-        rows = [list(sequences[i])[:limit] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[j, : len(r)] = 1
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-            n_tokens = (~torch.isin(out, special)).sum(dim=1).tolist()
-            out = out.cpu()
-        texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-        del out, ids, mask
-        yield idx, texts, n_tokens
 
 
 # -------------------------------------------------------------------------------------- main

@@ -30,16 +30,14 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 from threadsum.config import Config, ConfigError, load_config
 from threadsum.data.types import Email, Thread
 from threadsum.deps import require
+from threadsum.devices import resolve_device, resolve_dtype
+from threadsum.errors import InputError  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ThreadLike = Union[Thread, str, email.message.Message, dict]
-
-
-class InputError(ValueError):
-    """An input could not be read as a thread; the message names the problem and the expected form."""
 
 
 @dataclass
@@ -217,43 +215,6 @@ def to_thread(item: ThreadLike, index: int = 0) -> Thread:
     )
 
 
-# ------------------------------------------------------------------------------------ devices
-def resolve_device(device: str = "auto") -> "torch.device":
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"device '{device}' is not a torch device; use auto, cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was asked for but CUDA is not available; use device='cpu' or 'auto'")
-    return dev
-
-
-def resolve_dtype(dtype: Any, device: "torch.device") -> "torch.dtype":
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-             "fp16": torch.float16, "float16": torch.float16}
-    if dtype is None or dtype == "auto":
-        # bf16 halves memory and roughly doubles generation speed on recent GPUs with no quality
-        # cost for BART; CPU stays fp32 because bf16 matmuls are slow without avx512_bf16/AMX
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if isinstance(dtype, str) and dtype.lower() in names:
-        return names[dtype.lower()]
-    raise ValueError(f"dtype '{dtype}' is not supported; use auto, fp32, bf16 or fp16")
-
-
 # --------------------------------------------------------------------------------- summarizer
 class Summarizer:
     """A loaded model + tokenizer + the threadsum config it was trained with."""
@@ -321,46 +282,16 @@ class Summarizer:
     def generate(self, texts: Sequence[str], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of already rendered texts, in input order.
 
-        Texts are sorted by token length and cut into batches of ``batch_size`` (default
-        ``eval.generation.batch_size``) so each batch pads to a similar length: padding is pure
-        wasted compute, and beam search multiplies it by ``num_beams``.
+        Each text is tokenized (cut at ``data.max_source_tokens``) and decoded by
+        :func:`threadsum.generation.generate_texts`: the same length-sorted batches (``batch_size``,
+        default ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``.
         """
-        import torch
+        from threadsum.generation import generate_texts
 
         if not texts:
             return []
-        g = self.cfg.eval.generation
-        bs = batch_size or g.batch_size
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)
-        ids = enc["input_ids"]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
-        out: list[Optional[str]] = [None] * len(ids)
-        pad = self.tokenizer.pad_token_id
-        with torch.inference_mode():
-            for start in range(0, len(order), bs):
-                chunk = order[start:start + bs]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    seq = ids[i]
-                    input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    mask[row, : len(seq)] = 1
-                generated = self.model.generate(
-                    input_ids=input_ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    num_beams=g.num_beams,
-                    length_penalty=g.length_penalty,
-                    no_repeat_ngram_size=g.no_repeat_ngram_size,
-                    min_new_tokens=g.min_new_tokens,
-                    max_new_tokens=g.max_new_tokens,
-                    early_stopping=True if g.num_beams > 1 else False,
-                    do_sample=False,
-                )
-                decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                for i, text in zip(chunk, decoded):
-                    out[i] = text.strip()
-        return [t or "" for t in out]
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)["input_ids"]
+        return generate_texts(self.model, self.tokenizer, ids, self.cfg.eval.generation, self.device, batch_size)
 
     def summarize_batch(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of many threads, in input order (batched by length)."""

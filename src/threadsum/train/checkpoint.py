@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from threadsum.errors import UserError
+
 log = logging.getLogger("threadsum.train")
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -69,7 +71,7 @@ _IGNORED_ON_RESUME = {
 _IGNORED_SECTIONS = ("eval.", "track.", "serve.", "sagemaker.")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint cannot be used; the message says which and why."""
 
 

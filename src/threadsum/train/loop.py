@@ -40,7 +40,14 @@ from typing import Any, Optional
 import numpy as np
 
 from threadsum.config import Config
-from threadsum.train.batching import TokenBudgetSampler, collate, padded_cost, plan_micro_batches, split_micro_batch
+from threadsum.devices import resolve_precision
+from threadsum.train.batching import (
+    TokenBudgetSampler,
+    collate,
+    padded_cost,
+    plan_micro_batches,
+    split_micro_batch,
+)
 from threadsum.train.checkpoint import (
     CHECKPOINTS_DIR,
     CheckpointError,
@@ -111,20 +118,6 @@ class StopSignal:
         self.signum = signum
         log.warning("received %s: finishing the current optimizer step, then writing a checkpoint "
                     "(press Ctrl-C again to abort at once without one)", signal.Signals(signum).name)
-
-
-def resolve_precision(requested: str, device_type: str) -> str:
-    import torch
-
-    if requested != "auto":
-        return requested
-    if device_type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:  # bf16 autocast pays off on CPUs with native bf16 dot products; elsewhere it is emulated and slow
-        flags = Path("/proc/cpuinfo").read_text()
-        return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
-    except OSError:
-        return "fp32"
 
 
 def _injected_oom_steps() -> set[int]:
@@ -207,29 +200,24 @@ def validation_loss(model, fetch: _Fetch, batches: list[list[int]], device, auto
 
 
 def validation_rouge(model, tokenizer, ds, n: int, cfg: Config, device) -> float:
-    """ROUGE-L F1 (x100) of generated summaries on the first ``n`` validation threads (bounded cost)."""
-    import torch
+    """ROUGE-L F1 (x100) of generated summaries on the first ``n`` validation threads (bounded cost).
+
+    Decoding goes through :func:`threadsum.generation.generate_texts`, as ``evaluate`` and the
+    Summarizer do, so this figure scores the summaries those would produce.
+    """
     from rouge_score import rouge_scorer
 
     from threadsum.deps import require
+    from threadsum.generation import decode, generate_texts
 
     require("rouge_score", "train")
-    g = cfg.eval.generation
     rows = ds[list(range(min(n, len(ds))))]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    scores = []
     model.eval()
-    with torch.no_grad():
-        for i in range(0, len(rows["input_ids"]), g.batch_size):
-            chunk = rows["input_ids"][i : i + g.batch_size]
-            enc = tokenizer.pad({"input_ids": chunk}, return_tensors="pt")
-            out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                                 num_beams=g.num_beams, max_new_tokens=g.max_new_tokens, min_new_tokens=g.min_new_tokens,
-                                 no_repeat_ngram_size=g.no_repeat_ngram_size, length_penalty=g.length_penalty)
-            preds = tokenizer.batch_decode(out, skip_special_tokens=True)
-            refs = tokenizer.batch_decode(rows["labels"][i : i + g.batch_size], skip_special_tokens=True)
-            scores += [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(refs, preds)]
+    preds = generate_texts(model, tokenizer, rows["input_ids"], cfg.eval.generation, device)
+    refs = decode(tokenizer, rows["labels"])
     model.train()
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(refs, preds)]
     return 100.0 * float(np.mean(scores)) if scores else float("nan")
 
 
@@ -238,8 +226,7 @@ def export_model(model, tokenizer, cfg: Config, out_dir: Path, summary: dict[str
     """Write model/ atomically: weights (safetensors), tokenizer, generation config, config.yaml, README.md."""
     import shutil
 
-    from transformers import GenerationConfig
-
+    from threadsum.generation import build_generation_config
     from threadsum.train.modelcard import write_model_card
 
     final = out_dir / MODEL_DIR
@@ -250,15 +237,7 @@ def export_model(model, tokenizer, cfg: Config, out_dir: Path, summary: dict[str
     base_config = getattr(model, "config", None)
     if base_config is not None:
         base_config.use_cache = True  # training turned the KV cache off; generation wants it
-    g = cfg.eval.generation
-    gen_cfg = GenerationConfig(
-        num_beams=g.num_beams, length_penalty=g.length_penalty, no_repeat_ngram_size=g.no_repeat_ngram_size,
-        min_new_tokens=g.min_new_tokens, max_new_tokens=g.max_new_tokens, early_stopping=g.num_beams > 1,
-        decoder_start_token_id=getattr(base_config, "decoder_start_token_id", None),
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        forced_bos_token_id=getattr(base_config, "forced_bos_token_id", None),
-        forced_eos_token_id=getattr(base_config, "forced_eos_token_id", None),
-    )
+    gen_cfg = build_generation_config(cfg.eval.generation, model)
     model.generation_config = gen_cfg
     model.save_pretrained(str(tmp))
     gen_cfg.save_pretrained(str(tmp))
@@ -314,7 +293,7 @@ def train(cfg: Config) -> dict[str, Any]:
         accelerator = build_accelerator(cfg, accumulation)
         sharded_ckpt = uses_sharded_checkpoints(cfg)
         device = accelerator.device
-        precision = resolve_precision(tc.precision, device.type)
+        precision = resolve_precision(tc.precision, device)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
         def autocast():

@@ -35,6 +35,8 @@ from typing import Any, Optional
 import yaml
 
 from threadsum.config import Config
+from threadsum.devices import auto_precision, cpu_has_native_bf16
+from threadsum.errors import UserError
 
 GiB = 1024**3
 MiB = 1024**2
@@ -78,7 +80,7 @@ SPEED = {
 LOWP_SPEEDUP = {"cuda": 2.0, "cpu": 2.2}  # bf16/fp16 tensor cores; CPU with avx512_bf16/AMX (measured 240 vs 105 tok/s)
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A device or model cannot be planned; the message says what to pass instead."""
 
 
@@ -260,14 +262,6 @@ def _system_ram_bytes() -> int:
     return total
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_device(name: str) -> Device:
     """'H100', 'a100-40', 'T4', 'cpu', 'cpu:24' (GiB of RAM), 'gpu:24' (any GPU with 24 GiB), 'auto'."""
     text = name.strip()
@@ -286,11 +280,11 @@ def resolve_device(name: str) -> Device:
                 return Device(props.name, "cuda", props.total_memory, major >= 8)
         except ImportError:
             pass
-        return Device(f"cpu ({_system_ram_bytes() / GiB:.0f} GiB, this machine)", "cpu", _system_ram_bytes(), _cpu_has_bf16())
+        return Device(f"cpu ({_system_ram_bytes() / GiB:.0f} GiB, this machine)", "cpu", _system_ram_bytes(), cpu_has_native_bf16())
     if low.startswith("cpu"):
         rest = low[3:].lstrip(":")
         if not rest:
-            return Device(f"cpu ({_system_ram_bytes() / GiB:.0f} GiB, this machine)", "cpu", _system_ram_bytes(), _cpu_has_bf16())
+            return Device(f"cpu ({_system_ram_bytes() / GiB:.0f} GiB, this machine)", "cpu", _system_ram_bytes(), cpu_has_native_bf16())
         try:
             gib = float(rest.removesuffix("gb").removesuffix("gib"))
         except ValueError:
@@ -342,11 +336,9 @@ class Levers:
 
 
 def resolve_precision(precision: str, device: Device) -> str:
-    if precision != "auto":
-        return precision
-    if device.kind == "cuda":
-        return "bf16" if device.bf16 else "fp16"
-    return "bf16" if device.bf16 else "fp32"
+    """The precision a plan assumes for ``train.precision`` on a catalogue device (the rule of
+    :func:`threadsum.devices.auto_precision`)."""
+    return auto_precision(device.kind, device.bf16) if precision == "auto" else precision
 
 
 def levers_from_config(cfg: Config, device: Device, ranks: int = 1, cpu_offload: bool = False) -> Levers:

@@ -2,31 +2,12 @@
 from __future__ import annotations
 
 import json
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from threadsum.config import Config
-
-
-def hardware_description() -> str:
-    import os
-
-    import torch
-
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        return f"{n} x {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} logical cores (torch {torch.__version__})"
+from threadsum.devices import hardware_description  # noqa: F401 - re-exported
 
 
 def _fmt(v: Any) -> str:
@@ -58,7 +39,7 @@ def write_model_card(model_dir: str | Path, cfg: Config, summary: dict[str, Any]
         "",
         "## Data",
         f"- prepared folder: `{cfg.data.prepared_dir}` (source: `{cfg.data.source}`)",
-        f"- threads: " + ", ".join(f"{k} {v}" for k, v in data_counts.items()),
+        "- threads: " + ", ".join(f"{k} {v}" for k, v in data_counts.items()),
         f"- input budget {cfg.data.max_source_tokens} tokens, summary budget {cfg.data.max_target_tokens} tokens",
         "",
         "## Training",

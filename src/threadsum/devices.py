@@ -1,0 +1,147 @@
+"""Device, dtype and precision: resolved here, once, for training, evaluation, planning and serving.
+
+torch is imported inside the functions so that importing this module (the CLI does) stays instant.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from threadsum.errors import DeviceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Precision names accepted by ``train.precision`` and ``eval.dtype``."""
+
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp16": "float16", "float16": "float16"}
+
+
+@lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (avx512_bf16 or AMX, read from /proc/cpuinfo).
+
+    Without it torch emulates bf16 matmuls and bf16 autocast is slower than fp32 (measured: AVX2-only
+    EPYC, BART-base shape), so ``auto`` picks fp32 there.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(device_kind: str, bf16_supported: bool) -> str:
+    """The precision ``auto`` means: bf16 where the device has it natively, else fp16 on GPUs, fp32 on CPUs.
+
+    Args:
+        device_kind: "cuda", "cpu" or "mps".
+        bf16_supported: the device computes bf16 natively (Ampere or newer; avx512_bf16/AMX CPUs).
+    Returns: "bf16", "fp16" or "fp32".
+    """
+    if bf16_supported:
+        return "bf16"
+    return "fp16" if device_kind == "cuda" else "fp32"
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """The torch device for ``name``: "auto" (cuda, then mps, then cpu), "cpu", "cuda", "cuda:N", "mps".
+
+    Raises:
+        DeviceError: the name is not a torch device, or names a device this machine does not have.
+    """
+    import torch
+
+    text = (name or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"device '{name}' is not a torch device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{name}' was asked for but CUDA is not available here; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device '{name}': this machine has {torch.cuda.device_count()} CUDA device(s); "
+                              f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device '{name}' was asked for but MPS is not available here; use cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device '{name}' is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return dev
+
+
+def bf16_supported(device: "torch.device") -> bool:
+    """Whether ``device`` computes bf16 natively (see :func:`cpu_has_native_bf16` for CPUs)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def resolve_precision(requested: str, device: "torch.device | str") -> str:
+    """Training precision for ``train.precision`` on ``device``: "fp32", "bf16" or "fp16" (never "auto").
+
+    ``device`` is a torch device or its type ("cuda", "cpu", "mps"). fp16 uses a GradScaler (see
+    the training step). Raises:
+        DeviceError: an unknown precision name.
+    """
+    import torch
+
+    if requested not in PRECISIONS:
+        raise DeviceError(f"precision '{requested}' is not supported; use one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    dev = torch.device(device) if isinstance(device, str) else device
+    return auto_precision(dev.type, bf16_supported(dev))
+
+
+def resolve_dtype(name: Any, device: "torch.device") -> "torch.dtype":
+    """The weights dtype for inference: a torch dtype, or "auto"/None (bf16 where native, else fp32),
+    "fp32", "bf16", "fp16" (and the long names "float32", ...).
+
+    CPUs stay fp32 under "auto" even with native bf16: generation quality and speed were measured in
+    fp32 there. Raises:
+        DeviceError: an unknown dtype name.
+    """
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_supported(device) else torch.float32
+    long_name = _DTYPE_NAMES.get(str(name).lower())
+    if long_name is None:
+        raise DeviceError(f"dtype '{name}' is not supported; use auto, fp32, bf16 or fp16")
+    return getattr(torch, long_name)
+
+
+def hardware_description(device: Optional["torch.device"] = None) -> str:
+    """One line naming the accelerator or CPU model, core count and torch version (for records and benchmarks)."""
+    import torch
+
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        return f"{n} x {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} logical cores (torch {torch.__version__})"
