@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from threadsum.errors import UserError
 from threadsum.track import RECORD_FILE, flatten
 
 # config keys that differ between any two runs without changing the experiment
@@ -31,7 +32,7 @@ def find_runs(root: str | Path = "outputs") -> list[dict[str, Any]]:
     """Every run record under ``root`` (oldest first); each gets '_dir' and '_id' (its folder relative to root)."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"no folder '{root}': pass the folder that holds your run outputs (e.g. --root outputs)")
+        raise UserError(f"no folder '{root}': pass the folder that holds your run outputs (e.g. --root outputs)")
     records = []
     paths = [root / RECORD_FILE] if (root / RECORD_FILE).exists() else []
     paths += sorted(p for p in root.rglob(RECORD_FILE) if p.parent != root and "checkpoints" not in p.parts)

@@ -39,6 +39,7 @@ from typing import Any, Optional
 from threadsum import __version__
 from threadsum.config import Config
 from threadsum.deps import MissingExtraError, require
+from threadsum.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +479,7 @@ class RunTracker:
         try:
             return json.loads(self.record_path.read_text())
         except ValueError as exc:
-            raise ValueError(f"{self.record_path} is not valid JSON ({exc}); move it away to start a new run record") from exc
+            raise UserError(f"{self.record_path} is not valid JSON ({exc}); move it away to start a new run record") from exc
 
     def _write(self) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)

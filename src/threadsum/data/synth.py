@@ -146,6 +146,7 @@ DISCLAIMER = (
     "**********************************************************************"
 )
 BLACKBERRY = "--------------------------\nSent from my BlackBerry Wireless Handheld (www.BlackBerry.net)"
+from threadsum.errors import ConfigError
 
 
 # -------------------------------------------------------------------------------------- people
@@ -431,7 +432,7 @@ def _rows(threads: list[SynthThread], seed: int) -> list[list[str]]:
 def write_kaggle_csv(out_dir: str | Path, n_threads: int, seed: int = 0) -> tuple[Path, Path]:
     """Write ``email_thread_details.csv`` and ``email_thread_summaries.csv`` (the Kaggle layout)."""
     if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        raise ConfigError(f"the number of threads must be >= 1, got {n_threads} (--threads/-n)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads = generate(n_threads, seed)

@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 log = logging.getLogger("threadsum.train")
+from threadsum.errors import ConfigError
 
 
 def torchrun_command(config_path: Optional[str | Path], overrides: Sequence[str], nproc: int,
                      python: Optional[str] = None) -> list[str]:
     """The argument list that runs ``threadsum train`` on ``nproc`` local processes under torchrun."""
     if nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "threadsum", "train"]
     if config_path:
