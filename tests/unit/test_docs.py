@@ -58,6 +58,8 @@ def _outside_fences(text: str) -> str:
 
 
 COMMAND_START = re.compile(r"^\s*(\$\s+)?(threadsum|make|pip|curl|torchrun|accelerate|python|python3)\s")
+PIPED = re.compile(r"(\||&&|;)\s*threadsum\s")  # `cat x | threadsum summarize - ...`
+SEPARATORS = {"|", "||", "&&", ";"}
 
 
 def _split(line: str) -> list[str] | None:
@@ -77,8 +79,8 @@ def block_commands(block: str) -> list[tuple[str, list[str]]]:
     while i < len(lines):
         line = lines[i]
         i += 1
-        if not COMMAND_START.match(line):
-            continue
+        if not (COMMAND_START.match(line) or PIPED.search(line)):
+            continue  # output, JSON, a file tree or a comment
         while i < len(lines) and (line.rstrip().endswith("\\") or _split(line) is None):
             line = (line.rstrip()[:-1] if line.rstrip().endswith("\\") else line + "\n") + lines[i]
             i += 1
@@ -196,7 +198,19 @@ def _service_routes() -> set[str]:
 
 
 def check_shown(words: list[str], complete: bool = True) -> list[str]:
-    """Problems with one shown command line of any form (``complete``: see :func:`check_threadsum`)."""
+    """Problems with one shown command line of any form (``complete``: see :func:`check_threadsum`);
+    a pipeline or ``&&`` chain is checked command by command."""
+    problems: list[str] = []
+    start = 0
+    for end in [j for j, w in enumerate(words) if w in SEPARATORS] + [len(words)]:
+        if words[start:end]:
+            problems += check_one(words[start:end], complete)
+        start = end + 1
+    return problems
+
+
+def check_one(words: list[str], complete: bool = True) -> list[str]:
+    """Problems with one command (no pipes) of any form."""
     head = words[0]
     if head == "threadsum":
         return check_threadsum(words[1:], complete)
@@ -332,6 +346,8 @@ def test_exit_code_table_matches_errors_module() -> None:
     ("torchrun --nnodes 2 -m threadsum train --nproc-per-node 8", ["no option --nproc-per-node"]),
     ("python -m torch.distributed.run --standalone -m threadsum train -c x.yaml", []),
     ("make demo", []),
+    ("cat t.txt | threadsum summarize - -m m --jsn", ["no option --jsn"]),
+    ("threadsum prepare -c x.yaml && threadsum tran -c x.yaml", ["no sub-command 'tran'"]),
     ("make deploy", ["no Makefile target 'deploy'"]),
     ("pip install 'threadsum[train,nonesuch]'", ["no extra [nonesuch]"]),
     ("curl -s localhost:8000/v1/summarise", ["no route /v1/summarise"]),
