@@ -33,10 +33,10 @@ README_MAX_BYTES = 10_000
 # lines are skipped; once it exists they are checked like every other. Remove this when both are merged.
 PENDING_COMMANDS = {"verify", "export"}
 
-FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"(?<!`)`(threadsum [^`\n]+)`(?!`)")
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-PLACEHOLDER_KEYS = {"section.key"}
+PLACEHOLDER_KEYS = {"section.key"}  # `section.key=value` written as a pattern, not a real key
 
 
 @dataclass
@@ -105,14 +105,15 @@ ALL_SHOWN = [shown for page in PAGES for shown in shown_commands(page)]
 # ---------------------------------------------------------------- the real command line
 
 
-# typer's underlying click command tree (typer >= 0.17 vendors click as typer._click, so the classes
-# are typer's own: groups are told apart by their `commands`, options by `param_type_name`).
+# typer's underlying click command tree. Recent typer releases vendor click (typer._click), so the
+# classes are typer's own: groups are told apart by their `commands`, options by `param_type_name`.
 ROOT_COMMAND = typer.main.get_command(threadsum.cli.app)
+CONFIG_KEYS = {key for key, _default, _doc in describe_fields()}
 
 
 def _is_group(cmd) -> bool:
+    """Whether a command has sub-commands (``threadsum runs``, ``threadsum sagemaker``)."""
     return hasattr(cmd, "commands")
-CONFIG_KEYS = {key for key, _default, _doc in describe_fields()}
 
 
 def _option_names(cmd) -> dict:
@@ -126,6 +127,7 @@ def _option_names(cmd) -> dict:
 
 
 def _takes_value(option) -> bool:
+    """Whether the option reads the next word as its value (not a flag such as ``--dry-run``)."""
     return option is not None and not option.is_flag and not option.count
 
 
@@ -183,7 +185,7 @@ def _threadsum_part(words: list[str]) -> list[str] | None:
 
 def _makefile_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text(encoding="utf-8")
-    return set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, re.M))
+    return set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", text, re.MULTILINE))
 
 
 def _extras() -> set[str]:
@@ -261,7 +263,7 @@ def _slug(heading: str) -> str:
 
 def _anchors(page: Path) -> set[str]:
     text = FENCE.sub("", page.read_text(encoding="utf-8"))
-    return {_slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.M)}
+    return {_slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, re.MULTILINE)}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
@@ -320,9 +322,9 @@ def test_readme_command_table_lists_every_command() -> None:
 def _exit_code_table(page: Path) -> dict[int, str]:
     """code -> name from the table under the page's "Exit codes" heading."""
     text = page.read_text(encoding="utf-8")
-    section = re.search(r"^## Exit codes\s*$(.*?)(?=^## |\Z)", text, re.M | re.S)
+    section = re.search(r"^## Exit codes\s*$(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
     assert section, f"{page.name} has no '## Exit codes' section"
-    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*`?([A-Z_]+)`?\s*\|", section.group(1), re.M)
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*`?([A-Z_]+)`?\s*\|", section.group(1), re.MULTILINE)
     return {int(code): name for code, name in rows}
 
 
