@@ -359,3 +359,24 @@ def test_checker_catches_drift(line: str, expected: list[str]) -> None:
     assert len(problems) == len(expected), problems
     for problem, fragment in zip(problems, expected):
         assert fragment in problem
+
+
+def test_readme_planner_figures_are_what_the_planner_says() -> None:
+    """The README's A10G example (bart-large.yaml) is the planner's current answer, not a stale paste."""
+    from threadsum.config import load_config
+    from threadsum.train.memory import GiB, auto_fit, fit_options, plan_memory, resolve_device
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    quoted = re.search(
+        r"on an A10G \(([\d.]+) GiB\) `bart-large.yaml` as written would peak at a predicted ([\d.]+) GiB, "
+        r"so it picks `(train\.max_tokens=\d+)` \(([\d.]+) GiB, ([\d.]+)x speed\), the first of the options", text)
+    assert quoted, "README's planner example sentence changed; update this test with it"
+    cfg = load_config(ROOT / "configs" / "bart-large.yaml", [])
+    device = resolve_device("a10g")
+    first = fit_options(cfg, device)[0]
+    pick, picked = auto_fit(cfg, device)
+    assert pick == first.overrides
+    assert quoted.groups() == (
+        f"{device.memory_gib:.1f}", f"{plan_memory(cfg, device).peak / GiB:.2f}", " ".join(pick),
+        f"{picked.peak / GiB:.2f}", f"{first.speed:.2f}",
+    )
