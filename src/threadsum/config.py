@@ -179,6 +179,8 @@ class TrainConfig(_Section):
     """Decay after warmup."""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     """Label smoothing of the cross-entropy."""
+    loss_chunk_tokens: int = Field(1024, ge=0)
+    """Target tokens per chunk of the LM-head loss: never builds the full fp32 logits (train/loss.py); 0: plain full-logits path (always used with several processes)."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm (0 disables)."""
     eval_every_steps: int = Field(200, ge=0)

@@ -56,3 +56,42 @@ def test_bad_shapes_are_refused():
         chunked_lm_loss(torch.zeros(2, 4), torch.zeros(5, 4), None, torch.zeros(2, dtype=torch.long), chunk_tokens=0)
     with pytest.raises(ValueError, match="d_model"):
         chunked_lm_loss(torch.zeros(2, 4), torch.zeros(5, 3), None, torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_model_loss_and_parameter_gradients_match_plain_path(lora):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from threadsum.train.loss import chunkable_head, seq2seq_loss_sum
+
+    torch.manual_seed(0)
+    cfg = BartConfig(vocab_size=97, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    model = BartForConditionalGeneration(cfg)
+    model.final_logits_bias.normal_(0, 0.1)  # non-zero, so dropping it would show
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "fc1"]))
+    assert chunkable_head(model) is not None
+    g = torch.Generator().manual_seed(1)
+    src = torch.randint(3, 97, (3, 11), generator=g)
+    mask = torch.ones_like(src)
+    mask[2, 7:] = 0
+    dec = torch.randint(3, 97, (3, 9), generator=g)
+    labels = torch.randint(3, 97, (3, 9), generator=g)
+    labels[1, 5:] = -100
+
+    def run(chunk):
+        model.zero_grad(set_to_none=True)
+        loss = seq2seq_loss_sum(model, src, mask, dec, labels, 0.1, chunk)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = run(0)
+    loss, grads = run(5)
+    assert torch.allclose(loss, plain_loss, rtol=1e-5)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name in grads:
+        assert torch.allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6), name

@@ -110,3 +110,54 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match d_model {hidden.shape[1]}")
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, label_smoothing, chunk_tokens)
+
+
+CHUNKED_MODEL_TYPES = ("bart", "mbart")
+"""Model types whose logits are exactly ``lm_head(decoder_output) + final_logits_bias`` (checked in
+transformers' modeling_bart/modeling_mbart), so the chunked loss computes the same function."""
+
+
+def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor]]]:
+    """``(inner seq2seq model, lm_head weight [vocab, d_model], bias [vocab] or None)`` when the
+    chunked loss can replace the model's head for ``model`` (a plain or peft-wrapped BART/mBART in
+    one process), else None (the plain path is used; several processes wrap the model and need its
+    own forward for gradient synchronisation)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    head = getattr(base, "lm_head", None)
+    if getattr(config, "model_type", None) not in CHUNKED_MODEL_TYPES or not isinstance(head, torch.nn.Linear):
+        return None
+    if type(head) is not torch.nn.Linear or not hasattr(base, "model"):  # e.g. a LoRA-wrapped head
+        return None
+    bias = getattr(base, "final_logits_bias", None)
+    bias = bias.reshape(-1) if bias is not None else None
+    if head.bias is not None:
+        bias = head.bias if bias is None else bias + head.bias
+    return base.model, head.weight, bias
+
+
+def seq2seq_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     decoder_input_ids: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
+                     chunk_tokens: int) -> torch.Tensor:
+    """Summed token cross-entropy of a seq2seq model on one micro-batch.
+
+    Args:
+        input_ids, attention_mask: ``[batch, src_len]``; decoder_input_ids, labels: ``[batch, tgt_len]``
+            (labels ``-100`` where not scored).
+        chunk_tokens: > 0 uses :func:`chunked_lm_loss` when :func:`chunkable_head` allows it; 0 (or a
+            model it does not cover) computes the full fp32 logits and ``F.cross_entropy``.
+    Returns: a float32 scalar, the sum over scored target tokens.
+    """
+    import torch.nn.functional as F
+
+    head = chunkable_head(model) if chunk_tokens else None
+    if head is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        # backward needs only the log-softmax: the logits are not held past this expression
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
+    inner, weight, bias = head
+    hidden = inner(input_ids=input_ids, attention_mask=attention_mask,
+                   decoder_input_ids=decoder_input_ids).last_hidden_state
+    return chunked_lm_loss(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
+                           label_smoothing, chunk_tokens)

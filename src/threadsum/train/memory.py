@@ -329,6 +329,8 @@ class Levers:
     # threadsum's loop now frees them before backward; the default stays True (a safe overestimate)
     # because the CPU calibration points were measured with the logits held
     hold_logits: bool = True
+    # chunked LM-head loss (train/loss.py): target tokens per chunk, 0 = the full-logits path
+    loss_chunk_tokens: int = 0
 
     @property
     def amp(self) -> bool:
@@ -354,6 +356,8 @@ def levers_from_config(cfg: Config, device: Device, ranks: int = 1, cpu_offload:
         attn=m.attn_implementation or "sdpa",
         ranks=ranks,
         cpu_offload=cpu_offload,
+        # the chunked loss runs in single-process training only (see train/loss.py)
+        loss_chunk_tokens=t.loss_chunk_tokens if ranks == 1 else 0,
     )
 
 
@@ -604,6 +608,15 @@ def _activations(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> _Acts:
     head_saved = T * (d * lp + 4 * V + (4 * V if lv.hold_logits else 0))
     head_forward = T * (d * lp + 8 * V)  # fp32 logits + log-softmax side by side
     head_transient = T * 8 * V  # grad of the log-softmax output (from nll) + grad of its input
+    if lv.loss_chunk_tokens and T > 0:
+        # chunked loss: the gradients w.r.t. the head's input (fp32) and weight (fp32, when trained)
+        # are computed during the forward and kept until backward; one chunk's logits, log-softmax
+        # and low-precision matmul output exist at a time; backward only scales what was kept
+        chunk = min(float(lv.loss_chunk_tokens), T)
+        trained_head = not (lv.lora or lv.freeze_embeddings)
+        head_saved = T * d * 4 + ((V * d + V) * 4 if trained_head else 0)
+        head_forward = head_saved + chunk * V * (8 + lp)
+        head_transient = 0.0
     layer_transient = max(S * f_enc, T * f_dec) * 2 * lp  # grad of fc1 output + grad of GELU input
     head_cast = V * d * lp if lv.amp else 0.0  # lm_head (tied embedding) low-precision copy
     cached = lv.amp and not lv.lora  # the autocast cache only keeps casts of trainable leaf weights
