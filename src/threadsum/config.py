@@ -23,6 +23,8 @@ class _Section(BaseModel):
 
 # --------------------------------------------------------------------------------------- data
 class CleanConfig(_Section):
+    """Cleaning steps of ``prepare`` (``data.clean``), each switchable."""
+
     decode_quoted_printable: bool = True
     """Decode quoted-printable artifacts (=09, =20, soft line breaks '=\\n')."""
     remove_quoted_history: bool = True
@@ -42,6 +44,8 @@ class CleanConfig(_Section):
 
 
 class RenderConfig(_Section):
+    """How a cleaned thread is rendered into model input text (``data.render``)."""
+
     template: str = "From: {sender}\nTo: {recipients}\nDate: {date}\n{body}"
     """Per-email template; fields: sender, recipients, date, body, subject, index."""
     subject_template: str = "Subject: {subject}"
@@ -53,6 +57,8 @@ class RenderConfig(_Section):
 
 
 class DataConfig(_Section):
+    """``prepare``: input readers, token budgets, splits, cleaning and rendering (``data``)."""
+
     source: Optional[str] = None
     """Raw input: a Kaggle folder/CSV, a JSON file, a folder of .eml, an .mbox or a .jsonl of threads."""
     format: Literal["auto", "kaggle_csv", "kaggle_json", "eml", "mbox", "jsonl"] = "auto"
@@ -93,6 +99,8 @@ class DataConfig(_Section):
 
 # -------------------------------------------------------------------------------------- model
 class TinyModelConfig(_Section):
+    """Architecture of the random-init BART model used when ``model.init='random'`` (``model.tiny``)."""
+
     d_model: int = 128
     """Hidden size of the random-init model."""
     encoder_layers: int = 2
@@ -114,6 +122,8 @@ class TinyModelConfig(_Section):
 
 
 class LoraConfig(_Section):
+    """LoRA adapters trained with peft instead of all weights (``model.lora``)."""
+
     enabled: bool = False
     """Train low-rank adapters (peft) instead of all weights."""
     r: int = Field(16, ge=1)
@@ -129,6 +139,8 @@ class LoraConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """Which seq2seq model and tokenizer to load and how to adapt it (``model``)."""
+
     name_or_path: Optional[str] = "facebook/bart-large"
     """Hub id or local directory of a pretrained seq2seq model (ignored when init='random')."""
     init: Literal["pretrained", "random"] = "pretrained"
@@ -149,6 +161,8 @@ class ModelConfig(_Section):
 
 # -------------------------------------------------------------------------------------- train
 class TrainConfig(_Section):
+    """The training loop: batching in tokens, optimizer, schedule, checkpoints, distribution (``train``)."""
+
     output_dir: str = "outputs/run"
     """Run folder: checkpoints/, model/, metrics.jsonl, run.json, config.yaml."""
     seed: int = 42
@@ -223,6 +237,8 @@ class TrainConfig(_Section):
 
 # ------------------------------------------------------------------------------------ evaluate
 class GenerationConfig(_Section):
+    """Beam-search decoding settings shared by evaluate, summarize and serve (``eval.generation``)."""
+
     num_beams: int = Field(4, ge=1)
     """Beam width."""
     length_penalty: float = 1.0
@@ -238,6 +254,8 @@ class GenerationConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """``evaluate``: split, baselines, bootstrap intervals, device and dtype (``eval``)."""
+
     split: Literal["train", "validation", "test"] = "test"
     """Split to score."""
     max_threads: int = Field(0, ge=0)
@@ -258,6 +276,8 @@ class EvalConfig(_Section):
 
 # --------------------------------------------------------------------------------------- track
 class TrackConfig(_Section):
+    """MLflow experiment tracking (``track``)."""
+
     tracking_uri: str = ""
     """MLflow URI; '' = sqlite file under the output dir (or $MLFLOW_TRACKING_URI); 'none' disables."""
     experiment: str = "threadsum"
@@ -270,6 +290,8 @@ class TrackConfig(_Section):
 
 # --------------------------------------------------------------------------------------- serve
 class ServeConfig(_Section):
+    """The HTTP service: binding, micro-batching, request limits, auth, device (``serve``)."""
+
     host: str = "127.0.0.1"
     """Interface to bind."""
     port: int = Field(8000, ge=0, le=65535)
@@ -302,6 +324,8 @@ class ServeConfig(_Section):
 
 # --------------------------------------------------------------------------------------- cloud
 class SageMakerConfig(_Section):
+    """SageMaker training jobs: instances, spot, limits, IAM role, S3, image (``sagemaker``)."""
+
     instance_type: Optional[str] = None
     """Training instance type; default: the planner's pick."""
     instance_count: int = Field(1, ge=1)
@@ -334,6 +358,13 @@ class SageMakerConfig(_Section):
 
 # ---------------------------------------------------------------------------------------- root
 class Config(_Section):
+    """The whole run description: one section per command, validated on load.
+
+    Unknown keys and wrong types raise :class:`pydantic.ValidationError` here; go through
+    :func:`load_config` or :func:`config_from_dict` to get a :class:`~threadsum.errors.ConfigError`
+    that names the key instead.
+    """
+
     name: str = "run"
     """Short name of this recipe (used in run names)."""
     data: DataConfig = DataConfig()
@@ -353,13 +384,25 @@ class Config(_Section):
 
     # ---- I/O
     def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain JSON-compatible Python values (pydantic ``model_dump(mode='json')``)."""
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
+        """Return the config as YAML text, sections in declaration order (what :meth:`save` writes)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, directory: str | Path, filename: str = "config.yaml") -> Path:
-        """Write the resolved config next to an output (atomically)."""
+        """Write the resolved config next to an output (atomically).
+
+        The YAML is written to ``<filename>.tmp`` and renamed over the target, so a reader never
+        sees a half-written file. ``directory`` is created when missing.
+
+        Returns:
+            The path written, ``directory / filename``.
+
+        Raises:
+            OSError: the directory cannot be created or the file cannot be written.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / filename
@@ -384,7 +427,15 @@ def _format_errors(err: ValidationError, origin: str) -> str:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.lr=3e-4' -> (['train', 'lr'], 0.0003). Values are parsed as YAML scalars/lists."""
+    """Split one ``section.key=value`` override: ``'train.lr=3e-4'`` -> ``(['train', 'lr'], 0.0003)``.
+
+    Values are parsed as YAML scalars/lists (``yaml.safe_load``); text that is not valid YAML is
+    kept as a string, and a string containing ``e`` or ``.`` that parses as a float becomes a
+    float (YAML 1.1 reads ``3e-4`` as a string). An empty value gives ``''``.
+
+    Raises:
+        ConfigError: the text has no ``=`` or the key has an empty part (``train..lr``, ``=1``).
+    """
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like section.key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
@@ -405,6 +456,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides, in order, to a raw (not yet validated) config mapping.
+
+    Missing sections are created; a later override of the same key wins. ``data`` is changed in
+    place. Values are not validated here (:func:`load_config` validates the result).
+
+    Args:
+        data: the mapping loaded from YAML (``{section: {key: value}}``).
+        overrides: texts such as ``'train.lr=3e-4'`` (parsed by :func:`parse_override`).
+
+    Returns:
+        ``data`` itself, with the overrides applied.
+
+    Raises:
+        ConfigError: an override is malformed (see :func:`parse_override`) or goes through a key that
+            holds a value instead of a section (``train.lr.x=1``).
+    """
     for text in overrides:
         path, value = parse_override(text)
         node = data
@@ -421,7 +488,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or defaults when path is None) and apply ``a.b=c`` overrides."""
+    """Load a YAML config (or defaults when path is None) and apply ``a.b=c`` overrides.
+
+    Args:
+        path: a YAML file holding a mapping of sections (see ``configs/``); None: all defaults.
+        overrides: ``section.key=value`` texts applied after the file (see :func:`apply_overrides`).
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML or not a mapping, an override is
+            malformed, or validation fails (the message lists every unknown key and wrong value).
+    """
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
@@ -448,6 +527,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
+    """Validate a config mapping built in code (e.g. a config with auto-fit overrides applied).
+
+    Args:
+        data: ``{section: {key: value}}``, as :meth:`Config.to_dict` returns.
+        origin: where ``data`` came from, named in the error message.
+
+    Returns:
+        The validated :class:`Config`.
+
+    Raises:
+        ConfigError: an unknown key or a wrong value; the message lists each with its key.
+    """
     try:
         return Config.model_validate(data)
     except ValidationError as err:
@@ -455,7 +546,11 @@ def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
 
 
 def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, docstring) for every leaf field, for `threadsum config --show`."""
+    """List ``(key, default, docstring)`` for every leaf field, for ``threadsum config --show``.
+
+    Nested sections are walked recursively; ``key`` is dotted (``train.lr``), ``default`` is JSON
+    text, and ``docstring`` is the field's attribute docstring (pydantic ``use_attribute_docstrings``).
+    """
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
