@@ -92,11 +92,24 @@ def _resource(name: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def gpu_catalog() -> dict[str, dict[str, Any]]:
+    """GPUs the planner knows, from ``resources/gpus.yaml`` (read once, cached).
+
+    Returns:
+        ``{name: {memory_gib, bf16, tflops_lp, tflops_fp32, marketed}}``: memory in GiB as
+        ``torch.cuda.get_device_properties`` reports it, peak dense TFLOP/s from the vendors'
+        data sheets (``tflops_lp``: bf16 where ``bf16`` is true, else fp16).
+    """
     return _resource("gpus.yaml")
 
 
 @lru_cache(maxsize=None)
 def known_models() -> dict[str, Any]:
+    """Architectures of the pretrained models known offline, from ``resources/models.yaml`` (cached).
+
+    Returns:
+        ``{hub_id: config.json fields}`` copied from each model's config on the Hugging Face hub,
+        plus ``"aliases": {alias: hub_id}`` for ids that share an architecture.
+    """
     return _resource("models.yaml")
 
 
@@ -121,6 +134,13 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, name: str, c: dict[str, Any]) -> "ModelSpec":
+        """Read a BART-style ``config.json`` mapping (``d_model``, ``encoder_layers``, ``encoder_ffn_dim``, ...).
+
+        Missing optional keys take BART's defaults (1,024 positions, dropout 0.1).
+
+        Raises:
+            PlanError: a required key is missing (the config is not BART-style).
+        """
         try:
             return cls(
                 name=name,
@@ -151,15 +171,21 @@ class ModelSpec:
         return 2 * self.d_model * f + f + self.d_model
 
     def encoder_layer_params(self) -> int:
+        """Parameters of one encoder layer: self-attention (4 d x d + bias), FFN, 2 LayerNorms."""
         return self._attn() + self._ffn(self.encoder_ffn) + 4 * self.d_model
 
     def decoder_layer_params(self) -> int:
+        """Parameters of one decoder layer: self- and cross-attention, FFN, 3 LayerNorms."""
         return 2 * self._attn() + self._ffn(self.decoder_ffn) + 6 * self.d_model
 
     def embedding_params(self) -> int:
+        """Parameters of the shared token embedding (vocab x d_model), tied to ``lm_head``."""
         return self.vocab_size * self.d_model
 
     def params(self) -> int:
+        """All parameters of ``BartForConditionalGeneration``: embeddings, learned positions
+        (``max_positions + 2`` rows each, BART's offset), layer-norms and every layer; the tied
+        ``lm_head`` is counted once and the ``final_logits_bias`` buffer is not a parameter."""
         d = self.d_model
         positions = 2 * (self.max_positions + 2) * d
         return (self.embedding_params() + positions + 4 * d
@@ -174,6 +200,8 @@ class ModelSpec:
         return self.encoder_layers * enc + self.decoder_layers * dec + self.vocab_size * d
 
     def largest_param(self) -> int:
+        """Elements of the largest single parameter (the embedding or an FFN matrix): sizes
+        Adafactor's full-size update scratch."""
         return max(self.vocab_size * self.d_model, self.d_model * max(self.encoder_ffn, self.decoder_ffn))
 
     def matrices(self) -> list[tuple[int, int]]:
@@ -187,6 +215,11 @@ class ModelSpec:
         return out
 
     def lora_params(self, r: int, targets: list[str]) -> int:
+        """Trainable parameters of LoRA adapters of rank ``r`` on the named modules.
+
+        Each adapted ``Linear(in, out)`` adds ``r * (in + out)`` (peft's A and B matrices, no bias);
+        decoder layers have two attention blocks (self and cross). Unknown target names add nothing.
+        """
         d, t = self.d_model, set(targets)
         attn = sum(r * 2 * d for m in ("q_proj", "k_proj", "v_proj", "out_proj") if m in t)
 
@@ -197,7 +230,17 @@ class ModelSpec:
 
 
 def model_spec(cfg: Config) -> ModelSpec:
-    """The architecture of cfg's model: the tiny section, a local config.json, or a known hub id."""
+    """The architecture of cfg's model: the tiny section, a local config.json, or a known hub id.
+
+    No network access and no model is built: ``model.init='random'`` reads ``model.tiny``; otherwise
+    ``model.name_or_path`` is a local folder with ``config.json`` or a key/alias of
+    :func:`known_models`.
+
+    Raises:
+        PlanError: the name is neither a local model folder nor a known hub id, or its config is
+            not BART-style.
+        json.JSONDecodeError: a local ``config.json`` is not valid JSON.
+    """
     m = cfg.model
     if m.init == "random":
         t = m.tiny
@@ -226,6 +269,9 @@ def model_spec(cfg: Config) -> ModelSpec:
 # --------------------------------------------------------------------------------- device
 @dataclass(frozen=True)
 class Device:
+    """A device to plan for: ``kind`` 'cuda' or 'cpu', ``memory_bytes`` in bytes (RAM for CPU), whether
+    it computes in bf16, and peak dense TFLOP/s (low precision, fp32; 0 when unknown)."""
+
     name: str
     kind: str  # "cuda" or "cpu"
     memory_bytes: int
@@ -235,6 +281,7 @@ class Device:
 
     @property
     def memory_gib(self) -> float:
+        """Device memory in GiB (2**30 bytes)."""
         return self.memory_bytes / GiB
 
 
@@ -263,7 +310,18 @@ def _system_ram_bytes() -> int:
 
 
 def resolve_device(name: str) -> Device:
-    """'H100', 'a100-40', 'T4', 'cpu', 'cpu:24' (GiB of RAM), 'gpu:24' (any GPU with 24 GiB), 'auto'."""
+    """Turn a device name into a :class:`Device`: 'H100', 'a100-40', 'T4', 'cpu', 'cpu:24' (GiB of RAM),
+    'gpu:24' (any GPU with 24 GiB), 'auto'.
+
+    Catalogue names (:func:`gpu_catalog`) match case- and punctuation-insensitively, by prefix
+    ('a100' -> A100-80). 'auto' is this machine: CUDA device 0 (a catalogue entry when its name
+    matches and its memory is within 6 GiB, else its reported memory with bf16 from compute
+    capability >= 8), otherwise the CPU with the physical RAM, capped by the cgroup memory limit.
+    'cpu' without a size is this machine's RAM; 'cpu:<GiB>' assumes no native bf16.
+
+    Raises:
+        PlanError: an unknown name or a size that is not a number of GiB.
+    """
     text = name.strip()
     low = text.lower()
     if low == "auto":
@@ -315,6 +373,10 @@ def resolve_device(name: str) -> Device:
 # ---------------------------------------------------------------------------------- levers
 @dataclass(frozen=True)
 class Levers:
+    """Settings that change a step's memory (``precision`` resolved, never 'auto'; ``ranks``: FSDP
+    processes sharing the model; ``loss_chunk_tokens``: target tokens per chunk of the chunked
+    LM-head loss, 0 = full logits)."""
+
     precision: str = "fp32"  # fp32 | bf16 | fp16 (resolved, never 'auto')
     optimizer: str = "adamw"
     gradient_checkpointing: bool = False
@@ -334,6 +396,7 @@ class Levers:
 
     @property
     def amp(self) -> bool:
+        """True when the step runs under bf16/fp16 autocast (fp32 master weights, low-precision copies)."""
         return self.precision in ("bf16", "fp16")
 
 
@@ -344,6 +407,15 @@ def resolve_precision(precision: str, device: Device) -> str:
 
 
 def levers_from_config(cfg: Config, device: Device, ranks: int = 1, cpu_offload: bool = False) -> Levers:
+    """The levers cfg sets for ``device``: 'auto' precision resolved (:func:`resolve_precision`).
+
+    Args:
+        ranks: processes sharing the model with FSDP (1: single process).
+        cpu_offload: FSDP keeps parameters and optimizer state in host RAM.
+
+    The chunked loss is assumed only when ``ranks == 1``, as the training loop uses it only in
+    single-process training (``train/loss.py``).
+    """
     m, t = cfg.model, cfg.train
     return Levers(
         precision=resolve_precision(t.precision, device),
@@ -376,14 +448,17 @@ class Workload:
 
     @property
     def src_tokens(self) -> float:
+        """Source tokens of the micro-batch, padding included (batch x src_len)."""
         return self.batch * self.src_len
 
     @property
     def tgt_tokens(self) -> float:
+        """Target tokens of the micro-batch, padding included (batch x tgt_len)."""
         return self.batch * self.tgt_len
 
     @property
     def tokens(self) -> float:
+        """All tokens of the micro-batch (source + target, padded)."""
         return self.src_tokens + self.tgt_tokens
 
 
@@ -393,6 +468,11 @@ def workload_from_config(cfg: Config, max_tokens: Optional[int] = None) -> Workl
     A micro-batch holds at least one thread even when the budget is smaller than one thread.
     Accumulation follows the training loop: ceil(train.batch_tokens / max_tokens) micro-batches
     per optimizer step.
+
+    Args:
+        cfg: lengths come from ``data.max_source_tokens`` / ``data.max_target_tokens`` rounded up to
+            ``train.pad_to_multiple_of``; threads per micro-batch are capped by ``train.max_batch_size``.
+        max_tokens: micro-batch budget in tokens (source + target); None: ``train.max_tokens``.
     """
     mult = cfg.train.pad_to_multiple_of
     src = math.ceil(cfg.data.max_source_tokens / mult) * mult
@@ -411,6 +491,12 @@ class MemoryPlan:
     ``peak`` is what the device must hold: on CUDA the allocated tensors (``allocated``, what
     ``torch.cuda.max_memory_allocated`` reports) + allocator fragmentation + the CUDA context;
     on CPU the growth of the process RSS during a step.
+
+    Every size field (``weights``, ``gradients``, ``optimizer``, ``activations``, ``temporary``,
+    ``overhead``, ``fragmentation``, ``peak``, ``gradients_total``, ``host_bytes``) is in bytes;
+    ``params`` / ``trainable_params`` are parameter counts; ``phase`` names the moment of the peak
+    ('end of forward', 'start of backward', 'backward', 'end of backward', 'optimizer step');
+    ``host_bytes`` is host RAM per rank with FSDP CPU offload.
     """
 
     device: Device
@@ -447,13 +533,18 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
+        """True when the predicted ``peak`` (bytes) is within :attr:`capacity` (bytes)."""
         return self.peak <= self.capacity
 
     @property
     def utilization(self) -> float:
+        """Predicted peak as a share of the device's whole memory (1.0 = all of it, headroom ignored)."""
         return self.peak / self.device.memory_bytes
 
     def breakdown(self) -> list[tuple[str, float, str]]:
+        """Rows ``(part, bytes, explanation)`` for ``threadsum plan``: weights, gradients, optimizer
+        states, activations, temporary buffers, then fragmentation (CUDA) and fixed overhead; they
+        sum to ``peak``."""
         lv, w = self.levers, self.workload
         opt_note = {"adamw": "2 fp32 moments, 8 B/param", "adamw8bit": "2 int8 moments + scales",
                     "adafactor": "factored 2nd moment"}[lv.optimizer]
@@ -483,6 +574,8 @@ class MemoryPlan:
         return rows
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (the ``plan`` entry of ``threadsum plan``'s result): sizes in GiB (``*_gib``), the workload
+        (threads, padded lengths in tokens, accumulation) and the levers."""
         return {
             "device": self.device.name, "capacity_gib": self.capacity / GiB, "peak_gib": self.peak / GiB,
             "allocated_gib": self.allocated / GiB, "fits": self.fits, "phase": self.phase,
@@ -636,6 +729,19 @@ def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> Memory
     Three moments compete for the peak: the end of the forward, every point of the backward
     (activations are freed layer by layer while gradients are allocated layer by layer; with
     accumulation all gradients already exist), and the optimizer step.
+
+    Args:
+        spec: the architecture (:func:`model_spec`).
+        lv: the levers; with ``ranks > 1`` or ``cpu_offload`` the FSDP FULL_SHARD layout is assumed
+            (1/N of weights, gradients and optimizer state per rank plus two gathered layers).
+        w: the largest micro-batch, shape (batch, src_len + tgt_len) in tokens.
+        device: where the step runs; 'cuda' adds the CUDA context (``CUDA_CONTEXT_BYTES``, assumed),
+            fragmentation (``CUDA_FRAGMENTATION``, assumed) and ``CUDA_ACTIVATION_FACTOR`` (derived
+            from one H200 anchor); 'cpu' adds ``CPU_OVERHEAD_PER_PARAM`` (calibrated by
+            ``bench/calibrate_memory.py``, points in ``bench/results_plan.md``).
+
+    Returns:
+        The :class:`MemoryPlan` of the largest moment, sizes in bytes.
     """
     kind = device.kind
     P = spec.params()
@@ -744,7 +850,24 @@ def plan_memory(
     max_tokens: Optional[int] = None,
     workload: Optional[Workload] = None,
 ) -> MemoryPlan:
-    """Predict the peak memory of cfg's training step on ``device`` (per rank with FSDP over ``ranks``)."""
+    """Predict the peak memory of cfg's training step on ``device`` (per rank with FSDP over ``ranks``).
+
+    Args:
+        cfg: model, levers and token budgets are read from it.
+        device: a :class:`Device` or a name for :func:`resolve_device` ('H100', 'cpu:24', 'auto').
+        ranks: FSDP processes sharing the model (1: single process).
+        cpu_offload: FSDP keeps parameters and optimizer state in host RAM.
+        max_tokens: micro-batch budget in tokens; None: ``train.max_tokens``.
+        workload: an explicit micro-batch shape; overrides ``max_tokens``.
+
+    Returns:
+        The :class:`MemoryPlan`; sizes in bytes (``peak`` vs. ``capacity``; ``to_dict`` gives GiB).
+        Calibration: within 15% of every point in ``bench/results_plan.md``
+        (``tests/unit/test_plan_memory.py``).
+
+    Raises:
+        PlanError: an unknown device name or a model architecture the planner cannot read.
+    """
     dev = resolve_device(device) if isinstance(device, str) else device
     spec = model_spec(cfg)
     lv = levers_from_config(cfg, dev, ranks=ranks, cpu_offload=cpu_offload)
@@ -794,7 +917,21 @@ def _largest_budget(cfg: Config, spec: ModelSpec, lv: Levers, dev: Device) -> Op
 
 
 def fit_options(cfg: Config, device: str | Device = "auto", *, ranks: int = 1) -> list[FitOption]:
-    """Every lever combination that fits, with its largest budget, fastest first."""
+    """Every lever combination that fits, with its largest budget, fastest first.
+
+    Tried: the config's precision (plus bf16/fp16 when it is fp32 and the device has fast low
+    precision), gradient checkpointing, AdamW / 8-bit AdamW (CUDA only) / Adafactor, LoRA, and on
+    CUDA FSDP CPU offload. For each, the largest ``train.max_tokens`` (a multiple of 256 tokens, at
+    most ``train.batch_tokens``) whose plan fits is found by binary search.
+
+    Returns:
+        :class:`FitOption` rows; options that change what is trained (LoRA) come last, then by
+        decreasing relative ``speed`` (the ``SPEED`` / ``LOWP_SPEEDUP`` factors times a
+        micro-batch efficiency; ratios against the config as written, not measured per option).
+
+    Raises:
+        PlanError: an unknown device name or an unreadable model architecture.
+    """
     dev = resolve_device(device) if isinstance(device, str) else device
     spec = model_spec(cfg)
     base = levers_from_config(cfg, dev, ranks=ranks)
@@ -854,6 +991,14 @@ def auto_fit(cfg: Config, device: str | Device = "auto", *, ranks: int = 1) -> t
     The effective batch stays: ``train.batch_tokens`` is unchanged and the loop accumulates
     ceil(batch_tokens / max_tokens) micro-batches. Options that change what is trained (LoRA) are
     only taken when the config already uses them; offload needs a launcher flag and is not picked.
+
+    Returns:
+        ``(overrides, plan)``: ``section.key=value`` texts of the fastest fitting option of
+        :func:`fit_options` and its :class:`MemoryPlan` (bytes).
+
+    Raises:
+        PlanError: nothing fits even with one thread per micro-batch (the message lists the ways
+            out: a larger device, LoRA, FSDP, shorter sources), or the device/model is unknown.
     """
     dev = resolve_device(device) if isinstance(device, str) else device
     options = [o for o in fit_options(cfg, dev, ranks=ranks) if not o.changes_model and "offload" not in o.label]
@@ -869,7 +1014,16 @@ def auto_fit(cfg: Config, device: str | Device = "auto", *, ranks: int = 1) -> t
 
 
 def apply_auto_fit(cfg: Config, device: str | Device = "auto") -> tuple[Config, list[str], MemoryPlan]:
-    """cfg with auto_fit's overrides applied (for `threadsum train --auto-fit`)."""
+    """cfg with auto_fit's overrides applied (for `threadsum train --auto-fit`).
+
+    Returns:
+        ``(new_cfg, overrides, plan)``; ``cfg`` itself is not changed.
+
+    Raises:
+        PlanError: as :func:`auto_fit`.
+        ConfigError: the overridden config does not validate (not expected: the overrides are
+            values the config accepts).
+    """
     from threadsum.config import apply_overrides, config_from_dict
 
     overrides, plan = auto_fit(cfg, device)
