@@ -45,11 +45,35 @@ def cpu_rate(vcpus: int, precision: str = "fp32") -> float:
 
 @lru_cache(maxsize=None)
 def instance_catalog() -> dict[str, Any]:
+    """SageMaker training instance types from ``resources/sagemaker_instances.yaml`` (read once, cached).
+
+    Returns:
+        ``{prices_as_of, region, currency, spot_discount, instances: {type: {vcpus, ram_gib, gpu,
+        gpus, price, [note]}}}``; ``price`` is the on-demand list price in USD per instance-hour
+        (us-east-1, from the SageMaker pricing page as of ``prices_as_of``), ``ram_gib`` in GiB,
+        ``spot_discount`` the assumed share saved by managed spot (0.65).
+    """
     return mem._resource("sagemaker_instances.yaml")
 
 
 def flops_per_token(spec: mem.ModelSpec, src_share: float, src_len: int, tgt_len: int) -> float:
-    """Training FLOPs (forward + backward = 6 x params touched) per real token, with attention."""
+    """Training FLOPs (forward + backward = 6 x params touched) per real token, with attention.
+
+    The 6 x parameters rule (2 forward + 4 backward FLOPs per weight per token) is Kaplan et al.,
+    "Scaling Laws for Neural Language Models" (2020). Attention (scores and weighted sum) is counted
+    as 2 x 2 x context x d_model extra weights per layer inside the same 6 x (decoder context:
+    target + source, for self- and cross-attention). Source tokens pass the encoder, target tokens
+    the decoder and the LM head (vocab x d_model).
+
+    Args:
+        spec: the architecture.
+        src_share: share of an epoch's real tokens that are source tokens (0..1).
+        src_len: source length in tokens seen by attention.
+        tgt_len: target length in tokens seen by decoder self-attention.
+
+    Returns:
+        FLOPs per token (a token-weighted average of source and target tokens).
+    """
     d = spec.d_model
     enc = spec.encoder_layers * (4 * d * d + 2 * d * spec.encoder_ffn)
     dec = spec.decoder_layers * (8 * d * d + 2 * d * spec.decoder_ffn) + spec.vocab_size * d
@@ -60,6 +84,9 @@ def flops_per_token(spec: mem.ModelSpec, src_share: float, src_len: int, tgt_len
 
 @dataclass
 class EpochTokens:
+    """Size of one training epoch: real (unpadded) tokens, threads, the source share of the tokens and
+    where the numbers come from (counted in the prepared folder, or the Kaggle corpus scale)."""
+
     tokens: float  # real tokens of the training split (source + target)
     threads: int
     src_share: float
@@ -67,7 +94,13 @@ class EpochTokens:
 
 
 def epoch_tokens(cfg: Config) -> EpochTokens:
-    """Tokens of one epoch: counted from the prepared folder when it exists, else the Kaggle corpus's measured scale."""
+    """Tokens of one epoch: counted from the prepared folder when it exists, else the Kaggle corpus's measured scale.
+
+    The fallback is ``KAGGLE_EPOCH_TOKENS`` (3.05M tokens for 4,167 threads, counted with BART's
+    tokenizer; BENCHMARKS.md) times the training share ``1 - validation_fraction - test_fraction``,
+    with an assumed source share of 0.85. Any failure to read the prepared folder (missing, or the
+    ``datasets`` extra not installed) falls back; nothing is raised.
+    """
     try:
         from threadsum.data.prepared import open_prepared
 
@@ -87,6 +120,11 @@ def epoch_tokens(cfg: Config) -> EpochTokens:
 
 @dataclass
 class CostRow:
+    """One instance type in the cost table: ``memory_gib`` per GPU (GiB; RAM for CPU instances),
+    ``price`` on-demand USD/hour, ``tokens_per_s`` training throughput of the whole instance,
+    ``epoch_hours`` (hours), ``epoch_cost`` / ``epoch_cost_spot`` (USD per epoch; inf when it does
+    not fit), ``basis`` how the throughput was obtained, ``levers`` the option used."""
+
     instance: str
     accelerator: str
     gpus: int
@@ -134,7 +172,24 @@ def _gpu_rate(spec: mem.ModelSpec, gpu: mem.Device, option: mem.FitOption, et: E
 
 
 def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[list[CostRow], dict[str, Any]]:
-    """One row per instance type, cheapest epoch first; instances the model cannot fit go last."""
+    """One row per instance type, cheapest epoch first; instances the model cannot fit go last.
+
+    GPU rows use the fitting option (:func:`threadsum.train.memory.fit_options`; LoRA only when the
+    config enables it) with the highest throughput: the H200 measurement where it applies, else
+    the MFU model; multi-GPU instances scale by ``MULTI_GPU_EFFICIENCY`` (0.9, assumed). CPU rows
+    use the measured 2-vCPU fp32 rate scaled by :func:`cpu_speedup` and the largest budget that
+    fits the RAM. Epoch time counts ``PADDING_OVERHEAD`` (5%) of padding.
+
+    Args:
+        spot_discount: share saved by spot (0..1); None: the catalogue's.
+
+    Returns:
+        ``(rows, meta)``; ``meta`` holds ``prices_as_of``, ``region``, ``spot_discount``,
+        ``epoch_tokens``, ``epoch_threads``, ``tokens_source``, ``model`` and ``epochs``.
+
+    Raises:
+        PlanError: the configured model's architecture cannot be read.
+    """
     cat = instance_catalog()
     discount = cat["spot_discount"] if spot_discount is None else spot_discount
     spec = mem.model_spec(cfg)
@@ -185,7 +240,11 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
 
 
 def pick_instance(cfg: Config) -> str:
-    """The SageMaker instance type with the cheapest epoch on which cfg fits."""
+    """The SageMaker instance type with the cheapest epoch on which cfg fits (GPU instances preferred).
+
+    Raises:
+        PlanError: no instance in the catalogue fits the model, or its architecture cannot be read.
+    """
     rows, _ = cost_table(cfg)
     fitting = [r for r in rows if r.fits and r.gpus > 0] or [r for r in rows if r.fits]
     if not fitting:
