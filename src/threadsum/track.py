@@ -53,7 +53,12 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 # ----------------------------------------------------------------------------------- helpers
 def resolve_tracking_uri(cfg: Config, output_dir: str | Path) -> Optional[str]:
-    """The MLflow URI a run in ``output_dir`` uses, or None when tracking is off."""
+    """The MLflow URI a run in ``output_dir`` uses, or None when tracking is off.
+
+    Order: ``track.tracking_uri``, then ``$MLFLOW_TRACKING_URI``, then
+    ``sqlite:///<output_dir>/mlflow.db``; 'none' (any case) turns tracking off, and a bare path
+    becomes ``sqlite:///<absolute path>``.
+    """
     configured = (cfg.track.tracking_uri or "").strip()
     if not configured:
         configured = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
@@ -144,6 +149,8 @@ def _read(path: str) -> Optional[str]:
 
 
 def run_tags(kind: str) -> dict[str, str]:
+    """Tags that say where a run ran: ``threadsum.kind``, ``threadsum.version``, ``host``, ``device``
+    (:func:`device_name`), ``instance_type`` (:func:`instance_type`) and ``git_commit`` when known."""
     tags = {
         "threadsum.kind": kind,
         "threadsum.version": __version__,
@@ -204,7 +211,16 @@ class RunTracker:
 
     # ---- lifecycle
     def start(self) -> None:
-        """Create the run, or continue the one recorded in run.json (same MLflow run id)."""
+        """Create the run, or continue the one recorded in run.json (same MLflow run id).
+
+        A continued run gets ``resumed`` + 1 and a ``history`` entry with the previous status and
+        cause. MLflow failures after this point only warn (tracking goes on in run.json).
+
+        Raises:
+            UserError: ``run.json`` exists but is not valid JSON.
+            MissingExtraError: MLflow is not installed and a tracking URI was set explicitly
+                (with the default backend it only warns).
+        """
         if not self.enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +269,18 @@ class RunTracker:
 
     def finish(self, status: str, cause: Optional[str] = None, last_step: Optional[int] = None,
                summary: Optional[dict[str, Any]] = None) -> None:
+        """End the run: write status, cause and end time to run.json and terminate the MLflow run.
+
+        Args:
+            status: 'FINISHED', 'FAILED', 'KILLED' or 'RUNNING' (any case).
+            cause: '<category>: <detail>' as :func:`classify_failure` gives it (None on success).
+            last_step: last optimizer step reached; None keeps the one logged by :meth:`log_metrics`.
+            summary: results merged into the record's ``summary``; numeric leaves also go to MLflow
+                as ``summary.<dotted key>`` metrics.
+
+        Raises:
+            ValueError: ``status`` is not one of ``STATUSES``.
+        """
         if not self.enabled:
             return
         status = status.upper()
@@ -292,6 +320,11 @@ class RunTracker:
 
     # ---- logging
     def log_params(self, params: dict[str, Any]) -> None:
+        """Merge ``params`` into run.json's ``params`` and log them flattened (``a.b``) as MLflow params.
+
+        MLflow params cannot change: on a resumed run a changed value is logged as a
+        ``resumed.<key>`` tag instead; values longer than 6,000 characters are cut.
+        """
         if not self.enabled:
             return
         self.record.setdefault("params", {}).update(params)
@@ -300,6 +333,7 @@ class RunTracker:
             self._mlflow_params(flatten(params))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        """Merge ``tags`` into run.json's ``tags`` and set them on the MLflow run (values as text)."""
         if not self.enabled:
             return
         self.record.setdefault("tags", {}).update(tags)
@@ -328,6 +362,12 @@ class RunTracker:
             self._mlflow(lambda c: c.log_batch(self._run_id, metrics=self._metric_entities(numeric, step)))
 
     def log_artifact(self, path: str | Path) -> None:
+        """List ``path`` in run.json's ``artifacts`` and copy it to the MLflow artifact store.
+
+        A folder is copied file by file; files above ``track.artifact_max_mb`` (MiB; 0: no limit)
+        stay in the output dir only and are named in an ``artifacts.not_copied.<folder>`` tag. A
+        path that does not exist is listed but not copied.
+        """
         if not self.enabled:
             return
         p = Path(path)
@@ -367,6 +407,7 @@ class RunTracker:
 
     @property
     def tracking_uri(self) -> Optional[str]:
+        """The MLflow URI this run logs to (None when MLflow is off or was disabled by an error)."""
         return (self.record.get("mlflow") or {}).get("tracking_uri") if self._client is not None else None
 
     # ---- MLflow plumbing
