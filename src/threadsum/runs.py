@@ -29,7 +29,14 @@ _NOISE_KEYS = ("train.output_dir", "data.prepared_dir", "track.", "serve.", "sag
 
 # ---------------------------------------------------------------------------------- reading
 def find_runs(root: str | Path = "outputs") -> list[dict[str, Any]]:
-    """Every run record under ``root`` (oldest first); each gets '_dir' and '_id' (its folder relative to root)."""
+    """Every run record under ``root`` (oldest first); each gets '_dir' and '_id' (its folder relative to root).
+
+    ``run.json`` files inside ``checkpoints`` folders are skipped, as are records that are not valid
+    JSON (a file cut mid-write by a crash) or not a JSON object.
+
+    Raises:
+        UserError: ``root`` does not exist.
+    """
     root = Path(root)
     if not root.exists():
         raise UserError(f"no folder '{root}': pass the folder that holds your run outputs (e.g. --root outputs)")
@@ -73,7 +80,15 @@ def _param(v: str) -> Any:
 
 
 def mlflow_records(tracking_uri: str) -> list[dict[str, Any]]:
-    """Runs of an MLflow backend as run records (e.g. SageMaker jobs whose output folders are in S3)."""
+    """Runs of an MLflow backend as run records (e.g. SageMaker jobs whose output folders are in S3).
+
+    Reads at most 5,000 runs over all experiments. ``summary.*`` metrics and ``<split>/<metric>``
+    metrics become the record's ``summary``; params become ``config``; times are in seconds since
+    the epoch (MLflow stores milliseconds).
+
+    Raises:
+        MissingExtraError: MLflow is not installed (``pip install 'threadsum[track]'``).
+    """
     from threadsum.deps import require
 
     require("mlflow", "track")
@@ -124,6 +139,8 @@ def effective_status(rec: dict) -> str:
 
 
 def failure_cause(rec: dict) -> Optional[str]:
+    """Why a run did not finish ('<category>: <detail>' from the record, or a text for a DIED run),
+    or None for a run that finished or is still running."""
     status = effective_status(rec)
     if status == "DIED":
         return "crashed: the process ended without writing a final status (killed -9, OOM killer or power loss?)"
@@ -144,7 +161,18 @@ def _first(*values: Any) -> Optional[float]:
 
 
 def estimate_cost(rec: dict, seconds: Optional[float]) -> Optional[float]:
-    """List price of a SageMaker run: instance price x instances x hours (x spot discount); None when local."""
+    """List price of a SageMaker run: instance price x instances x hours (x spot discount); None when local.
+
+    Args:
+        rec: a run record; ``tags.instance_type`` and ``config.sagemaker`` (``instance_count``,
+            ``spot``) are read.
+        seconds: wall time of the run in seconds.
+
+    Returns:
+        USD at the on-demand list prices of :func:`threadsum.train.cost.instance_catalog` (USD per
+        instance-hour); spot runs at on-demand x (1 - ``spot_discount``), an assumption, not the
+        billed price. None when local, when ``seconds`` is None, or when the type has no price.
+    """
     itype = (rec.get("tags") or {}).get("instance_type")
     if not itype or itype == "local" or seconds is None:
         return None
@@ -173,6 +201,8 @@ def _model_name(cfg: dict) -> str:
 
 
 def best_rouge_l(rec: dict) -> Optional[float]:
+    """Highest ROUGE-L F1 (0..1) of a run: evaluated splits in ``summary.eval`` and the best values
+    logged during training (keys ending in 'rougeL', baselines excluded); None when there is none."""
     values = []
     for split, res in ((rec.get("summary") or {}).get("eval") or {}).items():
         if isinstance(res, dict) and _num(res.get("rougeL")) is not None:
@@ -184,7 +214,12 @@ def best_rouge_l(rec: dict) -> Optional[float]:
 
 
 def run_row(rec: dict) -> dict[str, Any]:
-    """The display fields of one run (numbers stay numbers; None = unknown)."""
+    """The display fields of one run (numbers stay numbers; None = unknown).
+
+    Units: ``seconds`` and ``time_per_epoch_s`` in seconds, ``peak_memory_gb`` in GB as recorded
+    (``peak_memory_mb`` is divided by 1,024), ``best_rougeL`` 0..1, ``cost_usd`` in USD (recorded, or
+    :func:`estimate_cost`).
+    """
     s = rec.get("summary") or {}
     tags = rec.get("tags") or {}
     cfg = rec.get("config") or {}
