@@ -80,14 +80,17 @@ class SageMakerEnv:
 
     @property
     def is_leader(self) -> bool:
+        """True on the first host of ``hosts`` (or when no hosts are listed): the host that exports."""
         return not self.hosts or self.current_host == self.hosts[0]
 
     @property
     def node_rank(self) -> int:
+        """Index of this host in ``hosts`` (torchrun's ``--node_rank``); 0 when it is not listed."""
         return self.hosts.index(self.current_host) if self.current_host in self.hosts else 0
 
 
 def sm_root(environ: Mapping[str, str] | None = None) -> Path:
+    """Root of the SageMaker tree: ``$THREADSUM_SM_ROOT`` when set (tests), else ``/opt/ml``."""
     environ = os.environ if environ is None else environ
     return Path(environ.get(ROOT_ENV) or DEFAULT_ROOT)
 
@@ -128,7 +131,17 @@ def _hp_str(value: Any) -> str:
 
 
 def read_env(environ: Mapping[str, str] | None = None) -> SageMakerEnv:
-    """Read the job description from SM_* variables, falling back to /opt/ml/input/config/*.json."""
+    """Read the job description from SM_* variables, falling back to /opt/ml/input/config/*.json.
+
+    Hyperparameter values are normalized to the strings the launcher wrote (the toolkit's ``SM_HPS``
+    holds JSON-decoded numbers and bools). Channel folders default to ``<root>/input/data/<name>``;
+    the current host to the first listed host, else 'algo-1'.
+
+    Raises:
+        ContainerError: a JSON variable (``SM_HPS``, ``SM_CHANNELS``, ``SM_HOSTS``) or config file is
+            not valid JSON, or the hyperparameters are not a JSON object.
+        ValueError: ``SM_NUM_GPUS`` is not an integer.
+    """
     environ = os.environ if environ is None else environ
     root = sm_root(environ)
     config_dir = root / "input" / "config"
@@ -186,7 +199,17 @@ def _data_overrides(env: SageMakerEnv) -> list[str]:
 
 
 def sagemaker_overrides(environ: Mapping[str, str] | None = None) -> list[str] | None:
-    """Config overrides for a run inside a SageMaker training job; None outside one."""
+    """Config overrides for a run inside a SageMaker training job; None outside one.
+
+    Returns:
+        ``section.key=value`` texts: the data channel (``data.prepared_dir``, or ``data.source`` from
+        the raw channel), ``train.output_dir=<root>/checkpoints``, ``train.resume=auto`` and
+        ``train.checkpoint_every_minutes`` (minutes; hyperparameter, default 10).
+
+    Raises:
+        ContainerError: the job has neither a 'prepared' nor a 'raw' channel, the checkpoint
+            interval is not a number, or the job description is not valid JSON.
+    """
     environ = os.environ if environ is None else environ
     if not in_sagemaker(environ):
         return None
@@ -209,6 +232,10 @@ def export_model(output_dir: str | Path, environ: Mapping[str, str] | None = Non
 
     Returns the model dir written, or None on the other hosts of a multi-instance job (SageMaker
     packs the model dir of every host into one archive, so only one host writes it).
+
+    Raises:
+        ContainerError: ``<output_dir>/model/config.json`` is missing (training wrote no model), or
+            the job description is not valid JSON.
     """
     env = read_env(environ)
     if not env.is_leader:
@@ -235,7 +262,15 @@ def _nproc_per_node(env: SageMakerEnv) -> int:
 
 
 def train_command(env: SageMakerEnv, config_path: Path) -> list[str]:
-    """The argv of `threadsum train`, under torchrun when the job has more than one process."""
+    """The argv of `threadsum train`, under torchrun when the job has more than one process.
+
+    Processes per node: the ``nproc_per_node`` hyperparameter, else one per GPU (``SM_NUM_GPUS``);
+    nodes: the job's hosts. Hyperparameter ``distribution=none`` forces a single process. The
+    rendezvous is the first host on port 29500.
+
+    Raises:
+        ValueError: ``nproc_per_node`` is neither 'auto' nor an integer.
+    """
     distribution = env.hyperparameters.get(HP_DISTRIBUTION, "auto")
     nproc = _nproc_per_node(env)
     nnodes = max(1, len(env.hosts))
@@ -285,7 +320,22 @@ def _run(cmd: list[str], child_env: dict[str, str], env: SageMakerEnv, what: str
 
 
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    """Entry point of a SageMaker training job (hyperparameters arrive as data, argv is ignored)."""
+    """Entry point of a SageMaker training job (hyperparameters arrive as data, argv is ignored).
+
+    Resolves the config of the source bundle with :func:`sagemaker_overrides`, runs ``threadsum
+    prepare`` when only the raw channel was sent, ``threadsum train`` (see :func:`train_command`),
+    then :func:`export_model`. SIGTERM/SIGINT are forwarded to the child so it can checkpoint.
+
+    Returns:
+        0 on success.
+
+    Raises:
+        ContainerError: not inside a SageMaker job, the config file is not in the bundle, or the
+            job description is incomplete (see :func:`sagemaker_overrides`, :func:`export_model`).
+        ConfigError: the config or an override does not validate.
+        SystemExit: a child command failed; carries its exit status (also written to
+            ``<root>/output/failure``, SageMaker's FailureReason).
+    """
     from threadsum.config import load_config
 
     environ = dict(os.environ if environ is None else environ)
