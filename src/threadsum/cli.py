@@ -292,6 +292,13 @@ _mount_sagemaker()
 
 
 def main() -> None:
+    """Console entry point of ``threadsum`` (``[project.scripts]`` in pyproject.toml and ``python -m threadsum``).
+
+    Runs the Typer app; it ends the process with ``SystemExit`` carrying the exit code of
+    :class:`threadsum.errors.ExitCode` (0 success, 2 bad config or input, 3 OOM, 4 diverged,
+    75 preempted, 130 aborted). Commands turn a :class:`~threadsum.errors.ThreadsumError` into one
+    line and its code (``_run``); any other exception shows its traceback and exits 1.
+    """
     app()
 
 

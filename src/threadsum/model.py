@@ -60,7 +60,13 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
-    """Load a tokenizer by hub id or directory with a clear message when it is not available."""
+    """Load a tokenizer by hub id or directory with a clear message when it is not available.
+
+    Raises:
+        MissingExtraError: transformers is not installed (``threadsum[train]``).
+        ModelLoadError: ``AutoTokenizer.from_pretrained`` fails (a missing folder, or a hub id not in
+            the local cache while offline); the message lists the fixes.
+    """
     require("transformers", "train")
     from transformers import AutoTokenizer
 
@@ -74,6 +80,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     """Train a byte-level BPE (BART/RoBERTa style) on ``texts``, save it in HF format, reload it.
 
     A few MB of text trains in about a second; the reload proves the saved files are complete.
+
+    Args:
+        texts: training text (e.g. rendered threads and summaries of the training split).
+        vocab_size: target vocabulary size in tokens, the 5 special tokens included (``<s>``,
+            ``<pad>``, ``</s>``, ``<unk>``, ``<mask>`` get BART's ids 0..4); merges need a pair seen
+            at least twice, so a small corpus may give fewer tokens.
+        out_dir: folder the tokenizer files are written to (created when missing).
+
+    Raises:
+        MissingExtraError: tokenizers is not installed (``threadsum[train]``).
     """
     require("tokenizers", "train")
     from tokenizers import ByteLevelBPETokenizer
@@ -105,6 +121,16 @@ def tokenizer_source(cfg: ModelConfig) -> Optional[str]:
 
 
 def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
+    """Build a randomly initialised ``BartForConditionalGeneration`` from ``cfg.tiny``.
+
+    The vocabulary is ``len(tokenizer)``; pad/bos/eos ids come from the tokenizer, and decoding
+    starts with eos and forces bos first and eos last, as BART's pretrained configs do. Weights
+    are drawn by transformers' init (normal, std ``tiny.init_std``); seed torch first for a
+    reproducible model (:func:`load_model` does).
+
+    Raises:
+        MissingExtraError: transformers is not installed (``threadsum[train]``).
+    """
     require("transformers", "train")
     from transformers import BartConfig, BartForConditionalGeneration
 
@@ -133,6 +159,19 @@ def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -
 
 
 def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] = None, dtype=None) -> "PreTrainedModel":
+    """Load a seq2seq model with ``AutoModelForSeq2SeqLM.from_pretrained`` by hub id or local folder.
+
+    Args:
+        name_or_path: hub id (from the local cache when offline) or a folder written by
+            ``save_pretrained``.
+        attn_implementation: 'eager' or 'sdpa'; None: transformers' default.
+        dtype: torch dtype of the weights; None: transformers' default.
+
+    Raises:
+        MissingExtraError: transformers is not installed (``threadsum[train]``).
+        ModelLoadError: loading fails with ``OSError``/``ValueError`` (missing folder, not cached
+            while offline); the message lists the fixes.
+    """
     require("transformers", "train")
     from transformers import AutoModelForSeq2SeqLM
 
@@ -150,7 +189,12 @@ def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] 
 def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Optional[str] = None) -> "PreTrainedModel":
     """The model a run starts from: random init (seeded by train.seed) or pretrained weights.
 
-    ``init_dir`` overrides where pretrained weights come from (e.g. a saved random init).
+    ``init_dir`` overrides where pretrained weights come from (e.g. a saved random init). The
+    input embeddings are resized when the tokenizer has more tokens than the model.
+
+    Raises:
+        ModelLoadError: ``model.name_or_path`` is empty with ``init='pretrained'``, or loading fails.
+        MissingExtraError: transformers is not installed (``threadsum[train]``).
     """
     m = cfg.model
     if init_dir is not None:
@@ -170,7 +214,15 @@ def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Opti
 
 
 def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrainedModel":
-    """Apply the memory/adaptation levers of the model section: checkpointing, frozen embeddings, LoRA."""
+    """Apply the memory/adaptation levers of the model section: checkpointing, frozen embeddings, LoRA.
+
+    Gradient checkpointing runs non-reentrant and turns off the KV cache; with LoRA, peft wraps
+    the model (``get_peft_model``, task SEQ_2_SEQ_LM) and the returned object is the wrapper.
+    Memory effects are what ``threadsum plan`` predicts (:mod:`threadsum.train.memory`).
+
+    Raises:
+        MissingExtraError: ``model.lora.enabled`` and peft is not installed (``threadsum[train]``).
+    """
     if cfg.gradient_checkpointing:
         # the KV cache is useless during teacher-forced training and conflicts with recomputation
         model.config.use_cache = False

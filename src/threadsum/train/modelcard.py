@@ -17,6 +17,24 @@ def _fmt(v: Any) -> str:
 
 
 def write_model_card(model_dir: str | Path, cfg: Config, summary: dict[str, Any], data_counts: dict[str, Any]) -> Path:
+    """Write ``<model_dir>/README.md``: a Hugging Face model card (YAML front matter) for an exported model.
+
+    Args:
+        model_dir: the exported model folder (must exist).
+        cfg: the run's config: base model, adaptation, data budgets (tokens) and optimizer settings.
+        summary: the training summary; read keys: ``n_params``, ``n_trainable_params``, ``hardware``,
+            ``train_seconds`` (seconds, shown in minutes), ``steps``, ``precision``, ``accumulation``
+            and the metrics ``final_loss``, ``val_loss``, ``best_val_loss``, ``best_step``,
+            ``val_rougeL``, ``real_tokens_per_s`` (tokens/s), ``peak_mem_gb`` (GB), ``oom_events``,
+            ``skipped_steps`` (listed when present).
+        data_counts: threads per split, e.g. ``{'train': 3333, 'validation': 417}``.
+
+    Returns:
+        The path of the card.
+
+    Raises:
+        OSError: ``model_dir`` does not exist or is not writable.
+    """
     model_dir = Path(model_dir)
     base = "random init (" + ", ".join(f"{k}={v}" for k, v in cfg.model.tiny.model_dump().items()) + ")" \
         if cfg.model.init == "random" else str(cfg.model.name_or_path)
