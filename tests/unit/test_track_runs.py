@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from threadsum.errors import UserError
 from threadsum.config import config_from_dict
 from threadsum.runs import find_runs, runs_command, runs_report_command
 from threadsum.track import RunTracker
@@ -81,7 +82,7 @@ def test_runs_report(outputs, tmp_path):
 
 
 def test_runs_missing_root(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--root"):
+    with pytest.raises(UserError, match="--root"):
         find_runs(tmp_path / "nope")
 
 
