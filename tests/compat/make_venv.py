@@ -3,8 +3,8 @@
     python tests/compat/make_venv.py [VENV] [--torch SPEC] [--pip-torch-args "ARGS"]
 
 VENV defaults to $THREADSUM_COMPAT_VENV, else ~/.cache/threadsum-compat/transformers-oldest. A
-finished venv holds a stamp (the requirements and the torch spec); a venv with the same stamp is
-reused at once, another is rebuilt. torch is installed first (default: the version this Python
+finished venv holds a stamp (the torch spec and the requirements); a venv with the same stamp is
+reused at once, another is rebuilt (without --torch any torch spec is accepted). torch is installed first (default: the version this Python
 runs, so pip never pulls a CUDA build), then oldest-transformers.txt. A lock file keeps two
 builders from racing. Exit 0: ready; 3: pip could not reach a package index (the compat test skips
 with pip's message); 1: any other failure.
@@ -56,9 +56,15 @@ def stamp_text(torch_spec: str) -> str:
     return f"{torch_spec}\n{REQUIREMENTS.read_text()}"
 
 
-def is_ready(venv: Path, torch_spec: str) -> bool:
+def is_ready(venv: Path, torch_spec: str | None) -> bool:
+    """Built with these requirements (and ``torch_spec``; None: whichever torch it was built with)."""
     stamp = venv / STAMP
-    return venv_python(venv).exists() and stamp.exists() and stamp.read_text() == stamp_text(torch_spec)
+    if not (venv_python(venv).exists() and stamp.exists()):
+        return False
+    text = stamp.read_text()
+    if torch_spec is None:
+        return text.partition("\n")[2] == REQUIREMENTS.read_text()
+    return text == stamp_text(torch_spec)
 
 
 def _pip(venv: Path, args: list[str]) -> None:
@@ -72,14 +78,18 @@ def _pip(venv: Path, args: list[str]) -> None:
 
 
 def ensure_venv(venv: Path | None = None, torch_spec: str | None = None, pip_torch_args: str = "") -> Path:
-    """The ready venv at ``venv`` (built now if missing or stale). Raises Unreachable or RuntimeError."""
+    """The ready venv at ``venv`` (built now if missing or stale). Raises Unreachable or RuntimeError.
+
+    ``torch_spec`` None accepts a venv built with any torch (e.g. by `make compat-venv` with its
+    TORCH) and builds with this Python's torch version.
+    """
     venv = (venv or default_venv()).expanduser().resolve()
-    torch_spec = torch_spec or current_torch_spec()
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_ready(venv, torch_spec):
             return venv
+        torch_spec = torch_spec or current_torch_spec()
         shutil.rmtree(venv, ignore_errors=True)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
