@@ -103,6 +103,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
 # 4.x and 5.x both load "PreTrainedTokenizerFast" (5.x keeps it as an alias) from tokenizer.json as is
 _PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 _TOKENIZER_CONFIG = "tokenizer_config.json"
+# arguments of the from_pretrained call that loaded the tokenizer, which transformers 5 saves back
+_LOADER_ARGUMENTS = ("is_local", "local_files_only", "_commit_hash")
 _MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
@@ -129,14 +131,15 @@ def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", out_dir: str | Path, ma
     (4.x's generic class would otherwise also return ``token_type_ids``, which BART's ``generate``
     rejects) and, when ``max_positions`` (tokens) is given, sets ``model_max_length`` to it, so that a
     user's ``tokenizer(text, truncation=True)`` cuts to what the model accepts. Files get the mode a
-    new file gets here (see :func:`make_world_readable`). Returns ``out_dir``.
+    new file gets here (see :func:`normalize_file_modes`); loader arguments
+    transformers 5 saves back (``local_files_only``...) are dropped. Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(out_dir))
     names = model_input_names or list(getattr(tokenizer, "model_input_names", []) or [])
     portable_tokenizer_config(out_dir, max_positions, names)
-    make_world_readable(out_dir)
+    normalize_file_modes(out_dir)
     return out_dir
 
 
@@ -148,6 +151,8 @@ def portable_tokenizer_config(folder: str | Path, max_positions: Optional[int], 
     data = json.loads(path.read_text(encoding="utf-8"))
     cls = data.get("tokenizer_class")
     data["tokenizer_class"] = _PORTABLE_TOKENIZER_CLASS.get(cls, cls)
+    for key in _LOADER_ARGUMENTS:
+        data.pop(key, None)
     if model_input_names:
         data["model_input_names"] = list(model_input_names)
     if max_positions:
@@ -166,8 +171,9 @@ def _new_file_mode(folder: Path) -> int:
         probe.unlink()
 
 
-def make_world_readable(folder: str | Path) -> None:
-    """Give every file under ``folder`` the mode a newly written file gets there (usually 0644).
+def normalize_file_modes(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a newly written file gets there: 0644 under the usual
+    umask 022 (world-readable), 0640 under 027, and so on.
 
     safetensors (0.8) writes weights with mode 0600 whatever the umask, so other users and containers
     could not read ``model.safetensors`` while every other file was 0644.
@@ -192,7 +198,7 @@ def finalize_model_folder(folder: str | Path, model) -> Path:
     params = inspect.signature(forward).parameters if forward is not None else {}
     names = [n for n in _MODEL_INPUTS if n in params]
     portable_tokenizer_config(folder, model_positions(model), names)
-    make_world_readable(folder)
+    normalize_file_modes(folder)
     return folder
 
 

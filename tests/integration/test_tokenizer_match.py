@@ -51,9 +51,12 @@ def world(tmp_path_factory):
             "other_model": other_model, "other_vocab": other_vocab}
 
 
-def test_prepare_records_the_tokenizer(world):
+def test_prepare_records_the_tokenizer_and_saves_it_portably(world):
     info = json.loads((world["prepared"] / "prepare.json").read_text())
     assert info["tokenizer"]["source"] == TINY_RECIPE_TOKENIZER
+    saved = json.loads((world["prepared"] / "tokenizer" / "tokenizer_config.json").read_text())
+    assert saved["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert saved["model_max_length"] == 640  # configs/tiny.yaml: model.tiny.max_position_embeddings
 
 
 def test_evaluate_refuses_a_model_with_another_tokenizer(world, tmp_path):

@@ -67,6 +67,7 @@ def test_folder_loads_truncates_to_the_models_positions_and_generates(tmp_path, 
     assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"  # 4.x has no TokenizersBackend
     assert cfg["model_max_length"] == positions
     assert cfg["model_input_names"] == ["input_ids", "attention_mask"]
+    assert "local_files_only" not in cfg and "is_local" not in cfg  # how it was loaded is no setting
     modes = _modes(folder)
     assert modes["model.safetensors"] == modes["config.json"] == 0o644, modes
     assert set(modes.values()) == {0o644}, modes
