@@ -6,10 +6,12 @@ TORCH  ?= torch==2.13.0
 # On machines without a local torch wheel, e.g.: make demo PIP_TORCH_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 PIP_TORCH_ARGS ?=
 PYTEST_ARGS ?=
+# venv with the oldest transformers pyproject allows, for tests/integration/test_hf_compat_oldest.py
+COMPAT_VENV ?= $(HOME)/.cache/threadsum-compat/transformers-oldest
 
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup setup-dev browser clean
+.PHONY: demo test setup setup-dev browser compat-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,13 @@ demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/threadsum demo --out demo-output
 
 ## The full test suite (installs headless Chromium for the browser test when it can)
-test: setup-dev browser
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+test: setup-dev browser compat-venv
+	HF_HUB_OFFLINE=1 THREADSUM_COMPAT_VENV=$(COMPAT_VENV) $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+## Build once (reused while tests/compat/oldest-transformers.txt and TORCH stay the same; ~1.5 min
+## the first time). Exit 3 = no package index reachable: the compat test then skips and says why.
+compat-venv: | $(BIN)/python
+	$(BIN)/python tests/compat/make_venv.py $(COMPAT_VENV) --torch "$(TORCH)" --pip-torch-args "$(PIP_TORCH_ARGS)" || [ $$? -eq 3 ]
 
 browser:
 	@./scripts/install-browser.sh

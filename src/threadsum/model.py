@@ -5,6 +5,9 @@ Everything goes through ``from_pretrained`` so the tiny demo model takes the sam
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional
@@ -76,9 +79,11 @@ def load_tokenizer(name_or_path: str) -> "PreTrainedTokenizerBase":
         raise _hub_failure(name_or_path, "tokenizer", exc) from exc
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> "PreTrainedTokenizerBase":
-    """Train a byte-level BPE (BART/RoBERTa style) on ``texts``, save it in HF format, reload it.
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
+                    max_positions: Optional[int] = None) -> "PreTrainedTokenizerBase":
+    """Train a byte-level BPE (BART/RoBERTa style) on ``texts``, save it with :func:`save_tokenizer`, reload it.
 
+    ``max_positions`` (tokens) becomes ``model_max_length`` (the positions of the model it is for).
     A few MB of text trains in about a second; the reload proves the saved files are complete.
 
     Args:
@@ -105,10 +110,123 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
         bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
         cls_token="<s>", sep_token="</s>",
     )
+    save_tokenizer(fast, out_dir, max_positions)
+    return load_tokenizer(str(out_dir))
+
+
+# ------------------------------------------------------------------ folders any transformers loads
+# transformers 5 writes its generic fast tokenizer as "TokenizersBackend", a name 4.x does not know;
+# 4.x and 5.x both load "PreTrainedTokenizerFast" (5.x keeps it as an alias) from tokenizer.json as is
+_PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+_TOKENIZER_CONFIG = "tokenizer_config.json"
+# arguments of the from_pretrained call that loaded the tokenizer, which transformers 5 saves back
+_LOADER_ARGUMENTS = ("is_local", "local_files_only", "_commit_hash")
+_MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def model_positions(config) -> Optional[int]:
+    """Longest input (tokens) the model's encoder accepts: its learned position table, or None.
+
+    ``config`` is a model config (or a model: its ``.config`` is used). BART, mBART, Pegasus and Marian
+    name it ``max_position_embeddings``, LED ``max_encoder_position_embeddings``; T5's relative
+    positions have no limit (None).
+    """
+    config = getattr(config, "config", config)
+    for name in ("max_encoder_position_embeddings", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", out_dir: str | Path, max_positions: Optional[int] = None,
+                   model_input_names: Optional[list[str]] = None) -> Path:
+    """Save ``tokenizer`` with ``save_pretrained`` so that transformers 4.46+ and 5.x both load it.
+
+    ``tokenizer_config.json`` then names a class both versions know, lists the model's input names
+    (4.x's generic class would otherwise also return ``token_type_ids``, which BART's ``generate``
+    rejects) and, when ``max_positions`` (tokens) is given, sets ``model_max_length`` to it, so that a
+    user's ``tokenizer(text, truncation=True)`` cuts to what the model accepts. Files get the mode a
+    new file gets here (see :func:`normalize_file_modes`); loader arguments
+    transformers 5 saves back (``local_files_only``...) are dropped. Returns ``out_dir``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fast.save_pretrained(str(out_dir))
-    return load_tokenizer(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    names = model_input_names or list(getattr(tokenizer, "model_input_names", []) or [])
+    portable_tokenizer_config(out_dir, max_positions, names)
+    normalize_file_modes(out_dir)
+    return out_dir
+
+
+def portable_tokenizer_config(folder: str | Path, max_positions: Optional[int], model_input_names: list[str]) -> None:
+    """Rewrite ``folder/tokenizer_config.json`` (if any) as :func:`save_tokenizer` describes; idempotent."""
+    path = Path(folder) / _TOKENIZER_CONFIG
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cls = data.get("tokenizer_class")
+    data["tokenizer_class"] = _PORTABLE_TOKENIZER_CLASS.get(cls, cls)
+    for key in _LOADER_ARGUMENTS:
+        data.pop(key, None)
+    if model_input_names:
+        data["model_input_names"] = list(model_input_names)
+    if max_positions:
+        data["model_max_length"] = int(max_positions)
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _new_file_mode(folder: Path) -> int:
+    """Permission bits ``open()`` gives a new file in ``folder`` (0o666 less the umask, or a default ACL)."""
+    probe = folder / f".mode-probe-{os.getpid()}"
+    fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o777
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def normalize_file_modes(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a newly written file gets there: 0644 under the usual
+    umask 022 (world-readable), 0640 under 027, and so on.
+
+    safetensors (0.8) writes weights with mode 0600 whatever the umask, so other users and containers
+    could not read ``model.safetensors`` while every other file was 0644.
+    """
+    folder = Path(folder)
+    mode = _new_file_mode(folder)
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            os.chmod(path, mode)
+
+
+def finalize_model_folder(folder: str | Path, model) -> Path:
+    """Make a saved model folder load with plain transformers 4.46+ and 5.x; call after all files are written.
+
+    The tokenizer config names a portable class, ``model_max_length`` = the model's positions (tokens,
+    :func:`model_positions`), ``model_input_names`` = the inputs ``model.forward`` takes, and every file
+    gets the mode of a new file (``model.safetensors`` included). ``model`` is the saved model (or its
+    config). Returns ``folder``.
+    """
+    folder = Path(folder)
+    forward = getattr(model, "forward", None)
+    params = inspect.signature(forward).parameters if forward is not None else {}
+    names = [n for n in _MODEL_INPUTS if n in params]
+    portable_tokenizer_config(folder, model_positions(model), names)
+    normalize_file_modes(folder)
+    return folder
+
+
+def tokenizer_fingerprint(tokenizer: "PreTrainedTokenizerBase") -> str:
+    """Hex sha256 of what each token id means: the vocabulary (token -> id, added tokens included)
+    and the special tokens' ids. Equal fingerprints mean ids from one tokenizer are valid for the other.
+    """
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    specials = {name: tokenizer.convert_tokens_to_ids(tok)
+                for name, tok in sorted(tokenizer.special_tokens_map.items()) if isinstance(tok, str)}
+    blob = json.dumps({"vocab": vocab, "special_ids": specials}, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def tokenizer_source(cfg: ModelConfig) -> Optional[str]:

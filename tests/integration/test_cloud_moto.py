@@ -52,6 +52,8 @@ def prepared(tmp_path) -> Path:
     for sub in ("tokenizer", "tokenized/train", "threads"):
         (root / sub).mkdir(parents=True)
     (root / "tokenizer" / "tokenizer.json").write_text('{"model": {}}')
+    # prepared for the configs' default model; launch checks the recorded tokenizer (data/tokenizer_check.py)
+    (root / "prepare.json").write_text(json.dumps({"tokenizer": {"source": "facebook/bart-large"}}))
     (root / "tokenized" / "train" / "data-00000-of-00001.arrow").write_bytes(bytes(range(256)) * 4)
     (root / "threads" / "train.jsonl").write_text('{"thread_id": "t1"}\n')
     return root

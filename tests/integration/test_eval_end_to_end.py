@@ -6,6 +6,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import warnings
 from pathlib import Path
 
@@ -152,14 +153,29 @@ def test_evaluate_writes_predictions_metrics_and_report(world, capsys):
 
 def test_evaluate_rejects_data_from_another_tokenizer(world, tmp_path):
     root, cfg, model_dir, _ = world
+    from threadsum.data.tokenizer_check import TokenizerMismatchError
+
+    other, _ = build_prepared(tmp_path / "other", n_test=2, n_train=2)  # its tokenizer saw other texts
+    bad = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared_dir": str(other)})})
+    with pytest.raises(TokenizerMismatchError, match=f"tokenized with the tokenizer in {other / 'tokenizer'}.*"
+                                                     f"the tokenizer of '{model_dir}'"):
+        evaluate(bad, str(model_dir), split="test", output_dir=str(tmp_path / "e"))
+    rec = json.loads((tmp_path / "e" / "run.json").read_text())
+    assert rec["status"] == "FAILED" and rec["cause"].startswith("crashed: TokenizerMismatchError")
+
+
+def test_evaluate_rejects_ids_beyond_a_tokenizerless_models_vocabulary(world, tmp_path):
+    """A model folder without a tokenizer is read with the data's; ids it has no embedding for are refused."""
+    root, cfg, model_dir, _ = world
     from threadsum.evaluate.run import EvaluationError
 
+    bare = tmp_path / "run" / "model"
+    shutil.copytree(model_dir, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    model_dir = bare
     other, _ = build_prepared(tmp_path / "other", n_test=2, n_train=2)
     ds = datasets.load_from_disk(str(other / "tokenized"))
     big = ds["test"].map(lambda r: {"input_ids": r["input_ids"] + [99_999]})
     datasets.DatasetDict({"train": ds["train"], "validation": ds["validation"], "test": big}).save_to_disk(str(tmp_path / "tok2"))
-    import shutil
-
     shutil.rmtree(other / "tokenized")
     shutil.move(str(tmp_path / "tok2"), str(other / "tokenized"))
     bad = cfg.model_copy(update={"data": cfg.data.model_copy(update={"prepared_dir": str(other)})})

@@ -242,13 +242,16 @@ def build_sourcedir(cfg: Config, dest: str | Path) -> Path:
 def _data_plan(cfg: Config) -> tuple[str, Path, dict[str, str]]:
     """(channel, local path, extra hyperparameters) of the data the job needs."""
     from threadsum.data.prepared import PreparedDataError, open_prepared
+    from threadsum.data.tokenizer_check import check_prepared_for_model
 
     prepared = Path(cfg.data.prepared_dir)
     try:
         open_prepared(prepared)
-        return container.CHANNEL_PREPARED, prepared, {}
     except PreparedDataError:
         pass
+    else:
+        check_prepared_for_model(cfg)  # the job would train on ids from another vocabulary
+        return container.CHANNEL_PREPARED, prepared, {}
     if cfg.data.source and Path(cfg.data.source).exists():
         src = Path(cfg.data.source)
         extra = {container.HP_RAW_NAME: src.name} if src.is_file() else {}

@@ -159,7 +159,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
     from threadsum.deps import require
 
     require("datasets", "train")
-    from threadsum.model import load_tokenizer, tokenizer_source, train_tokenizer
+    from threadsum.model import load_tokenizer, save_tokenizer, tokenizer_source, train_tokenizer
 
     d = cfg.data
     timings: dict[str, float] = {}
@@ -257,9 +257,10 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         if tokenizer is None:
             train_ids = [c for c in cleaned if split_of[c.thread_id] == "train"] or cleaned
             texts = [plain[c.thread_id] for c in train_ids] + [c.summary or "" for c in train_ids]
-            tokenizer = train_tokenizer(texts, cfg.model.tiny.vocab_size, tok_dir)
+            tokenizer = train_tokenizer(texts, cfg.model.tiny.vocab_size, tok_dir,
+                                        max_positions=cfg.model.tiny.max_position_embeddings)
         else:
-            tokenizer.save_pretrained(str(tok_dir))
+            save_tokenizer(tokenizer, tok_dir)
         lap("tokenizer")
 
         # ---- render with the budget (batched: one tokenizer call for all full renderings)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from threadsum.config import Config
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
+from threadsum.data.tokenizer_check import check_tokenizer_matches
 from threadsum.deps import require
 from threadsum.devices import resolve_device, resolve_dtype
 from threadsum.errors import UserError
@@ -166,6 +167,13 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
 
     prepared, sequences, records = _read_split(cfg, split, model_dir)
     model, tokenizer, device, dtype = _load(model_dir, cfg, prepared.tokenizer_dir)
+    trained_on = _trained_on(model_dir)
+    check_tokenizer_matches(
+        prepared.root, tokenizer, model_tokenizer=str(model_dir),
+        fix=(f"Fix: point data.prepared_dir at the data the model was trained on"
+             + (f" (its config.yaml says data.prepared_dir={trained_on})" if trained_on else "")
+             + f", or prepare this data again for it with model.tokenizer={model_dir}"),
+    )
     vocab = model.get_input_embeddings().weight.shape[0]
     top = max((max(s) for s in sequences if s), default=0)
     if top >= vocab:

@@ -79,12 +79,13 @@ def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, 
     """Write a from_pretrained-loadable tiny summarizer folder (tokenizer, weights, config.yaml)."""
     import torch
 
-    from threadsum.model import SPECIAL_TOKENS, build_random_model, train_tokenizer
+    from threadsum.model import SPECIAL_TOKENS, build_random_model, finalize_model_folder, train_tokenizer
 
     cfg = tiny_config(overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(sample_texts(seed=seed), cfg.model.tiny.vocab_size, out)
+    tokenizer = train_tokenizer(sample_texts(seed=seed), cfg.model.tiny.vocab_size, out,
+                                max_positions=cfg.model.tiny.max_position_embeddings)
     torch.manual_seed(seed)
     model = build_random_model(cfg.model, tokenizer)
     # an untrained model picks single bytes as often as words, and lone bytes of multi-byte
@@ -96,4 +97,5 @@ def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, 
             bias[:, len(SPECIAL_TOKENS):first_merge] = -1e4
     model.save_pretrained(str(out))
     cfg.save(out)
+    finalize_model_folder(out, model)
     return out
