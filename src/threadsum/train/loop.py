@@ -102,10 +102,12 @@ class Run:
 
     @property
     def ckpt_root(self) -> Path:
+        """``<output_dir>/checkpoints``."""
         return self.out_dir / CHECKPOINTS_DIR
 
     @property
     def metrics_path(self) -> Path:
+        """``<output_dir>/metrics.jsonl``."""
         return self.out_dir / METRICS_FILE
 
     @property

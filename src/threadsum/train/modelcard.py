@@ -17,6 +17,8 @@ def _fmt(v: Any) -> str:
 
 
 def write_model_card(model_dir: str | Path, cfg: Config, summary: dict[str, Any], data_counts: dict[str, Any]) -> Path:
+    """Write ``model_dir/README.md``: base model, adaptation, data counts per split, training setup and
+    the run's metrics (``summary``: the run summary of ``train``). Returns its path."""
     model_dir = Path(model_dir)
     base = "random init (" + ", ".join(f"{k}={v}" for k, v in cfg.model.tiny.model_dump().items()) + ")" \
         if cfg.model.init == "random" else str(cfg.model.name_or_path)
