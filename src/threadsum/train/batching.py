@@ -188,8 +188,11 @@ def collate(
 ) -> dict[str, Any]:
     """Pad a micro-batch to lengths rounded up to ``multiple``; build BART's shifted decoder input.
 
-    Returns tensors plus ``n_label_tokens`` (the loss denominator) and ``n_real_tokens`` (source +
-    target tokens that are not padding: the honest throughput numerator).
+    ``input_ids``/``labels``: token ids per thread. Returns int64 tensors ``input_ids`` and
+    ``attention_mask`` [batch, src_len], ``decoder_input_ids`` ([start] + labels[:-1], pad elsewhere)
+    and ``labels`` (-100 on padding) [batch, tgt_len], plus ``n_label_tokens`` (the loss denominator),
+    ``n_real_tokens`` (source + target tokens that are not padding: the honest throughput numerator)
+    and ``n_padded_tokens`` (batch x (src_len + tgt_len)).
     """
     import torch
 
