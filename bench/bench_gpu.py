@@ -404,8 +404,8 @@ def _serve_splits_from_memory(work: Path) -> None:
     split = _MemorySplit(tokens["input_ids"], tokens["labels"])
     prepared_mod.Prepared.datasets = lambda self: {"train": split}
     if split.data is None:  # the loop reads token lengths from Arrow columns; pyarrow is missing too
-        real = loop._token_lengths
-        loop._token_lengths = lambda ds: (
+        real = loop.token_lengths
+        loop.token_lengths = lambda ds: (
             (np.array([len(x) for x in ds.input_ids], dtype=np.int64), np.array([len(y) for y in ds.labels], dtype=np.int64))
             if isinstance(ds, _MemorySplit) else real(ds))
 

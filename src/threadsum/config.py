@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from threadsum.errors import ConfigError  # noqa: F401 - re-exported: callers import it from here
 
@@ -197,6 +197,10 @@ class TrainConfig(_Section):
     """Target tokens per chunk of the LM-head loss: never builds the full fp32 logits (train/loss.py); 0: plain full-logits path (always used with several processes)."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm (0 disables)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A non-finite loss or gradient norm: 'stop' fails the run at that step (exit 4, no checkpoint of it, the last good one kept); 'skip' skips the update and counts it."""
+    max_nonfinite_skips: int = Field(10, ge=1)
+    """With on_nonfinite=skip: the run fails (exit 4) when this many steps in a row are non-finite."""
     eval_every_steps: int = Field(200, ge=0)
     """Validation loss every N optimizer steps (0: only at the end)."""
     eval_rouge_samples: int = Field(0, ge=0)
@@ -215,24 +219,28 @@ class TrainConfig(_Section):
     """Choose levers and the largest micro-batch budget that fit the device (see 'threadsum plan')."""
     memory_limit_gb: float = Field(0.0, ge=0)
     """CPU: treat RSS above this as out-of-memory and back off (0: off)."""
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
-    """Distributed strategy when launched with several processes."""
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Distributed strategy when launched with several processes (see train/distributed.py)."""
     fsdp_sharding: Literal["full_shard", "shard_grad_op"] = "full_shard"
     """FSDP: 'full_shard' re-gathers layer weights for backward (least memory); 'shard_grad_op' keeps them from forward to backward."""
     fsdp_cpu_offload: bool = False
     """FSDP: keep sharded parameters and optimizer state in CPU memory (slower; fits bigger models)."""
-    deepspeed_stage: Literal[2, 3] = 2
-    """DeepSpeed ZeRO stage when train.strategy=deepspeed."""
     dist_timeout_minutes: float = Field(30.0, gt=0)
     """A collective that waits longer than this (a dead or stuck rank) fails the run instead of hanging."""
-    num_workers: int = Field(0, ge=0)
-    """DataLoader worker processes."""
     compute_max_tokens: int = Field(0, ge=0)
     """Largest piece of a micro-batch run in one forward/backward (0: max_tokens); pieces are accumulated, the step is unchanged."""
     oom_backoff_after: int = Field(2, ge=1)
     """After this many out-of-memory events, keep the lowered piece budget for the rest of the run."""
     export_best: bool = False
     """Export the weights of the best-validation checkpoint to model/ instead of the last step's."""
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _no_deepspeed(cls, value: Any) -> Any:
+        if value == "deepspeed":
+            raise ValueError("deepspeed is not supported by the training loop; use train.strategy=fsdp "
+                             "(fsdp_sharding=full_shard is the ZeRO-3 equivalent, shard_grad_op the ZeRO-2 one)")
+        return value
 
 
 # ------------------------------------------------------------------------------------ evaluate
@@ -410,6 +418,51 @@ class Config(_Section):
         tmp.write_text(self.to_yaml())
         tmp.replace(path)
         return path
+
+
+# ------------------------------------------------------------------------- comparing configs
+BOOKKEEPING_KEYS = (
+    "name", "train.output_dir", "train.resume", "train.log_every_steps", "train.checkpoint_every_steps",
+    "train.checkpoint_every_minutes", "train.keep_last", "train.memory_limit_gb", "train.auto_fit",
+    "train.dist_timeout_minutes", "data.prepared_dir", "data.num_proc", "sagemaker.role", "sagemaker.s3_prefix",
+    "track.", "serve.",
+)
+"""Settings that change no figure a run reports: where it writes, how often it logs or saves, how it is
+tracked or served. Keys ending in '.' name a whole section. (The run list hides changes of these.)"""
+
+WEIGHT_NEUTRAL_KEYS = BOOKKEEPING_KEYS + (
+    "train.eval_every_steps", "train.eval_rouge_samples", "data.source", "data.strict",
+    # distributed layout: the same math on any strategy or world size (see train/distributed.py)
+    "train.strategy", "train.fsdp_sharding", "train.fsdp_cpu_offload",
+    "eval.", "sagemaker.",
+)
+"""Settings that do not change the trained weights: bookkeeping, what is measured, the raw data source
+once prepared, the distributed layout. A resumed run warns about a change of any other setting."""
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}} -> {'a.b': 1}``: nested sections become dotted keys (lists stay values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differing_settings(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for each setting that differs between two config dicts
+    (``Config.to_dict()`` shape), sorted by key; ``ignore`` holds keys and 'section.' prefixes to skip."""
+    a, b = flatten(old or {}), flatten(new or {})
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if any(key == n or (n.endswith(".") and key.startswith(n)) for n in ignore):
+            continue
+        if a.get(key) != b.get(key):
+            out.append((key, a.get(key), b.get(key)))
+    return out
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -69,3 +69,10 @@ class OutOfMemoryError(ThreadsumError):
     """Out of memory even for a single thread per piece (the OOM recovery has nothing left to split)."""
 
     exit_code = ExitCode.OOM
+
+
+class DivergedError(ThreadsumError):
+    """Training diverged: the loss or gradient norm became non-finite, or weights to export hold NaN/inf.
+    No checkpoint or model of the bad weights is written (exit 4)."""
+
+    exit_code = ExitCode.DIVERGED

@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from threadsum.config import BOOKKEEPING_KEYS, differing_settings
 from threadsum.errors import UserError
-from threadsum.track import RECORD_FILE, flatten
+from threadsum.track import RECORD_FILE
 
 # config keys that differ between any two runs without changing the experiment
-_NOISE_KEYS = ("train.output_dir", "data.prepared_dir", "track.", "serve.", "sagemaker.role", "sagemaker.s3_prefix")
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -329,13 +329,8 @@ def _md_escape(text: str) -> str:
 
 
 def _config_changes(prev: dict, cur: dict, limit: int = 10) -> list[str]:
-    a, b = flatten(prev or {}), flatten(cur or {})
-    changes = []
-    for k in sorted(set(a) | set(b)):
-        if any(k == n or (n.endswith(".") and k.startswith(n)) for n in _NOISE_KEYS):
-            continue
-        if a.get(k) != b.get(k):
-            changes.append(f"`{k}`: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}")
+    changes = [f"`{k}`: {json.dumps(old)} -> {json.dumps(new)}"
+               for k, old, new in differing_settings(prev, cur, BOOKKEEPING_KEYS)]
     if len(changes) > limit:
         changes = changes[:limit] + [f"... and {len(changes) - limit} more"]
     return changes

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from threadsum import __version__
-from threadsum.config import Config
+from threadsum.config import Config, flatten
 from threadsum.deps import MissingExtraError, require
 from threadsum.errors import UserError
 
@@ -74,18 +74,6 @@ def resolve_tracking_uri(cfg: Config, output_dir: str | Path) -> Optional[str]:
 
 def _uses_default_backend(cfg: Config) -> bool:
     return not (cfg.track.tracking_uri or "").strip() and not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1} (lists stay values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _param_value(v: Any, limit: int = 6000) -> str:

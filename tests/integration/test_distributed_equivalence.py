@@ -20,8 +20,7 @@ torch = pytest.importorskip("torch")
 from dist_fixture import STEPS, dist_config, final_weights, launcher_cmd, losses, worker_env, write_config  # noqa: E402
 from train_fixture import make_prepared  # noqa: E402
 
-from threadsum.train.checkpoint import list_checkpoints  # noqa: E402
-from threadsum.train.distributed import SHARDED_DIR  # noqa: E402
+from threadsum.train.checkpoint import SHARDED_DIR, list_checkpoints  # noqa: E402
 from threadsum.train.loop import train  # noqa: E402
 
 RTOL = 1e-5

@@ -18,7 +18,8 @@ from train_fixture import make_prepared  # noqa: E402
 
 from threadsum.train.checkpoint import list_checkpoints  # noqa: E402
 from threadsum.train.launch import child_pids  # noqa: E402
-from threadsum.train.loop import EXIT_PREEMPTED, train  # noqa: E402
+from threadsum.errors import ExitCode  # noqa: E402
+from threadsum.train.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +79,7 @@ def test_sigterm_to_one_rank_stops_all_with_one_checkpoint_then_resumes(prepared
     finally:
         if launcher.poll() is None:
             launcher.kill()
-    assert launcher.returncode == EXIT_PREEMPTED, output[-4000:]
+    assert launcher.returncode == ExitCode.PREEMPTED, output[-4000:]
     # the ranks exited by themselves with 75 after the checkpoint: none was killed by torchrun
     assert "exitcode  : 75" in output and "Signal 15" not in output and "SIGKILL" not in output, output[-4000:]
     assert not any(Path(f"/proc/{pid}").exists() for pid in ranks.values())

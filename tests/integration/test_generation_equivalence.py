@@ -13,8 +13,9 @@ torch = pytest.importorskip("torch")
 from train_fixture import make_prepared, tiny_config  # noqa: E402
 
 from threadsum.evaluate.run import evaluate  # noqa: E402
-from threadsum.generation import generate_texts, length_sorted_batches  # noqa: E402
+from threadsum.generation import length_sorted_batches  # noqa: E402
 from threadsum.inference.summarizer import Summarizer  # noqa: E402
+from threadsum.train.evaluation import validation_summaries  # noqa: E402
 from threadsum.train.loop import train  # noqa: E402
 
 
@@ -64,7 +65,7 @@ def test_evaluate_summarizer_and_exported_generate_agree(trained, tmp_path):
 
 
 def test_validation_rouge_decodes_as_evaluate_does(trained, tmp_path):
-    """Validation ROUGE during training calls generation.generate_texts on the prepared ids."""
+    """The summaries validation ROUGE scores during training are the ones evaluate writes."""
     from datasets import load_from_disk
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -75,5 +76,7 @@ def test_validation_rouge_decodes_as_evaluate_does(trained, tmp_path):
     ds = load_from_disk(str(prepared / "tokenized"))["validation"]
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
-    got = generate_texts(model, tok, ds["input_ids"], cfg.eval.generation, torch.device("cpu"))
+    model.train()  # as during training: validation_summaries switches to eval mode and back
+    got, _ = validation_summaries(model, tok, ds, len(ds), cfg, torch.device("cpu"))
     assert got == [by_id[t] for t in ds["thread_id"]]
+    assert model.training

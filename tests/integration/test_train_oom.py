@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 
 from train_fixture import make_prepared, tiny_config  # noqa: E402
 
-from threadsum.train.loop import INJECT_OOM_ENV, train  # noqa: E402
+from threadsum.train.loop import train  # noqa: E402
+from threadsum.train.step import INJECT_OOM_ENV  # noqa: E402
 
 
 @pytest.fixture(scope="module")

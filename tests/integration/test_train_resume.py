@@ -23,7 +23,8 @@ torch = pytest.importorskip("torch")
 from train_fixture import make_prepared, tiny_config  # noqa: E402
 
 from threadsum.train.checkpoint import FAULT_CHECKPOINT_CRASH_ENV, FAULT_EXIT_CODE, list_checkpoints  # noqa: E402
-from threadsum.train.loop import EXIT_PREEMPTED, train  # noqa: E402
+from threadsum.errors import ExitCode  # noqa: E402
+from threadsum.train.loop import train  # noqa: E402
 
 MAX_STEPS = 12
 
@@ -119,7 +120,7 @@ def test_sigterm_writes_checkpoint_and_exits_with_documented_code(prepared, refe
     _wait_for_step(proc, out / "metrics.jsonl", 4)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_PREEMPTED, output[-3000:]
+    assert proc.returncode == ExitCode.PREEMPTED, output[-3000:]
     ckpts = list_checkpoints(out / "checkpoints")
     assert len(ckpts) == 1 and 4 <= ckpts[0][0] < MAX_STEPS
     record = json.loads((out / "run.json").read_text())

@@ -7,11 +7,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from threadsum.train.batching import TokenBudgetSampler  # noqa: E402
+from threadsum.train import checkpoint  # noqa: E402
 from threadsum.train.checkpoint import (  # noqa: E402
     CheckpointError,
     TrainState,
     config_differences,
     list_checkpoints,
+    plain,
 )
 
 
@@ -40,7 +42,7 @@ def test_round_trip_restores_everything_and_continues_identically(tmp_path):
     a = _state()
     for _ in range(3):
         _train_step(a)
-    a.save(tmp_path, keep_last=2)
+    plain.save(a, tmp_path, keep_last=2)
     for _ in range(2):
         _train_step(a)
     after_a = [p.detach().clone() for p in a.model.parameters()]
@@ -48,7 +50,7 @@ def test_round_trip_restores_everything_and_continues_identically(tmp_path):
     expected_sampler = _state_after(3)
     b = _state(seed=99)  # different init and RNG: everything must come from the checkpoint
     random.seed(5)
-    assert b.load(tmp_path / "step-00000003") == []
+    assert checkpoint.load(b, tmp_path / "step-00000003") == []
     assert b.counters.step == 3 and b.sampler.state_dict() == expected_sampler
     for _ in range(2):
         _train_step(b)
@@ -69,12 +71,12 @@ def test_keep_last_plus_best_and_marker(tmp_path):
         _train_step(st)
         if step == 2:
             st.counters.best_step = 2
-        st.save(tmp_path, keep_last=2)
+        plain.save(st, tmp_path, keep_last=2)
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 5, 6]
     (tmp_path / "step-00000006" / "model.safetensors").write_bytes(b"torn")  # size no longer matches the marker
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2, 5]
     with pytest.raises(CheckpointError, match="incomplete or corrupt"):
-        _state().load(tmp_path / "step-00000006")
+        checkpoint.load(_state(), tmp_path / "step-00000006")
 
 
 def test_config_differences_name_settings_that_matter():

@@ -170,7 +170,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     trained_on = _trained_on(model_dir)
     check_tokenizer_matches(
         prepared.root, tokenizer, model_tokenizer=str(model_dir),
-        fix=(f"Fix: point data.prepared_dir at the data the model was trained on"
+        fix=("Fix: point data.prepared_dir at the data the model was trained on"
              + (f" (its config.yaml says data.prepared_dir={trained_on})" if trained_on else "")
              + f", or prepare this data again for it with model.tokenizer={model_dir}"),
     )

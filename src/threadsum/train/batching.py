@@ -28,6 +28,7 @@ SAMPLER_FINGERPRINT = "fingerprint"
 
 
 def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (tokens)."""
     return ((n + multiple - 1) // multiple) * multiple
 
 
@@ -98,12 +99,6 @@ def split_micro_batch(indices: list[int], src_lens, tgt_lens, max_tokens: int, m
     return pieces
 
 
-def halve(indices: list[int], src_lens, tgt_lens) -> list[list[int]]:
-    members = sorted(indices, key=lambda i: (src_lens[i], tgt_lens[i]))
-    mid = len(members) // 2
-    return [members[:mid], members[mid:]]
-
-
 @dataclass
 class TokenBudgetSampler:
     """Endless stream of micro-batches over epochs; ``next_step()`` returns this rank's share of one
@@ -129,6 +124,7 @@ class TokenBudgetSampler:
 
     # ---- shape of an epoch
     def batches_for_epoch(self, epoch: int) -> list[list[int]]:
+        """All micro-batches (lists of row indices) of ``epoch``, in order (cached for the current epoch)."""
         if self._epoch_of_batches != epoch:
             self._epoch_batches = plan_micro_batches(
                 self.src_lens, self.tgt_lens, self.max_tokens, self.max_batch_size,
@@ -143,6 +139,7 @@ class TokenBudgetSampler:
         return self.accumulation * self.world_size
 
     def steps_per_epoch(self) -> float:
+        """Optimizer steps per pass over the data (fractional)."""
         return len(self.batches_for_epoch(0)) / self.micro_batches_per_step
 
     # ---- stream
@@ -163,6 +160,7 @@ class TokenBudgetSampler:
 
     @property
     def fractional_epoch(self) -> float:
+        """Position in the stream in epochs (e.g. 1.25: a quarter into the second pass)."""
         return self.epoch + self.cursor / max(1, len(self.batches_for_epoch(self.epoch)))
 
     def fingerprint(self) -> str:
@@ -172,9 +170,11 @@ class TokenBudgetSampler:
                 f"seed={self.seed},per_step={self.micro_batches_per_step}")  # any world size x accumulation
 
     def state_dict(self) -> dict[str, Any]:
+        """Position (epoch, cursor) and the batching fingerprint: all a resume needs."""
         return {SAMPLER_EPOCH: self.epoch, SAMPLER_CURSOR: self.cursor, SAMPLER_FINGERPRINT: self.fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` position."""
         self.epoch = int(state[SAMPLER_EPOCH])
         self.cursor = int(state[SAMPLER_CURSOR])
 
@@ -188,8 +188,11 @@ def collate(
 ) -> dict[str, Any]:
     """Pad a micro-batch to lengths rounded up to ``multiple``; build BART's shifted decoder input.
 
-    Returns tensors plus ``n_label_tokens`` (the loss denominator) and ``n_real_tokens`` (source +
-    target tokens that are not padding: the honest throughput numerator).
+    ``input_ids``/``labels``: token ids per thread. Returns int64 tensors ``input_ids`` and
+    ``attention_mask`` [batch, src_len], ``decoder_input_ids`` ([start] + labels[:-1], pad elsewhere)
+    and ``labels`` (-100 on padding) [batch, tgt_len], plus ``n_label_tokens`` (the loss denominator),
+    ``n_real_tokens`` (source + target tokens that are not padding: the honest throughput numerator)
+    and ``n_padded_tokens`` (batch x (src_len + tgt_len)).
     """
     import torch
 
@@ -220,3 +223,26 @@ def collate(
         "n_real_tokens": n_src + n_lab,
         "n_padded_tokens": b * (ls + lt),
     }
+
+
+def token_lengths(ds) -> tuple[np.ndarray, np.ndarray]:
+    """Source and target lengths in tokens of every row of a tokenized split: two int64 arrays [rows],
+    read from Arrow's list lengths without materialising the tokens."""
+    import pyarrow.compute as pc
+
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    src = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    tgt = pc.list_value_length(table.column("labels")).to_numpy(zero_copy_only=False)
+    return src.astype(np.int64), tgt.astype(np.int64)
+
+
+class BatchFetcher:
+    """Collation by index: ``fetcher(indices)`` reads those rows from a (memory-mapped) tokenized
+    split and returns :func:`collate`'s padded batch; tokens stay in Arrow, not in Python lists."""
+
+    def __init__(self, ds, pad_id: int, decoder_start_id: int, multiple: int):
+        self.ds, self.pad_id, self.decoder_start_id, self.multiple = ds, pad_id, decoder_start_id, multiple
+
+    def __call__(self, indices: list[int]) -> dict[str, Any]:
+        rows = self.ds[indices]
+        return collate(rows["input_ids"], rows["labels"], self.pad_id, self.decoder_start_id, self.multiple)

@@ -17,7 +17,7 @@ Signals: the workers run in a session of their own, so a terminal's Ctrl-C reach
 only; SIGTERM and SIGINT are forwarded once per signal to every worker (not to torchrun, which
 would SIGKILL workers still writing their checkpoint after 30 s). A second Ctrl-C forwards a second
 SIGINT, which aborts the workers at once. Preempted workers exit 75 each; torchrun reports that
-as a failure (exit 1), so the launcher reads the run record and returns 75 (EXIT_PREEMPTED) when
+as a failure (exit 1), so the launcher reads the run record and returns 75 (ExitCode.PREEMPTED) when
 the run stopped with a checkpoint.
 """
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _preempted_since(output_dir: Optional[Path], started: float) -> bool:
 def launch_torchrun(config_path: Optional[str | Path], overrides: Sequence[str], nproc: int) -> int:
     """Run ``threadsum train`` on ``nproc`` local processes; returns the training exit code."""
     from threadsum.config import load_config
-    from threadsum.train.loop import EXIT_PREEMPTED
+    from threadsum.errors import ExitCode
 
     cfg = load_config(config_path, list(overrides))  # fail here, once, on a bad config
     output_dir = Path(cfg.train.output_dir)
@@ -123,7 +123,7 @@ def launch_torchrun(config_path: Optional[str | Path], overrides: Sequence[str],
         for s, h in old.items():
             signal.signal(s, h)
     if rc != 0 and _preempted_since(output_dir, started):
-        return EXIT_PREEMPTED
+        return int(ExitCode.PREEMPTED)
     if rc < 0:  # torchrun itself died of a signal
         return 128 - rc
     return rc

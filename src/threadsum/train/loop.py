@@ -1,612 +1,316 @@
-"""The training loop: one explicit function, read top to bottom.
+"""The training loop: ``train(cfg)`` builds the run, runs optimizer steps, then finishes it.
 
     threadsum train --config configs/tiny.yaml
 
-Outputs in ``train.output_dir``: ``checkpoints/step-XXXXXXXX/`` (see checkpoint.py), ``metrics.jsonl``
-(one JSON record per log step, evaluation and event), ``run.json`` (the run record), ``config.yaml``
-and ``model/`` (Hugging Face folder: safetensors weights, tokenizer, generation config, the resolved
-threadsum ``config.yaml`` and a README.md model card).
+Outputs in ``train.output_dir``: ``checkpoints/step-XXXXXXXX/`` (see checkpoint/layout.py),
+``metrics.jsonl`` (one JSON record per log step, evaluation and event), ``run.json`` (the run record),
+``config.yaml`` and ``model/`` (see export.py).
 
-Exit codes of ``threadsum train`` (``train_command``):
+Exit codes of ``threadsum train`` (the table is :class:`threadsum.errors.ExitCode`):
 
-    EXIT_OK         0    finished; model/ written
-    EXIT_FAILED     1    crashed (the run record says why)
-    EXIT_CONFIG     2    invalid configuration or missing prepared data
-    EXIT_OOM        3    out of memory even for a single thread per piece
-    EXIT_PREEMPTED  75   SIGTERM or SIGINT: the current optimizer step finished, a checkpoint was
-                         written; run the same command again to resume (75 is EX_TEMPFAIL of
-                         sysexits.h: "temporary failure, retry later")
-    EXIT_ABORTED    130  a second SIGINT: stopped at once, no checkpoint (128 + SIGINT)
+    OK          0    finished; model/ written
+    FAILURE     1    crashed (the run record says why)
+    USAGE       2    invalid configuration, missing prepared data, unusable checkpoint
+    OOM         3    out of memory even for a single thread per piece
+    DIVERGED    4    the loss or gradient norm became non-finite (train.on_nonfinite); no checkpoint
+                     of that step, the last good one kept; model/ not written
+    PREEMPTED   75   SIGTERM or SIGINT: the current optimizer step finished, a checkpoint was
+                     written; run the same command again to resume
+    ABORTED     130  a second SIGINT: stopped at once, no checkpoint
 
-Fault-injection switches for tests (environment): ``THREADSUM_INJECT_OOM=3,7`` raises a simulated
-out-of-memory error in the first forward pass of those optimizer steps (1-based);
-``THREADSUM_FAULT_CHECKPOINT_CRASH_AT_STEP=N`` exits abruptly while writing checkpoint N.
+Fault-injection switches for tests (environment): ``THREADSUM_INJECT_OOM`` (step.py) and
+``THREADSUM_FAULT_CHECKPOINT_CRASH_AT_STEP`` (checkpoint/layout.py).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import random
 import signal
 import sys
-import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from threadsum.config import Config
-from threadsum.devices import resolve_precision
+from threadsum.devices import hardware_description, resolve_precision
+from threadsum.errors import DivergedError, ExitCode, OutOfMemoryError
+from threadsum.train import checkpoint
 from threadsum.train.batching import (
+    BatchFetcher,
     TokenBudgetSampler,
-    collate,
-    padded_cost,
     plan_micro_batches,
-    split_micro_batch,
+    token_lengths,
 )
-from threadsum.train.checkpoint import (
+from threadsum.train.checkpoint import plain, sharded
+from threadsum.train.checkpoint.layout import (
     CHECKPOINTS_DIR,
     CheckpointError,
-    Counters,
-    TrainState,
     list_checkpoints,
     remove_stale_tmp,
+    step_dir,
 )
+from threadsum.train.checkpoint.state import Counters, TrainState
 from threadsum.train.distributed import (
     accumulation_steps,
     build_accelerator,
-    consolidated_model,
-    load_model_weights,
     make_tracker,
     prepare_model_for_strategy,
-    save_train_state,
-    sync_step,
     uses_sharded_checkpoints,
     world_size,
 )
 from threadsum.train.distributed import finish as finish_distributed
-from threadsum.train.progress import Progress, current_rss_gb, peak_memory_gb
+from threadsum.train.evaluation import Validator
+from threadsum.train.export import consolidated_model, export_model
+from threadsum.train.metrics import (
+    METRICS_FILE,
+    Window,
+    append_jsonl,
+    run_summary,
+    truncate_metrics,
+)
+from threadsum.train.progress import Progress, peak_memory_gb
+from threadsum.train.signals import StopSignal
+from threadsum.train.step import StepResult, StepRunner
 
 log = logging.getLogger("threadsum.train")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
-EXIT_OOM = 3
-EXIT_PREEMPTED = 75
-EXIT_ABORTED = 130
 
-INJECT_OOM_ENV = "THREADSUM_INJECT_OOM"
-METRICS_FILE = "metrics.jsonl"
-MODEL_DIR = "model"
+@dataclass
+class Run:
+    """Everything one call of :func:`train` builds, filled in by the build steps in order."""
 
+    cfg: Config
+    out_dir: Path
+    tracker: Any
+    stop: StopSignal = field(default_factory=StopSignal)
+    accelerator: Any = None
+    accumulation: int = 1
+    precision: str = "fp32"
+    autocast: Callable[[], Any] = nullcontext
+    scaler: Any = None
+    tokenizer: Any = None
+    splits: dict[str, Any] = field(default_factory=dict)
+    sampler: Optional[TokenBudgetSampler] = None
+    total_steps: int = 0
+    model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    n_params: int = 0
+    n_trainable: int = 0
+    stepper: Optional[StepRunner] = None
+    validator: Optional[Validator] = None
+    state: Optional[TrainState] = None
+    progress: Optional[Progress] = None
+    window: Window = field(default_factory=Window)
+    last_ckpt_time: float = field(default_factory=time.monotonic)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    val_metrics: dict[str, Any] = field(default_factory=dict)
 
-class OutOfMemory(RuntimeError):
-    """Out of memory that splitting cannot fix (one thread per piece already)."""
+    @property
+    def counters(self) -> Counters:
+        """The live counters (restored on resume)."""
+        return self.state.counters if self.state is not None else Counters()
 
+    @property
+    def ckpt_root(self) -> Path:
+        """``<output_dir>/checkpoints``."""
+        return self.out_dir / CHECKPOINTS_DIR
 
-class _SimulatedOOM(RuntimeError):
-    """Raised by the fault-injection switch and by the CPU memory ceiling; handled like CUDA OOM."""
+    @property
+    def metrics_path(self) -> Path:
+        """``<output_dir>/metrics.jsonl``."""
+        return self.out_dir / METRICS_FILE
 
-
-# ------------------------------------------------------------------------------------ helpers
-class StopSignal:
-    """SIGTERM/SIGINT ask the loop to stop after the current optimizer step; a second SIGINT aborts."""
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        log.warning("received %s: finishing the current optimizer step, then writing a checkpoint "
-                    "(press Ctrl-C again to abort at once without one)", signal.Signals(signum).name)
-
-
-def _injected_oom_steps() -> set[int]:
-    raw = os.environ.get(INJECT_OOM_ENV, "").strip()
-    try:
-        return {int(x) for x in raw.split(",") if x.strip()}
-    except ValueError:
-        raise ValueError(f"{INJECT_OOM_ENV}='{raw}' must be comma-separated step numbers, e.g. 3,7") from None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, (torch.OutOfMemoryError, _SimulatedOOM)) or "out of memory" in str(exc).lower()
-
-
-def _free_memory() -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _token_lengths(ds) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow.compute as pc
-
-    table = ds.data.table if hasattr(ds.data, "table") else ds.data
-    src = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
-    tgt = pc.list_value_length(table.column("labels")).to_numpy(zero_copy_only=False)
-    return src.astype(np.int64), tgt.astype(np.int64)
-
-
-class _Fetch:
-    """Rows by index from a (memory-mapped) split; tokens stay in Arrow, not in Python lists."""
-
-    def __init__(self, ds, pad_id: int, start_id: int, multiple: int):
-        self.ds, self.pad_id, self.start_id, self.multiple = ds, pad_id, start_id, multiple
-
-    def __call__(self, indices: list[int]) -> dict[str, Any]:
-        rows = self.ds[indices]
-        return collate(rows["input_ids"], rows["labels"], self.pad_id, self.start_id, self.multiple)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop records the interrupted run wrote after its last checkpoint (they are redone)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
-
-
-# ----------------------------------------------------------------------------------- evaluation
-def validation_loss(model, fetch: _Fetch, batches: list[list[int]], device, autocast) -> float:
-    """Mean token cross-entropy (no label smoothing) over the validation split."""
-    import torch
-    import torch.nn.functional as F
-
-    total, n = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for indices in batches:
-            b = fetch(indices)
-            with autocast():
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                               decoder_input_ids=b["decoder_input_ids"].to(device)).logits
-            labels = b["labels"].to(device)
-            total += F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
-                                     ignore_index=-100, reduction="sum").item()
-            n += b["n_label_tokens"]
-    model.train()
-    return total / max(1, n)
-
-
-def validation_rouge(model, tokenizer, ds, n: int, cfg: Config, device) -> float:
-    """ROUGE-L F1 (x100) of generated summaries on the first ``n`` validation threads (bounded cost).
-
-    Decoding goes through :func:`threadsum.generation.generate_texts`, as ``evaluate`` and the
-    Summarizer do, so this figure scores the summaries those would produce.
-    """
-    from rouge_score import rouge_scorer
-
-    from threadsum.deps import require
-    from threadsum.generation import decode, generate_texts
-
-    require("rouge_score", "train")
-    rows = ds[list(range(min(n, len(ds))))]
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    model.eval()
-    preds = generate_texts(model, tokenizer, rows["input_ids"], cfg.eval.generation, device)
-    refs = decode(tokenizer, rows["labels"])
-    model.train()
-    scores = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(refs, preds)]
-    return 100.0 * float(np.mean(scores)) if scores else float("nan")
-
-
-# ------------------------------------------------------------------------------------- export
-def export_model(model, tokenizer, cfg: Config, out_dir: Path, summary: dict[str, Any], data_counts: dict[str, Any]) -> Path:
-    """Write model/ atomically: weights (safetensors), tokenizer, generation config, config.yaml, README.md."""
-    import shutil
-
-    from threadsum.generation import build_generation_config
-    from threadsum.train.modelcard import write_model_card
-
-    final = out_dir / MODEL_DIR
-    tmp = out_dir / f".tmp-{MODEL_DIR}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    if cfg.model.lora.enabled and cfg.model.lora.merge_on_export:
-        model = model.merge_and_unload()
-    base_config = getattr(model, "config", None)
-    if base_config is not None:
-        base_config.use_cache = True  # training turned the KV cache off; generation wants it
-    gen_cfg = build_generation_config(cfg.eval.generation, model)
-    model.generation_config = gen_cfg
-    model.save_pretrained(str(tmp))
-    gen_cfg.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    cfg.save(tmp)
-    write_model_card(tmp, cfg, summary, data_counts)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one writer of metrics, run record and model/."""
+        return self.accelerator is None or self.accelerator.is_main_process
 
 
 # ---------------------------------------------------------------------------------------- train
 def train(cfg: Config) -> dict[str, Any]:
-    """Train per ``cfg`` (resuming when a checkpoint exists); returns the run summary with ``exit_code``."""
-    import torch
-    import torch.nn.functional as F
-    from accelerate.state import AcceleratorState
+    """Train per ``cfg`` (resuming when a checkpoint exists); returns the run summary with ``status``
+    ('finished', 'preempted', 'aborted') and ``exit_code``.
 
-    from threadsum.data.prepared import open_prepared
-    from threadsum.model import load_model, load_tokenizer, prepare_for_training
-    from threadsum.train.modelcard import hardware_description
-    from threadsum.train.optim import build_optimizer, build_scheduler
-
+    Raises the errors of its parts: :class:`~threadsum.errors.ConfigError` and other UserErrors
+    (exit 2), :class:`~threadsum.errors.OutOfMemoryError` (exit 3),
+    :class:`~threadsum.errors.DivergedError` (exit 4); the run record says why.
+    """
     # changing shapes (token-budget batches) fragment CUDA's caching allocator; expandable segments
     # measured faster than plain caching. The allocator reads this once, when CUDA initialises, and
     # the tracker below may initialise CUDA (device name), so it is set first. Harmless on CPU.
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    tc = cfg.train
-    out_dir = Path(tc.output_dir)
+    out_dir = Path(cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_root = out_dir / CHECKPOINTS_DIR
-    metrics_path = out_dir / METRICS_FILE
     tracker = make_tracker(cfg, out_dir, "train")  # distributed: rank 0 writes the run record, others no-op
     tracker.start()
-    stop = StopSignal()
-    stop.install()
-    progress: Optional[Progress] = None
-    counters = Counters()
+    run = Run(cfg=cfg, out_dir=out_dir, tracker=tracker)
+    run.stop.install()
     try:
-        # ---------------------------------------------------------------- device and precision
-        if torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
-            # accelerate keeps a process-wide singleton; a second run in one process must start clean
-            AcceleratorState._reset_state(reset_partial_state=True)
-        random.seed(tc.seed)
-        np.random.seed(tc.seed)
-        torch.manual_seed(tc.seed)
-        # distributed: batch_tokens is global (all ranks); strategy per train.strategy (train/distributed.py)
-        accumulation = accumulation_steps(tc.batch_tokens, tc.max_tokens, world_size())
-        accelerator = build_accelerator(cfg, accumulation)
-        sharded_ckpt = uses_sharded_checkpoints(cfg)
-        device = accelerator.device
-        precision = resolve_precision(tc.precision, device)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-        def autocast():
-            return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-
-        # fp16 overflows without dynamic loss scaling; bf16 has fp32's range and needs none
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
-        # ---------------------------------------------------------------- data
-        prepared = open_prepared(cfg.data.prepared_dir)
-        tokenizer = load_tokenizer(str(prepared.tokenizer_dir))
-        splits = prepared.datasets()
-        train_ds = splits["train"]
-        if len(train_ds) == 0:
-            raise ValueError(f"the train split of '{cfg.data.prepared_dir}' is empty; prepare more data")
-        val_ds = splits["validation"] if "validation" in splits and len(splits["validation"]) else None
-        src_lens, tgt_lens = _token_lengths(train_ds)
-        sampler = TokenBudgetSampler(
-            src_lens, tgt_lens, tc.max_tokens, tc.max_batch_size, tc.pad_to_multiple_of, tc.seed,
-            accumulation=accumulation, rank=accelerator.process_index, world_size=accelerator.num_processes,
-        )
-        total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * sampler.steps_per_epoch()))
-
-        # ---------------------------------------------------------------- model and optimizer
-        model = prepare_for_training(load_model(cfg, tokenizer), cfg.model)
-        model = prepare_model_for_strategy(model, cfg)  # distributed: FSDP needs one tied-embedding module
-        model.config.use_cache = False  # no KV cache in teacher-forced training
-        model.train()
-        start_id = model.config.decoder_start_token_id
-        fetch = _Fetch(train_ds, tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of)
-        val_fetch = _Fetch(val_ds, tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of) if val_ds is not None else None
-        val_batches = (plan_micro_batches(*_token_lengths(val_ds), tc.max_tokens, tc.max_batch_size,
-                                          tc.pad_to_multiple_of, tc.seed, 0, shuffle=False) if val_ds is not None else [])
-        optimizer = build_optimizer(model, tc, device.type)
-        scheduler = build_scheduler(optimizer, tc, total_steps)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        n_params = sum(p.numel() for p in model.parameters())
-        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-        # ---------------------------------------------------------------- resume
-        state = TrainState(model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                           sampler=sampler, scaler=scaler, config=cfg.to_dict(), adapter_only=cfg.model.lora.enabled)
-        state.counters.compute_max_tokens = tc.compute_max_tokens or tc.max_tokens
-        resumed_from = _resume(state, tc.resume, ckpt_root)
-        counters = state.counters
-        if resumed_from is None and metrics_path.exists() and accelerator.is_main_process:
-            metrics_path.unlink()  # a fresh run in a used folder: old records would mix with new ones
-        if accelerator.is_main_process:  # distributed: one writer
-            _truncate_metrics(metrics_path, counters.step)
-            cfg.save(out_dir)
-        tracker.log_params({
-            "precision": precision, "device": str(device), "accumulation": accumulation, "total_steps": total_steps,
-            "n_params": n_params, "n_trainable_params": n_trainable, "world_size": accelerator.num_processes,
-            "train_threads": len(train_ds), "resumed_from": str(resumed_from) if resumed_from else None,
-            **{f"train.{k}": v for k, v in tc.model_dump(mode="json").items()},
-        })
-        log.info("training %s params (%s trainable) on %s, %s, %d micro-batches of <=%d tokens per step, %d steps",
-                 f"{n_params:,}", f"{n_trainable:,}", device, precision, accumulation, tc.max_tokens, total_steps)
-
-        oom_steps = _injected_oom_steps()
-        progress = Progress(total_steps, counters.step, enabled=accelerator.is_main_process)
-        window = {"t": 0.0, "real": 0, "padded": 0, "loss": 0.0, "steps": 0}
-        last_ckpt_time = time.monotonic()
-        last_metrics: dict[str, Any] = {}
-        val_metrics: dict[str, Any] = {}
-
-        def evaluate_now() -> dict[str, Any]:
-            t_eval = time.perf_counter()
-            m: dict[str, Any] = {"step": counters.step}
-            if val_fetch is not None:
-                m["val_loss"] = validation_loss(model, val_fetch, val_batches, device, autocast)
-                if tc.eval_rouge_samples:
-                    m["val_rougeL"] = validation_rouge(accelerator.unwrap_model(model), tokenizer, val_ds,
-                                                       tc.eval_rouge_samples, cfg, device)
-            m["eval_seconds"] = time.perf_counter() - t_eval
-            return m
-
-        def save_checkpoint() -> Path:
-            # distributed: DDP/plain: rank 0 writes, the others wait; FSDP: every rank writes its shard
-            return save_train_state(state, ckpt_root, tc.keep_last, accelerator, sharded_ckpt)
-
-        # ---------------------------------------------------------------- the loop
-        while counters.step < total_steps:
-            micro_batches = sampler.next_step()
-            # the step's gradient is the mean over all its label tokens, however it is split
-            # distributed: over all ranks' label tokens; averaging gradients across ranks divides by world size
-            step_label_tokens = sum(int(tgt_lens[i]) for mb in sampler.last_step_global for i in mb) / accelerator.num_processes
-            rng_at_step_start = torch.get_rng_state()
-            step_budget = counters.compute_max_tokens
-            t_step = time.perf_counter()
-            while True:  # one attempt per pass; an OOM redoes the step with smaller pieces
-                try:
-                    step_loss, step_real, step_padded = 0.0, 0, 0
-                    accelerator.step = 0  # accumulate() counts micro-batches; a redone step restarts the count
-                    for mb_index, indices in enumerate(micro_batches):
-                        with accelerator.accumulate(model):
-                            cost = padded_cost(src_lens[indices], tgt_lens[indices], tc.pad_to_multiple_of)
-                            pieces = ([indices] if cost <= step_budget else
-                                      split_micro_batch(indices, src_lens, tgt_lens, step_budget, tc.pad_to_multiple_of))
-                            for p_index, piece in enumerate(pieces):
-                                b = fetch(piece)
-                                last_piece = p_index == len(pieces) - 1
-                                # DDP: only the step's very last backward may all-reduce
-                                sync_ctx = nullcontext() if last_piece else accelerator.no_sync(model)
-                                with sync_ctx:
-                                    if counters.step + 1 in oom_steps and mb_index == 0 and p_index == 0:
-                                        oom_steps.discard(counters.step + 1)
-                                        raise _SimulatedOOM(f"injected out of memory ({INJECT_OOM_ENV})")
-                                    with autocast():
-                                        logits = model(input_ids=b["input_ids"].to(device, non_blocking=True),
-                                                       attention_mask=b["attention_mask"].to(device, non_blocking=True),
-                                                       decoder_input_ids=b["decoder_input_ids"].to(device, non_blocking=True)).logits
-                                        loss_sum = F.cross_entropy(
-                                            logits.float().view(-1, logits.shape[-1]),
-                                            b["labels"].to(device, non_blocking=True).view(-1),
-                                            ignore_index=-100, reduction="sum", label_smoothing=tc.label_smoothing)
-                                        del logits  # backward needs only the loss's log-softmax: holding logits costs 4 B x vocab per target token
-                                    if tc.memory_limit_gb and current_rss_gb() > tc.memory_limit_gb:
-                                        raise _SimulatedOOM(f"RSS {current_rss_gb():.2f} GB above train.memory_limit_gb={tc.memory_limit_gb}")
-                                    scaler.scale(loss_sum / step_label_tokens).backward()
-                                step_loss += loss_sum.detach()
-                                step_real += b["n_real_tokens"]
-                                step_padded += b["n_padded_tokens"]
-
-                            if accelerator.sync_gradients:
-                                if tc.max_grad_norm > 0:
-                                    scaler.unscale_(optimizer)
-                                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                                else:
-                                    grad_norm = None
-                                scale_before = scaler.get_scale() if scaler.is_enabled() else None
-                                scaler.step(optimizer)
-                                scaler.update()
-                                # note: get_scale() is a CPU-GPU sync point, paid only with fp16
-                                skipped = scaler.is_enabled() and scaler.get_scale() < scale_before
-                                if skipped:
-                                    counters.skipped_steps += 1
-                                else:
-                                    scheduler.step()
-                                optimizer.zero_grad(set_to_none=True)
-                    break
-                except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
-                    if not _is_oom(exc):
-                        raise
-                    del exc
-                    optimizer.zero_grad(set_to_none=True)
-                    _free_memory()
-                    largest = max(padded_cost(src_lens[mb], tgt_lens[mb], tc.pad_to_multiple_of) for mb in micro_batches)
-                    new_budget = min(step_budget, largest) // 2
-                    if new_budget < min(int(src_lens[i] + tgt_lens[i]) for mb in micro_batches for i in mb):
-                        raise OutOfMemory(
-                            f"out of memory at step {counters.step + 1} even with one thread per piece; lower "
-                            f"train.max_tokens, turn on model.gradient_checkpointing or use a bigger device "
-                            f"(see `threadsum plan`)") from None
-                    counters.oom_events += 1
-                    step_budget = new_budget
-                    if counters.oom_events >= tc.oom_backoff_after:
-                        counters.compute_max_tokens = min(counters.compute_max_tokens, new_budget)
-                    torch.set_rng_state(rng_at_step_start)  # the redo sees the same dropout stream
-                    event = {"event": "oom", "step": counters.step + 1, "oom_events": counters.oom_events,
-                             "piece_budget": step_budget, "run_budget": counters.compute_max_tokens}
-                    if accelerator.is_main_process:
-                        _append_jsonl(metrics_path, event)
-                    progress.message(f"out of memory at step {counters.step + 1}: redoing it in pieces of "
-                                     f"<= {step_budget} tokens (event {counters.oom_events}; budget for the rest of "
-                                     f"the run: {counters.compute_max_tokens})")
-            # distributed: one all-reduce per step: loss and token totals of all ranks, and whether any
-            # rank was signalled (then all stop after this step and checkpoint together)
-            step_loss, step_real, step_padded, stop_any = sync_step(
-                accelerator, step_loss, step_real, step_padded, stop.signum is not None)
-            if stop_any and stop.signum is None:
-                stop.signum = signal.SIGTERM
-            step_seconds = time.perf_counter() - t_step
-            counters.step += 1
-            counters.micro_steps += len(micro_batches)
-            counters.real_tokens += step_real
-            counters.padded_tokens += step_padded
-            counters.train_seconds += step_seconds
-            window["t"] += step_seconds
-            window["real"] += step_real
-            window["padded"] += step_padded
-            step_loss = step_loss / (step_label_tokens * accelerator.num_processes)
-            window["loss"] += step_loss
-            window["steps"] += 1
-
-            log_now = counters.step % tc.log_every_steps == 0 or counters.step == total_steps
-            last_metrics = {
-                "step": counters.step, "epoch": round(sampler.fractional_epoch, 4), "loss": step_loss,
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens_per_s": window["real"] / max(window["t"], 1e-9),
-                "padded_tokens_per_s": window["padded"] / max(window["t"], 1e-9),
-                "peak_mem_gb": peak_memory_gb(device.type),
-            }
-            progress.update(counters.step, last_metrics, log_line=log_now)
-            if log_now and accelerator.is_main_process:
-                record = {**last_metrics, "loss": window["loss"] / window["steps"], "real_tokens": counters.real_tokens,
-                          "skipped_steps": counters.skipped_steps, "oom_events": counters.oom_events,
-                          "train_seconds": round(counters.train_seconds, 3)}
-                _append_jsonl(metrics_path, record)
-                tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
-                                    step=counters.step)
-                window = {"t": 0.0, "real": 0, "padded": 0, "loss": 0.0, "steps": 0}
-
-            want_ckpt = (tc.checkpoint_every_steps and counters.step % tc.checkpoint_every_steps == 0) or (
-                tc.checkpoint_every_minutes and time.monotonic() - last_ckpt_time >= 60 * tc.checkpoint_every_minutes)
-            if val_fetch is not None and tc.eval_every_steps and counters.step % tc.eval_every_steps == 0 \
-                    and counters.step < total_steps:
-                val_metrics = evaluate_now()
-                if counters.best_val_loss is None or val_metrics["val_loss"] < counters.best_val_loss:
-                    counters.best_val_loss, counters.best_step = val_metrics["val_loss"], counters.step
-                    want_ckpt = True  # the best checkpoint must exist on disk to be kept
-                if accelerator.is_main_process:
-                    _append_jsonl(metrics_path, val_metrics)
-                tracker.log_metrics({k: v for k, v in val_metrics.items() if k != "step"}, step=counters.step)
-                progress.message(f"step {counters.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val_metrics.items() if k != "step"))
-            if want_ckpt or stop.signum is not None:
-                save_checkpoint()
-                last_ckpt_time = time.monotonic()
-            if stop.signum is not None:
-                cause = f"preempted ({signal.Signals(stop.signum).name})"
-                progress.close()
-                log.warning("%s: checkpoint of step %d written; run the same command to resume (exit code %d)",
-                            cause, counters.step, EXIT_PREEMPTED)
-                tracker.finish("KILLED", cause=cause, last_step=counters.step, summary=_summary(counters, last_metrics))
-                accelerator.wait_for_everyone()  # distributed: nobody exits before the run record is written
-                return {"status": "preempted", "exit_code": EXIT_PREEMPTED, "cause": cause, "step": counters.step,
-                        **_summary(counters, last_metrics)}
-
-        # ---------------------------------------------------------------- finish
-        progress.close()
-        if val_fetch is not None and val_metrics.get("step") != counters.step:
-            val_metrics = evaluate_now()
-            if counters.best_val_loss is None or val_metrics["val_loss"] < counters.best_val_loss:
-                counters.best_val_loss, counters.best_step = val_metrics["val_loss"], counters.step
-            if accelerator.is_main_process:
-                _append_jsonl(metrics_path, val_metrics)
-            tracker.log_metrics({k: v for k, v in val_metrics.items() if k != "step"}, step=counters.step)
-        final_ckpt = save_checkpoint()
-        export_from = model
-        if tc.export_best and counters.best_step is not None and counters.best_step != counters.step:
-            best = [p for s, p in list_checkpoints(ckpt_root) if s == counters.best_step]
-            if best:  # distributed: either checkpoint format; every rank loads under FSDP
-                load_model_weights(accelerator.unwrap_model(model), best[0])
-        summary = {
-            **_summary(counters, last_metrics),
-            "val_loss": val_metrics.get("val_loss"), "val_rougeL": val_metrics.get("val_rougeL"),
-            "precision": precision, "hardware": hardware_description(), "accumulation": accumulation,
-            "n_params": n_params, "n_trainable_params": n_trainable, "steps": counters.step,
-        }
-        model_dir = None
-        export_target = consolidated_model(accelerator, export_from, cfg, tokenizer)  # distributed: FSDP gathers
-        if accelerator.is_main_process:
-            counts = {name: len(ds) for name, ds in splits.items()}
-            model_dir = export_model(export_target, tokenizer, cfg, out_dir, summary, counts)
-            tracker.log_artifact(model_dir)
-        tracker.finish("FINISHED", last_step=counters.step, summary=summary)
-        return {"status": "finished", "exit_code": EXIT_OK, "model_dir": str(model_dir) if model_dir else None,
-                "checkpoint": str(final_ckpt), **summary}
-
+        _seed_and_backends(cfg.train.seed)
+        _build_accelerator(run)
+        _load_data(run)
+        _build_model(run)
+        _resume_and_record(run)
+        preempted = _train_steps(run)
+        return preempted if preempted is not None else _finish(run)
     except KeyboardInterrupt:
-        if progress is not None:
-            progress.close()
-        tracker.finish("KILLED", cause="aborted (second SIGINT)", last_step=counters.step)
-        return {"status": "aborted", "exit_code": EXIT_ABORTED, "cause": "aborted (second SIGINT)", "step": counters.step}
-    except OutOfMemory as exc:
-        if progress is not None:
-            progress.close()
-        tracker.finish("FAILED", cause=f"OOM: {exc}", last_step=counters.step)
+        _close_progress(run)
+        tracker.finish("KILLED", cause="aborted (second SIGINT)", last_step=run.counters.step)
+        return {"status": "aborted", "exit_code": int(ExitCode.ABORTED), "cause": "aborted (second SIGINT)",
+                "step": run.counters.step}
+    except OutOfMemoryError as exc:
+        _close_progress(run)
+        tracker.finish("FAILED", cause=f"OOM: {exc}", last_step=run.counters.step)
+        raise
+    except DivergedError as exc:
+        _close_progress(run)
+        tracker.finish("FAILED", cause=str(exc), last_step=run.counters.step,
+                       summary=run_summary(run.counters, run.last_metrics))
         raise
     except BaseException as exc:
-        if progress is not None:
-            progress.close()
-        tracker.finish("FAILED", cause=f"crashed: {type(exc).__name__}: {exc}", last_step=counters.step)
+        _close_progress(run)
+        tracker.finish("FAILED", cause=f"crashed: {type(exc).__name__}: {exc}", last_step=run.counters.step)
         raise
     finally:
-        stop.restore()
-        finish_distributed(stopped=stop.signum is not None)
+        run.stop.restore()
+        finish_distributed(stopped=run.stop.requested)
 
 
-def _summary(counters: Counters, last_metrics: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "final_loss": last_metrics.get("loss"),
-        "real_tokens": counters.real_tokens,
-        "real_tokens_per_s": counters.real_tokens / counters.train_seconds if counters.train_seconds else None,
-        "padding_fraction": 1 - counters.real_tokens / counters.padded_tokens if counters.padded_tokens else None,
-        "peak_mem_gb": last_metrics.get("peak_mem_gb"),
-        "train_seconds": counters.train_seconds,
-        "best_val_loss": counters.best_val_loss,
-        "best_step": counters.best_step,
-        "oom_events": counters.oom_events,
-        "compute_max_tokens": counters.compute_max_tokens,
-        "skipped_steps": counters.skipped_steps,
-    }
+# ---------------------------------------------------------------------------------------- build
+def _seed_and_backends(seed: int) -> None:
+    """Seed Python, numpy and torch; TF32 matmuls on CUDA; a clean accelerate state per run."""
+    import torch
+    from accelerate.state import AcceleratorState
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if world_size() == 1:
+        # accelerate keeps a process-wide singleton; a second run in one process must start clean
+        AcceleratorState._reset_state(reset_partial_state=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
-def _resume(state: TrainState, resume: str, ckpt_root: Path) -> Optional[Path]:
-    """Load the checkpoint ``train.resume`` names; 'auto' tries the newest complete ones in turn."""
-    if resume == "none":
+def _build_accelerator(run: Run) -> None:
+    """Accelerator, precision, autocast and grad scaler of this launch."""
+    import torch
+
+    tc = run.cfg.train
+    # distributed: batch_tokens is global (all ranks); strategy per train.strategy (train/distributed.py)
+    run.accumulation = accumulation_steps(tc.batch_tokens, tc.max_tokens, world_size())
+    run.accelerator = build_accelerator(run.cfg, run.accumulation)
+    device = run.accelerator.device
+    run.precision = resolve_precision(tc.precision, device)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    if amp_dtype is not None:
+        run.autocast = lambda: torch.autocast(device.type, dtype=amp_dtype)
+    # fp16 overflows without dynamic loss scaling; bf16 has fp32's range and needs none
+    run.scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
+
+
+def _load_data(run: Run) -> None:
+    """Tokenizer, splits and the token-budget sampler over the train split."""
+    from threadsum.data.prepared import PreparedDataError, open_prepared
+    from threadsum.data.tokenizer_check import check_prepared_for_model
+    from threadsum.model import load_tokenizer
+
+    tc, acc = run.cfg.train, run.accelerator
+    prepared = open_prepared(run.cfg.data.prepared_dir)
+    check_prepared_for_model(run.cfg)  # data tokenized for another model is refused (exit 2)
+    run.tokenizer = load_tokenizer(str(prepared.tokenizer_dir))
+    run.splits = prepared.datasets()
+    if len(run.splits["train"]) == 0:
+        raise PreparedDataError(f"the train split of '{run.cfg.data.prepared_dir}' is empty; prepare more data")
+    run.sampler = TokenBudgetSampler(
+        *token_lengths(run.splits["train"]), tc.max_tokens, tc.max_batch_size, tc.pad_to_multiple_of, tc.seed,
+        accumulation=run.accumulation, rank=acc.process_index, world_size=acc.num_processes,
+    )
+    run.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * run.sampler.steps_per_epoch()))
+
+
+def _build_model(run: Run) -> None:
+    """Model, optimizer, scheduler (prepared by accelerate), the step runner and the validator."""
+    from threadsum.model import load_model, prepare_for_training
+    from threadsum.train.optim import build_optimizer, build_scheduler
+
+    cfg, tc, acc = run.cfg, run.cfg.train, run.accelerator
+    model = prepare_for_training(load_model(cfg, run.tokenizer), cfg.model)
+    model = prepare_model_for_strategy(model, cfg)  # distributed: FSDP needs one tied-embedding module
+    model.config.use_cache = False  # no KV cache in teacher-forced training
+    model.train()
+    start_id = model.config.decoder_start_token_id
+    optimizer = build_optimizer(model, tc, acc.device.type)
+    run.scheduler = build_scheduler(optimizer, tc, run.total_steps)
+    run.model, run.optimizer = acc.prepare(model, optimizer)
+    run.n_params = sum(p.numel() for p in run.model.parameters())
+    run.n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    fetch = BatchFetcher(run.splits["train"], run.tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of)
+    run.stepper = StepRunner(acc, run.model, run.optimizer, run.scheduler, run.scaler, fetch,
+                             run.sampler.src_lens, run.sampler.tgt_lens, tc, run.autocast, lambda e: _on_oom(run, e))
+    val_ds = run.splits.get("validation")
+    if val_ds is not None and len(val_ds):
+        batches = plan_micro_batches(*token_lengths(val_ds), tc.max_tokens, tc.max_batch_size,
+                                     tc.pad_to_multiple_of, tc.seed, 0, shuffle=False)
+        run.validator = Validator(val_ds, BatchFetcher(val_ds, run.tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of),
+                                  batches, run.tokenizer, cfg, acc.device, run.autocast)
+
+
+def _resume_and_record(run: Run) -> None:
+    """Restore the newest usable checkpoint (per train.resume), reset or trim metrics.jsonl, write
+    config.yaml and the run's parameters, start the progress display."""
+    cfg, tc, acc = run.cfg, run.cfg.train, run.accelerator
+    run.state = TrainState(model=acc.unwrap_model(run.model), optimizer=run.optimizer, scheduler=run.scheduler,
+                           sampler=run.sampler, scaler=run.scaler, config=cfg.to_dict(),
+                           adapter_only=cfg.model.lora.enabled)
+    run.state.counters.compute_max_tokens = tc.compute_max_tokens or tc.max_tokens
+    resumed_from = resume(run.state, tc.resume, run.ckpt_root)
+    if resumed_from is None and run.metrics_path.exists() and run.is_main:
+        run.metrics_path.unlink()  # a fresh run in a used folder: old records would mix with new ones
+    if run.is_main:  # distributed: one writer
+        truncate_metrics(run.metrics_path, run.counters.step)
+        cfg.save(run.out_dir)
+    run.tracker.log_params({
+        "precision": run.precision, "device": str(acc.device), "accumulation": run.accumulation,
+        "total_steps": run.total_steps, "n_params": run.n_params, "n_trainable_params": run.n_trainable,
+        "world_size": acc.num_processes, "train_threads": len(run.splits["train"]),
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        **{f"train.{k}": v for k, v in tc.model_dump(mode="json").items()},
+    })
+    log.info("training %s params (%s trainable) on %s, %s, %d micro-batches of <=%d tokens per step, %d steps",
+             f"{run.n_params:,}", f"{run.n_trainable:,}", acc.device, run.precision, run.accumulation,
+             tc.max_tokens, run.total_steps)
+    run.progress = Progress(run.total_steps, run.counters.step, enabled=run.is_main)
+
+
+def resume(state: TrainState, setting: str, ckpt_root: Path) -> Optional[Path]:
+    """Load the checkpoint ``train.resume`` names into ``state``: 'none' loads nothing, 'auto' tries the
+    newest complete ones under ``ckpt_root`` in turn (skipping unusable ones with a warning), a path
+    loads that folder. Returns the folder loaded, or None. Raises :class:`CheckpointError` when a named
+    folder cannot be used."""
+    if setting == "none":
         return None
-    if resume == "auto":
+    if setting == "auto":
         remove_stale_tmp(ckpt_root)
         candidates = [p for _, p in reversed(list_checkpoints(ckpt_root, warn=True))]
     else:
-        candidates = [Path(resume)]
+        candidates = [Path(setting)]
         if not candidates[0].is_dir():
-            raise CheckpointError(f"train.resume='{resume}' is not a checkpoint folder; use 'auto', 'none' or a "
+            raise CheckpointError(f"train.resume='{setting}' is not a checkpoint folder; use 'auto', 'none' or a "
                                   f"path like {ckpt_root}/step-00000100")
     for path in candidates:
         try:
-            diffs = state.load(path)
+            diffs = checkpoint.load(state, path)
         except CheckpointError as exc:
-            if resume != "auto":
+            if setting != "auto":
                 raise
             log.warning("skipping %s", exc)
             continue
@@ -618,37 +322,199 @@ def _resume(state: TrainState, resume: str, ckpt_root: Path) -> Optional[Path]:
     return None
 
 
-def train_command(cfg: Config) -> int:
-    """Entry of ``threadsum train``: runs ``train`` and maps the outcome to the documented exit code."""
-    from threadsum.config import ConfigError
-    from threadsum.data.prepared import PreparedDataError
-    from threadsum.deps import MissingExtraError
+# ----------------------------------------------------------------------------------------- loop
+def _train_steps(run: Run) -> Optional[dict[str, Any]]:
+    """Optimizer steps until ``total_steps``, with logging, validation and checkpoints; returns the
+    preempted result when a signal stopped the run, else None."""
+    tc = run.cfg.train
+    while run.counters.step < run.total_steps:
+        micro_batches = run.sampler.next_step()
+        result = run.stepper.run(run.counters, micro_batches, run.sampler.last_step_global,
+                                 lambda: run.stop.requested)
+        if result.stop_requested and not run.stop.requested:
+            run.stop.signum = signal.SIGTERM  # another rank was signalled: stop together
+        _check_finite(run, result)
+        _count_step(run, result)
+        want_ckpt = (tc.checkpoint_every_steps and run.counters.step % tc.checkpoint_every_steps == 0) or (
+            tc.checkpoint_every_minutes and time.monotonic() - run.last_ckpt_time >= 60 * tc.checkpoint_every_minutes)
+        if (run.validator is not None and tc.eval_every_steps and run.counters.step % tc.eval_every_steps == 0
+                and run.counters.step < run.total_steps):
+            want_ckpt = _validate(run, announce=True) or want_ckpt  # the best checkpoint must exist on disk
+        if want_ckpt or run.stop.requested:
+            _save_checkpoint(run)
+            run.last_ckpt_time = time.monotonic()
+        if run.stop.requested:
+            return _preempted(run)
+    return None
 
+
+def _check_finite(run: Run, result: StepResult) -> None:
+    """Apply ``train.on_nonfinite`` to a step whose loss or gradient norm was NaN/inf (its update was
+    not applied). 'stop': raise at once; 'skip': count it and raise when ``train.max_nonfinite_skips``
+    steps in a row were non-finite. Raises :class:`DivergedError` (exit 4) before any checkpoint of
+    the step, so the newest checkpoint on disk is the last good one."""
+    c, tc = run.counters, run.cfg.train
+    if not result.nonfinite:
+        c.nonfinite_in_a_row = 0
+        return
+    step = c.step + 1
+    part = "loss" if not math.isfinite(result.loss) else "gradient norm"
+    what = f"{part} became non-finite at step {step} (loss {result.loss}, gradient norm {result.grad_norm})"
+    good = list_checkpoints(run.ckpt_root)
+    last_good = f"the last good checkpoint is {good[-1][1]}" if good else "no checkpoint was written before it"
+    fix = "lower train.lr, raise train.warmup_steps or keep train.max_grad_norm > 0"
+    if tc.on_nonfinite == "stop":
+        raise DivergedError(f"{what}; {last_good}; {fix} (or set train.on_nonfinite=skip)")
+    c.nonfinite_steps += 1
+    c.nonfinite_in_a_row += 1
+    if run.is_main:
+        append_jsonl(run.metrics_path, {"event": "nonfinite", "step": step, "nonfinite_steps": c.nonfinite_steps,
+                                        "in_a_row": c.nonfinite_in_a_row})
+    if c.nonfinite_in_a_row >= tc.max_nonfinite_skips:
+        raise DivergedError(f"{what}, the {c.nonfinite_in_a_row}th non-finite step in a row "
+                            f"(train.max_nonfinite_skips={tc.max_nonfinite_skips}); {last_good}; {fix}")
+    run.progress.message(f"{what}: update skipped ({c.nonfinite_in_a_row} in a row, {c.nonfinite_steps} in all)")
+
+
+def _count_step(run: Run, result: StepResult) -> None:
+    """Add the step to the counters and the log window; show progress; write the log record when due."""
+    c, tc = run.counters, run.cfg.train
+    c.step += 1
+    c.micro_steps += result.micro_batches
+    c.real_tokens += result.real_tokens
+    c.padded_tokens += result.padded_tokens
+    c.train_seconds += result.seconds
+    c.skipped_steps += int(result.scaler_skipped)
+    run.window.add(result.seconds, result.real_tokens, result.padded_tokens, result.loss)
+    real_per_s, padded_per_s = run.window.tokens_per_s()
+    log_now = c.step % tc.log_every_steps == 0 or c.step == run.total_steps
+    run.last_metrics = {
+        "step": c.step, "epoch": round(run.sampler.fractional_epoch, 4), "loss": result.loss,
+        "lr": run.scheduler.get_last_lr()[0], "grad_norm": result.grad_norm,
+        "tokens_per_s": real_per_s, "padded_tokens_per_s": padded_per_s,
+        "peak_mem_gb": peak_memory_gb(run.accelerator.device.type),
+    }
+    run.progress.update(c.step, run.last_metrics, log_line=log_now)
+    if log_now and run.is_main:
+        record = {**run.last_metrics, "loss": run.window.loss / run.window.steps, "real_tokens": c.real_tokens,
+                  "skipped_steps": c.skipped_steps, "nonfinite_steps": c.nonfinite_steps, "oom_events": c.oom_events,
+                  "train_seconds": round(c.train_seconds, 3)}
+        append_jsonl(run.metrics_path, record)
+        run.tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                                step=c.step)
+        run.window = Window()
+
+
+def _validate(run: Run, announce: bool) -> bool:
+    """Validation now: record it, track the best; returns True when this is the best loss so far."""
+    c = run.counters
+    m = run.validator(run.model, run.accelerator.unwrap_model(run.model), c.step)
+    run.val_metrics = m
+    best = c.best_val_loss is None or m["val_loss"] < c.best_val_loss
+    if best:
+        c.best_val_loss, c.best_step = m["val_loss"], c.step
+    if run.is_main:
+        append_jsonl(run.metrics_path, m)
+    run.tracker.log_metrics({k: v for k, v in m.items() if k != "step"}, step=c.step)
+    if announce:
+        run.progress.message(f"step {c.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "step"))
+    return best
+
+
+def _on_oom(run: Run, event: dict[str, Any]) -> None:
+    """Record a recovered out-of-memory event (metrics.jsonl and the progress display)."""
+    if run.is_main:
+        append_jsonl(run.metrics_path, event)
+    run.progress.message(f"out of memory at step {event['step']}: redoing it in pieces of <= {event['piece_budget']} "
+                         f"tokens (event {event['oom_events']}; budget for the rest of the run: {event['run_budget']})")
+
+
+def _save_checkpoint(run: Run) -> Path:
+    """The checkpoint of the current step in the run's format: sharded under FSDP (every rank writes its
+    shard), else plain (rank 0 writes, the others wait)."""
+    keep_last, acc = run.cfg.train.keep_last, run.accelerator
+    if uses_sharded_checkpoints(run.cfg):
+        return sharded.save(run.state, run.ckpt_root, keep_last, acc.is_main_process)
+    path = plain.save(run.state, run.ckpt_root, keep_last) if acc.is_main_process else step_dir(run.ckpt_root, run.counters.step)
+    acc.wait_for_everyone()
+    return path
+
+
+# --------------------------------------------------------------------------------------- finish
+def _preempted(run: Run) -> dict[str, Any]:
+    """After the checkpoint of a signalled step: record KILLED and return exit code 75."""
+    cause = f"preempted ({signal.Signals(run.stop.signum).name})"
+    run.progress.close()
+    log.warning("%s: checkpoint of step %d written; run the same command to resume (exit code %d)",
+                cause, run.counters.step, ExitCode.PREEMPTED)
+    summary = run_summary(run.counters, run.last_metrics)
+    run.tracker.finish("KILLED", cause=cause, last_step=run.counters.step, summary=summary)
+    run.accelerator.wait_for_everyone()  # distributed: nobody exits before the run record is written
+    return {"status": "preempted", "exit_code": int(ExitCode.PREEMPTED), "cause": cause,
+            "step": run.counters.step, **summary}
+
+
+def _finish(run: Run) -> dict[str, Any]:
+    """Last validation, last checkpoint, export of model/ (the best checkpoint's weights with
+    train.export_best), run record FINISHED."""
+    c, tc, acc = run.counters, run.cfg.train, run.accelerator
+    run.progress.close()
+    if run.validator is not None and run.val_metrics.get("step") != c.step:
+        _validate(run, announce=False)
+    final_ckpt = _save_checkpoint(run)
+    if tc.export_best and c.best_step is not None and c.best_step != c.step:
+        best = [p for s, p in list_checkpoints(run.ckpt_root) if s == c.best_step]
+        if best:  # distributed: either checkpoint format; every rank loads under FSDP
+            checkpoint.load_weights(acc.unwrap_model(run.model), best[0])
+    summary = {
+        **run_summary(c, run.last_metrics),
+        "val_loss": run.val_metrics.get("val_loss"), "val_rougeL": run.val_metrics.get("val_rougeL"),
+        "precision": run.precision, "hardware": hardware_description(), "accumulation": run.accumulation,
+        "n_params": run.n_params, "n_trainable_params": run.n_trainable, "steps": c.step,
+    }
+    model_dir = None
+    export_target = consolidated_model(acc, run.model, run.cfg, run.tokenizer)  # distributed: FSDP gathers
+    if acc.is_main_process:
+        counts = {name: len(ds) for name, ds in run.splits.items()}
+        model_dir = export_model(export_target, run.tokenizer, run.cfg, run.out_dir, summary, counts)
+        run.tracker.log_artifact(model_dir)
+    run.tracker.finish("FINISHED", last_step=c.step, summary=summary)
+    return {"status": "finished", "exit_code": int(ExitCode.OK), "model_dir": str(model_dir) if model_dir else None,
+            "checkpoint": str(final_ckpt), **summary}
+
+
+def _close_progress(run: Run) -> None:
+    if run.progress is not None:
+        run.progress.close()
+
+
+# -------------------------------------------------------------------------------------- command
+def train_command(cfg: Config) -> int:
+    """Entry of ``threadsum train``: runs :func:`train` and returns its exit code (0 or 75/130).
+
+    Errors propagate: a :class:`~threadsum.errors.ThreadsumError` carries its exit code (the CLI and
+    :func:`main` turn it into one line and that code); anything else is a crash (exit 1, traceback).
+    """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    try:
-        result = train(cfg)
-    except (ConfigError, PreparedDataError, MissingExtraError, CheckpointError) as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG
-    except OutOfMemory as exc:
-        log.error("%s", exc)
-        return EXIT_OOM
-    except Exception:  # noqa: BLE001 - the run record holds the cause; print the traceback for the user
-        log.exception("training crashed")
-        return EXIT_FAILED
+    result = train(cfg)
     if result["status"] == "finished":
         log.info("done: model in %s (real tokens/s %.0f)", result.get("model_dir"), result.get("real_tokens_per_s") or 0)
     return int(result["exit_code"])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m threadsum.train.loop CONFIG [a.b=c ...]``: used by tests to run training in a subprocess."""
+    """``python -m threadsum.train.loop CONFIG [a.b=c ...]``: training in a subprocess (tests, benchmarks).
+    Returns the exit code; a ThreadsumError becomes one logged line and its code."""
     from threadsum.config import load_config
+    from threadsum.errors import ThreadsumError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = load_config(argv[0] if argv else None, argv[1:])
-    return train_command(cfg)
+    try:
+        return train_command(load_config(argv[0] if argv else None, argv[1:]))
+    except ThreadsumError as exc:
+        log.error("%s", exc)
+        return int(exc.exit_code)
 
 
 if __name__ == "__main__":

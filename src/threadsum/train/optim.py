@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from threadsum.config import TrainConfig
-from threadsum.deps import MissingExtraError
+from threadsum.errors import ConfigError, MissingExtraError
 
 
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -23,6 +23,11 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: Any, cfg: TrainConfig, device_type: str):
+    """The optimizer ``train.optimizer`` names over the trainable parameters, peak lr ``train.lr``.
+
+    ``device_type``: 'cuda', 'cpu' or 'mps'. Raises :class:`ConfigError` when the optimizer cannot run
+    on this device (adamw8bit off CUDA) and :class:`MissingExtraError` when its package is missing.
+    """
     import torch
 
     groups = param_groups(model, cfg.weight_decay)
@@ -45,11 +50,12 @@ def build_optimizer(model: Any, cfg: TrainConfig, device_type: str):
                 "pip install bitsandbytes, or set train.optimizer=adamw or adafactor"
             )
         if device_type != "cuda":
-            raise ValueError("train.optimizer=adamw8bit runs on CUDA GPUs only; on CPU use train.optimizer=adamw or adafactor")
+            raise ConfigError(f"train.optimizer=adamw8bit runs on CUDA GPUs only, this run is on {device_type}; "
+                              f"set train.optimizer=adamw or adafactor")
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
-    raise ValueError(f"unknown train.optimizer '{cfg.optimizer}'")
+    raise ConfigError(f"unknown train.optimizer '{cfg.optimizer}'; use adamw, adafactor or adamw8bit")
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
@@ -71,6 +77,8 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
 
 
 def build_scheduler(optimizer: Any, cfg: TrainConfig, total_steps: int):
+    """LambdaLR over ``total_steps`` optimizer steps: ``train.warmup_steps`` of linear warmup, then
+    ``train.schedule`` (linear, cosine or constant); see :func:`lr_lambda`."""
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.schedule, cfg.warmup_steps, total_steps))

@@ -22,6 +22,7 @@ def peak_memory_gb(device_type: str) -> float:
 
 
 def current_rss_gb() -> float:
+    """Resident memory of this process now, in GiB (Linux /proc; the peak elsewhere)."""
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
@@ -30,6 +31,7 @@ def current_rss_gb() -> float:
 
 
 def format_eta(seconds: float) -> str:
+    """'M:SS' or 'H:MM:SS' for a duration in seconds."""
     seconds = int(max(0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -48,7 +50,13 @@ class Progress:
         self._bar: Any = None
         self._task = None
         if self.enabled and self.interactive:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -58,12 +66,15 @@ class Progress:
             self._task = self._bar.add_task("train", total=total_steps, completed=start_step, info="")
 
     def eta(self, step: int) -> float:
+        """Seconds left at ``step``, from the mean step time of this process (NaN before the first step)."""
         done = step - self.start_step
         if done <= 0:
             return float("nan")
         return (time.perf_counter() - self._t0) / done * (self.total - step)
 
     def update(self, step: int, metrics: dict[str, float], log_line: bool) -> None:
+        """Show ``step`` with its loss, lr, tokens/s and peak memory (a log line when ``log_line``
+        and no terminal bar)."""
         if not self.enabled:
             return
         info = (f"loss {metrics.get('loss', float('nan')):.4f}  lr {metrics.get('lr', 0):.2e}  "
@@ -74,12 +85,14 @@ class Progress:
             log.info("step %d/%d  %s  eta %s", step, self.total, info, format_eta(self.eta(step)))
 
     def message(self, text: str) -> None:
+        """Print an event line above the bar (or log it)."""
         if self._bar is not None:
             self._bar.console.print(text)
         else:
             log.info(text)
 
     def close(self) -> None:
+        """Stop the bar (idempotent)."""
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
