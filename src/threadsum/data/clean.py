@@ -288,6 +288,8 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     """
     fields: dict[str, str] = {}
     key = None
+    if cut is not None:  # the marker lines are rewritten ('Forwarded by X on D' -> 'Forwarded by: X (D)')
+        cut.extend(("quoted header", line) for line in seg.marker)
     for h in seg.header:
         m = _HDR.match(h)
         if m:
@@ -343,13 +345,16 @@ _ENRON_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z'\-\. ]*?),\s+([A-Za-z][A-Za-z0-9
 def normalize_name(name: str, cut: Optional[list[str]] = None) -> str:
     """'Theriot, Kim S. KTHERIO' / 'Murphy, Melissa Mmurphy' -> 'Kim S. Theriot' / 'Melissa Murphy'.
 
-    A dropped mail user id (``KTHERIO``) is appended to ``cut`` when given (for the audit)."""
+    The name in Enron form, and a dropped mail user id (``KTHERIO``), are appended to ``cut`` when given
+    (for the audit)."""
     if "@" in name or "<" in name:
         return name
     m = _ENRON_NAME.match(name.strip().strip("'\""))
     if not m:
         return name
     last, given = m.group(1).strip(), m.group(2).split()
+    if cut is not None:  # reordered as a whole: 'Last, Given' -> 'Given Last'
+        cut.append(name)
     if len(given) >= 2:
         uid = given[-1].lower().rstrip("0123456789")
         initials = {g[0].lower() for g in given[:-1]}
@@ -495,6 +500,7 @@ def _fields(e: Email) -> tuple[str, str, str, str]:
 
 
 _PARA_GAP = re.compile(r"\n(?:(?:[^\S\n]|>)*\n)+")  # what separates paragraphs, '>'-only lines included
+_BLANKISH = re.compile(r"(?:[^\S\n]|>)*")  # a line that is blank or holds only '>' marks
 
 
 class _Words:
@@ -527,22 +533,25 @@ class _After:
                 self._shingles.update(zip(w, w[1:], w[2:], w[3:], w[4:]))
                 self._vocab.update(w)
 
-    def unique_mask(self, words: list[str]) -> list[bool]:
-        """For a removed piece of text (its words; one paragraph at most): True where a word is unique.
+    def unique_mask(self, words: list[str], k1: int = 0, k2: Optional[int] = None) -> list[bool]:
+        """For the removed words words[k1:k2] of a paragraph ``words``: True where a word is unique.
 
-        A piece of SHINGLE or more words: a word is unique when no window of SHINGLE words of the
-        piece holding it is left in the thread. A shorter piece: a word is unique when the word is
+        A paragraph of SHINGLE or more words: a word is unique when no window of SHINGLE words of the
+        paragraph holding it is left in the thread. A shorter one: a word is unique when the word is
         left nowhere in the thread. (Quote removal tests a paragraph the same way, or more strictly.)
         """
         if self._shingles is None:
             self._build()
         n = len(words)
+        k2 = n if k2 is None else k2
         if n < SHINGLE:
-            return [w not in self._vocab for w in words]
-        if self._shingles.issuperset(zip(words, words[1:], words[2:], words[3:], words[4:])):
-            return [False] * n  # the common case, a copy of text still in the thread: one C-level test
-        hits = [w in self._shingles for w in zip(words, words[1:], words[2:], words[3:], words[4:])]
-        return [not any(hits[max(0, k - SHINGLE + 1):min(k, n - SHINGLE) + 1]) for k in range(n)]
+            return [w not in self._vocab for w in words[k1:k2]]
+        lo, hi = max(0, k1 - SHINGLE + 1), min(k2, n - SHINGLE + 1)  # the windows that hold a removed word
+        if self._shingles.issuperset(zip(words[lo:], words[lo + 1:], words[lo + 2:], words[lo + 3:],
+                                         words[lo + 4:hi + 4])):
+            return [False] * (k2 - k1)  # the common case, a copy of text still in the thread: one C-level test
+        hits = [tuple(words[i:i + SHINGLE]) in self._shingles for i in range(lo, hi)]
+        return [not any(hits[max(lo, k - SHINGLE + 1) - lo:min(k, n - SHINGLE) + 1 - lo]) for k in range(k1, k2)]
 
 
 def _word_span(text: str, k1: int, k2: int, n: int) -> tuple[int, int]:
@@ -592,21 +601,29 @@ class _FieldAudit:
         b_lines, a_lines = before.split("\n"), now.split("\n")
         for tag, i1, i2, j1, j2 in SequenceMatcher(None, b_lines, a_lines, autojunk=False).get_opcodes():
             if tag in ("delete", "replace"):
-                self._chunk("\n".join(b_lines[i1:i2]), "\n".join(a_lines[j1:j2]))
+                # the unchanged rest of the paragraphs at both ends comes along as context
+                c1, c2 = i1, i2
+                while c1 > 0 and not _BLANKISH.fullmatch(b_lines[c1 - 1]):
+                    c1 -= 1
+                while c2 < len(b_lines) and not _BLANKISH.fullmatch(b_lines[c2]):
+                    c2 += 1
+                pre = len(_words("\n".join(b_lines[c1:i1])))
+                core = len(_words("\n".join(b_lines[i1:i2])))
+                self._chunk("\n".join(b_lines[c1:c2]), pre, pre + core, "\n".join(a_lines[j1:j2]))
 
-    def _chunk(self, text: str, now: str) -> None:
-        """Removed words of one changed run of lines, judged paragraph by paragraph."""
+    def _chunk(self, text: str, c1: int, c2: int, now: str) -> None:
+        """Removed words of one changed run of lines (words c1:c2 of ``text``), paragraph by paragraph."""
         paras = _PARA_GAP.split(text)
         para_words = [_words(p) for p in paras]
         words = [w for pw in para_words for w in pw]
         new = _words(now) if now else []
-        if words == new:
+        if words[c1:c2] == new:
             return
         if new:
-            ops = [(i1, i2) for tag, i1, i2, _, _ in SequenceMatcher(None, words, new, autojunk=False).get_opcodes()
-                   if tag in ("delete", "replace")]
+            ops = [(c1 + i1, c1 + i2) for tag, i1, i2, _, _ in
+                   SequenceMatcher(None, words[c1:c2], new, autojunk=False).get_opcodes() if tag in ("delete", "replace")]
         else:
-            ops = [(0, len(words))] if words else []
+            ops = [(c1, c2)] if c2 > c1 else []
         first = 0
         for p, pw in zip(paras, para_words):
             last = first + len(pw)
@@ -621,7 +638,7 @@ class _FieldAudit:
         rec["removed_words"] += k2 - k1
         a, b = _word_span(para, k1, k2, len(pw))
         rec["removed_chars"] += b - a
-        mask = self.after.unique_mask(pw[k1:k2])
+        mask = self.after.unique_mask(pw, k1, k2)
         k = k1
         while k < k2:  # runs of unique words
             if not mask[k - k1]:
@@ -921,7 +938,7 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
             e.sender = normalize_name(e.sender, ids)
             e.recipients = [normalize_name(r, ids) for r in e.recipients]
             e.cc = [normalize_name(r, ids) for r in e.cc]
-        matched.extend(("mail user id", x) for x in ids)
+        matched.extend(("Enron name form", x) for x in ids)
 
     run("normalize_names", c.normalize_names, names)
 
