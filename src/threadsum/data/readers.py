@@ -124,12 +124,15 @@ class _Ledger:
                 by["email"][f"{R_THREAD_REJECTED}:{r['reason']}"] += r["n_emails"]
                 emails_rejected += r["n_emails"]
         kept_emails = sum(len(t.emails) for t in kept_threads)
+        paired = sum(1 for t in kept_threads if t.summary)
         return {
             "emails": {"input": self.inputs["email"], "kept": kept_emails, "rejected": emails_rejected,
                        "by_reason": dict(by["email"])},
             "threads": {"input": self.inputs["thread"], "kept": len(kept_threads),
                         "rejected": sum(by["thread"].values()), "by_reason": dict(by["thread"])},
-            "summaries": {"input": self.inputs["summary"], "rejected": sum(by["summary"].values()),
+            # kept: paired with a kept thread; unpaired: valid rows whose thread is missing or rejected
+            "summaries": {"input": self.inputs["summary"], "kept": paired, "rejected": sum(by["summary"].values()),
+                          "unpaired": self.inputs["summary"] - paired - sum(by["summary"].values()),
                           "by_reason": dict(by["summary"])},
             "files": {"rejected": sum(by["file"].values()), "by_reason": dict(by["file"])},
             "warnings": dict(Counter(w["reason"] for w in self.warnings)),
@@ -939,6 +942,7 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
         subjects[tid] = str(obj.get("subject") or "")
         s = obj.get("summary")
         summaries[tid] = str(s).strip() if s and str(s).strip() else None
+        led.inputs["summary"] += summaries[tid] is not None
         for e in obj["emails"]:
             led.inputs["email"] += 1
             if not isinstance(e, dict):
