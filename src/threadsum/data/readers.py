@@ -183,27 +183,29 @@ _DEFAULTS = (datetime(1900, 1, 1), datetime(1904, 2, 2))
 def parse_date_text(text: str) -> Optional[datetime]:
     """A date in a mail header or a data file -> naive UTC datetime, or None when it names no full date.
 
-    RFC 2822 (``Mon, 14 May 2001 09:12:00 -0500``) is read by ``email.utils``; everything else (ISO
-    8601 ``2001-05-14 09:00:00``, asctime ``Mon May 14 09:12:00 2001``, ``05/14/2001 9:00 AM``, month
-    names...) by python-dateutil's parser (month first where ambiguous, as US mail writes them).
+    python-dateutil's parser reads RFC 2822 (``Mon, 14 May 2001 09:12:00 -0500``), ISO 8601
+    (``2001-05-14 09:00:00``), asctime (``Mon May 14 09:12:00 2001``), Outlook's ``Monday, May 14, 2001
+    9:12 AM``, ``05/14/2001 9:00 AM`` (month first where ambiguous, as US mail writes them); what it
+    refuses goes to ``email.utils`` (obsolete RFC 2822 forms).
     Year, month and day must all be in the text; a missing time of day is midnight. Never raises.
     """
     s = str(text).strip()
     if not s:
         return None
     try:
-        d = parsedate_to_datetime(s)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        d = None
-    if d is None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # dateutil warns about time zone names it does not know
-                d, d2 = (dateutil_parser.parse(s, default=x) for x in _DEFAULTS)
-        except (ValueError, OverflowError, TypeError, dateutil_parser.ParserError):
-            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dateutil warns about time zone names it does not know
+            d, d2 = (dateutil_parser.parse(s, default=x) for x in _DEFAULTS)
         if d.replace(tzinfo=None) != d2.replace(tzinfo=None):
             return None  # part of the date came from the default
+    except (ValueError, OverflowError, TypeError, dateutil_parser.ParserError):
+        # obsolete RFC 2822 forms dateutil refuses, e.g. a trailing '(CDT)' comment
+        try:
+            d = parsedate_to_datetime(s)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if d is None:
+            return None
     if d.tzinfo is not None:
         try:
             d = d.astimezone(timezone.utc).replace(tzinfo=None)
@@ -1087,6 +1089,87 @@ def parse_mail_bytes(data: bytes) -> list[Thread]:
     if not e.body.strip():
         return []
     return [Thread(thread_id=content_thread_id([e]), subject=e.subject, emails=[e])]
+
+
+_PASTE_SEP = re.compile(r"^\s*-{2,}\s*(?:Original Message|Forwarded message|Forwarded by\b.*?)\s*-*\s*$", re.I)
+_PASTE_HDR = re.compile(r"^\s*(From|Sent|Date|To|Cc|Subject)\s*:\s*(.*?)\s*$", re.I)
+PASTE_HEADER_LINES = 12  # the most header lines one pasted block may have (wrapped recipient lists included)
+
+
+def _paste_headers(lines: list[str], i: int) -> tuple[int, dict[str, str]]:
+    """The header block starting at line i: (first line after it, {field: value}); ({} when none)."""
+    fields: dict[str, str] = {}
+    key = ""
+    j = i
+    while j < len(lines) and j - i < PASTE_HEADER_LINES:
+        m = _PASTE_HDR.match(lines[j])
+        if m:
+            key = m.group(1).lower()
+            fields.setdefault(key, m.group(2))
+        elif key in ("to", "cc") and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            fields[key] += " " + lines[j].strip()  # a wrapped recipient list
+        else:
+            break
+        j += 1
+    if "from" not in fields or not ({"to", "subject", "date", "sent"} & set(fields)):
+        return i, {}
+    return j, fields
+
+
+def _paste_recipients(value: str) -> list[str]:
+    if ";" in value or "@" not in value:  # Outlook writes 'Mann, Kay; Rorschach, Reagan'
+        return [x.strip() for x in re.split(r";" if ";" in value else r",", value) if x.strip()]
+    return _addr_list([value])
+
+
+def parse_pasted_thread(text: str, thread_id: Optional[str] = None) -> Thread:
+    """Pasted mail text -> a ``Thread`` with one ``Email`` per pasted message.
+
+    A message starts at a header block: consecutive ``From:``/``To:``/``Cc:``/``Subject:``/``Date:``/
+    ``Sent:`` lines holding ``From:`` and at least one of the others, optionally under a
+    ``-----Original Message-----`` (or ``Forwarded``) separator line. Its body runs to the next such
+    block. Text above the first block is a message of its own (the reply written on top of a
+    pasted chain), without sender or date. Dates are read with ``parse_date_text``.
+
+    Order: by date when every message has one; otherwise, when the text is a reply chain (separator
+    lines, or a reply on top), newest-first as pasted, so it is reversed; otherwise as pasted.
+    Text without any header block is one message (sender unknown). Bodies are read by ``body_text``
+    (HTML converted). ``thread_id`` defaults to ``content_thread_id``. Never raises.
+    """
+    lines = str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    starts: list[tuple[int, int, dict[str, str], bool]] = []  # (block start, body start, fields, separator)
+    i = 0
+    while i < len(lines):
+        j, sep = i, bool(_PASTE_SEP.match(lines[i]))
+        if sep:
+            j += 1
+            while j < len(lines) and not lines[j].strip() and j - i < 3:
+                j += 1
+        end, fields = _paste_headers(lines, j) if _PASTE_HDR.match(lines[j] if j < len(lines) else "") else (j, {})
+        if fields:
+            starts.append((i, end, fields, sep))
+            i = end
+            continue
+        i += 1
+    emails: list[Email] = []
+    top = "\n".join(lines[:starts[0][0]] if starts else lines).strip()
+    if top:
+        emails.append(Email(sender="", body=body_text(top)))
+    for k, (_, body_at, fields, _) in enumerate(starts):
+        stop = starts[k + 1][0] if k + 1 < len(starts) else len(lines)
+        sender = fields["from"] if "@" not in fields["from"] else (_addr_list([fields["from"]]) or [fields["from"]])[0]
+        emails.append(Email(sender=sender,
+                            recipients=_paste_recipients(fields.get("to", "")),
+                            cc=_paste_recipients(fields.get("cc", "")),
+                            body=body_text("\n".join(lines[body_at:stop]).strip()),
+                            date=parse_date_text(fields.get("date") or fields.get("sent") or ""),
+                            subject=fields.get("subject", "")))
+    if emails and all(e.date is not None for e in emails):
+        emails.sort(key=lambda e: e.date)
+    elif starts and (any(sep for *_, sep in starts) or top):
+        emails.reverse()
+    subject = next((_SUBJ_PREFIX.sub("", e.subject).strip() for e in emails if e.subject), "")
+    return Thread(thread_id=thread_id or content_thread_id(emails), subject=subject, emails=emails)
 
 
 def read_path(path: str | Path) -> list[Thread]:
