@@ -39,6 +39,24 @@ def _cp1252(data: bytes) -> str:
     return data.decode("cp1252", errors="threadsum-latin1")
 
 
+def _cp1252_fallback(exc: UnicodeDecodeError) -> tuple[str, int]:
+    return _cp1252(exc.object[exc.start:exc.end]), exc.end
+
+
+codecs.register_error("threadsum-cp1252", _cp1252_fallback)
+
+
+def decode_utf8_or_cp1252(data: bytes) -> tuple[str, Optional[int]]:
+    """A data file's bytes (CSV, JSON, JSONL: no declared charset) as UTF-8, each byte that is not
+    valid UTF-8 read as cp1252 (exports often mix the two: ``caf\\xe9`` -> ``café``). A leading BOM is
+    dropped. Returns (text, offset of the first invalid byte or None). Never raises; no U+FFFD."""
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
+        return data[bom:].decode("utf-8", errors="threadsum-cp1252"), exc.start
+
+
 def decode_bytes(data: bytes, declared: Optional[str] = None, detect: bool = True) -> tuple[str, Optional[str]]:
     """Decode ``data`` (bytes of one text) by the rule above.
 

@@ -7,7 +7,9 @@ JSON copies (epoch timestamps), a folder of ``.eml`` files, an ``.mbox`` file, a
 Bad input never raises out of ``read_source``: a bad row, summary or file becomes a reject record
 ``{level, reason, detail, source, line, thread_id}`` and is counted, so ``input = kept + rejected``
 holds for emails, summaries and threads. Repairs that keep the data (an unparseable ``to`` split at
-commas, invalid UTF-8 replaced, NUL bytes removed, an oversized body cut) are counted as warnings.
+commas, bytes that are not UTF-8 read as cp1252, a mail part whose declared charset lies, a missing or
+unreadable date, NUL bytes removed, an oversized body cut) are counted as warnings. Bytes are decoded
+by the rule in ``threadsum.data.charset``; HTML bodies are converted to text in every format.
 Only a source that does not exist at all raises ``DataError``.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Iterable, Optional
 
 from dateutil import parser as dateutil_parser
 
-from threadsum.data.charset import decode_bytes
+from threadsum.data.charset import decode_bytes, decode_utf8_or_cp1252
 from threadsum.data.types import Email, Thread
 
 DETAILS_CSV = "email_thread_details.csv"
@@ -287,11 +289,10 @@ def _decode(data: bytes, path: Path, led: _Ledger) -> str:
         n_nul = data.count(b"\x00")
         led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
         data = data.replace(b"\x00", b"")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}; undecodable bytes replaced by U+FFFD", path)
-        return data.decode("utf-8", errors="replace")
+    text, bad = decode_utf8_or_cp1252(data)
+    if bad is not None:
+        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {bad}; bytes that are not UTF-8 read as cp1252", path)
+    return text
 
 
 def _csv_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
@@ -619,9 +620,10 @@ def _msg_ids(value) -> list[str]:
     return re.findall(r"<[^<>\s]+>", str(value or ""))
 
 
-def email_from_message(msg, notes: Optional[list] = None) -> Email:
+def email_from_message(msg, notes: Optional[list] = None, envelope_date: Optional[datetime] = None) -> Email:
     """An ``email.message.Message`` -> ``Email``. What was repaired or is missing goes to ``notes`` as
-    (warning reason, detail): a charset fallback, a missing or unreadable Date header."""
+    (warning reason, detail): a charset fallback, a missing or unreadable Date header. An mbox
+    separator's date (``envelope_date``) stands in for a missing Date header."""
     def header(name: str) -> str:
         try:
             v = msg.get(name)
@@ -630,9 +632,9 @@ def email_from_message(msg, notes: Optional[list] = None) -> Email:
         return str(v).strip() if v is not None else ""
 
     raw_date = header("Date")
-    date = parse_date_text(raw_date) if raw_date else None
+    date = parse_date_text(raw_date) if raw_date else envelope_date
     if notes is not None:
-        if not raw_date:
+        if not raw_date and envelope_date is None:
             notes.append((W_MISSING_DATE, "no Date header; placed by its reply chain"))
         elif date is None:
             notes.append((W_UNREADABLE_DATE, f"Date {raw_date[:60]!r} is not a date; placed by its reply chain"))
@@ -654,10 +656,10 @@ def _email_name(e: Email) -> str:
     return e.message_id or f"from {e.sender or 'unknown'!r}, subject {e.subject[:60]!r}"
 
 
-def _read_message(data: bytes, where: str, led: _Ledger) -> Email:
+def _read_message(data: bytes, where: str, led: _Ledger, envelope_date: Optional[datetime] = None) -> Email:
     """Parse one raw message; its notes become counted warnings naming the email."""
     notes: list = []
-    e = email_from_message(_parse_message(data), notes)
+    e = email_from_message(_parse_message(data), notes, envelope_date)
     for reason, detail in notes:
         led.warn(reason, f"{detail} (email {_email_name(e)})", where)
     return e
@@ -822,8 +824,8 @@ _MBOX_FROM = re.compile(rb"From (\S+) +(.+?)\s*")
 _MBOX_ESCAPED = re.compile(rb">+From ")
 
 
-def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes]]]:
-    """The messages of an mbox file as (line number of the separator, raw message bytes).
+def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes, Optional[datetime]]]]:
+    """The messages of an mbox file as (line number of the separator, raw message bytes, separator date).
 
     A separator is a line 'From <address> <date>' at the start of the file or after a blank line
     (RFC 4155), so body lines like 'From the numbers I saw...' stay in their message. Escaped body
@@ -834,7 +836,7 @@ def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes]]]:
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is None or not _is_separator(lines[first]):
         return None
-    out: list[tuple[int, bytes]] = []
+    out: list[tuple[int, bytes, Optional[datetime]]] = []
     start = first
     body: list[bytes] = []
     for i in range(first + 1, len(lines) + 1):
@@ -842,18 +844,20 @@ def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes]]]:
         if line is None or (_is_separator(line) and (not lines[i - 1].strip())):
             if body and not body[-1].strip():
                 body.pop()  # the blank line before a separator belongs to the format
-            out.append((start + 1, b"\n".join(body)))
+            out.append((start + 1, b"\n".join(body), _separator_date(lines[start])))
             start, body = i, []
             continue
         body.append(line[1:] if line.startswith(b">") and _MBOX_ESCAPED.match(line) else line)
     return out
 
 
-def _is_separator(line: bytes) -> bool:
-    if not line.startswith(b"From "):
-        return False
+def _separator_date(line: bytes) -> Optional[datetime]:
     m = _MBOX_FROM.fullmatch(line.rstrip(b"\r"))
-    return m is not None and parse_date_text(m.group(2).decode("ascii", "replace")) is not None
+    return parse_date_text(m.group(2).decode("ascii", "replace")) if m else None
+
+
+def _is_separator(line: bytes) -> bool:
+    return line.startswith(b"From ") and _separator_date(line) is not None
 
 
 def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
@@ -867,11 +871,11 @@ def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
                    f"'From <address> <date>' separator line (RFC 4155); save the mail as .mbox or as .eml files", path)
         return []
     emails = []
-    for n, (line, raw) in enumerate(messages, 1):
+    for n, (line, raw, envelope) in enumerate(messages, 1):
         led.inputs["email"] += 1
         where = f"{path}#{n}"
         try:
-            emails.append((_read_message(raw, where, led), where))
+            emails.append((_read_message(raw, where, led, envelope), where))
         except Exception as exc:  # the email package raises many types on broken input
             led.reject("email", R_UNPARSEABLE_MAIL, f"message {n}: {type(exc).__name__}: {exc}", path, line)
     return emails
@@ -1079,9 +1083,9 @@ def parse_mail_bytes(data: bytes) -> list[Thread]:
     messages = split_mbox(data) if data.lstrip().startswith(b"From ") else None
     if messages is not None:
         emails = []
-        for n, (_, raw) in enumerate(messages, 1):
+        for n, (_, raw, envelope) in enumerate(messages, 1):
             try:
-                emails.append((_read_message(raw, f"message {n}", led), f"message {n}"))
+                emails.append((_read_message(raw, f"message {n}", led, envelope), f"message {n}"))
             except Exception:  # the email package raises many types on broken input
                 continue
         return _mail_threads(emails, led, {}, False, None)
