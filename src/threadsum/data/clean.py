@@ -1,20 +1,30 @@
-"""Cleaning: what the model sees of each email. Every step is switchable and its effect is counted.
+"""Cleaning: what the model sees of each email. Every step is switchable, its effect is counted and
+what it removed is audited.
 
 Steps, in order (each a key of ``CleanConfig``):
 
-1. ``decode_quoted_printable``  ``=09`` / ``=20`` / ``=3D`` and soft line breaks ``=\\n`` (which split
-   words: ``Stac=\\ney``) left by the Enron export.
+1. ``decode_quoted_printable``  quoted-printable residue of the Enron export: soft line breaks ``=\\n``
+   (which split words: ``Stac=\\ney``) and every ``=XX`` escape, decoded as bytes (UTF-8, else cp1252).
 2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
 3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
-   Lotus-Notes headers, ``On ... wrote:``, ``>`` lines) whose text already exists in the thread
-   (as another email's own text or an earlier kept quote). Quoted text found nowhere else, such as
-   the note a forward carries, is kept: only its first copy survives.
-4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line, and
-   recipient lists (headers and the email's own ``to``) show at most ``max_recipients_shown`` names.
+   Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
+   when every one of its words is covered by text that stays in the thread (another email's own text
+   or an earlier kept quote). Quoted text found nowhere else, such as the note a forward carries, is
+   kept: only its first copy survives. Lines holding only ``>`` separate paragraphs, as blank lines do.
+4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
+   earlier Lotus message reads ``[Earlier message from X, date]``), and recipient lists (headers and
+   the email's own ``to``) show at most ``max_recipients_shown`` names.
 5. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
-6. ``strip_signatures``         ``-- `` signature blocks, mobile footers and legal disclaimers
-   (conservative: only well-known patterns).
+6. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
+   mobile footers, star rules and legal disclaimers (a paragraph that opens as one; see
+   ``strip_signature_blocks``). Never text that merely sits in the same paragraph as such phrases.
 7. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
+
+The audit (``new_audit``, ``audit_step``): every step's removals are found by diffing each email's
+fields before and after it; removed words found nowhere else in the thread afterwards are "unique",
+and each unique word must lie in a block the step matched as a whole by a specific pattern
+(disclaimer, signature, quoted header, recipient list cut, ...). ``prepare`` writes the counts and
+the first examples to prepare.json and report.md.
 
 ``clean_thread`` is the one code path for training data and for inference (the Summarizer calls it
 with the config saved next to the model), so what the model saw in training is what it sees later.
@@ -826,136 +836,142 @@ def _whitespace(body: str) -> str:
     return body.strip()
 
 
+class _Steps:
+    """Runs the steps of one thread: counts each step's effect and audits what it removed."""
+
+    def __init__(self, thread: Thread, st: dict) -> None:
+        self.thread, self.st = thread, st
+        self.emails = [copy.copy(e) for e in thread.emails]  # private copies: steps assign new field values
+        self.meter = _Meter()
+        self.current = self.meter(self.emails)  # a step's "before" is the previous step's "after": measured once
+        self.matched: list[tuple[str, str]] = []  # blocks the running step removed as matched boilerplate
+        self.words = _Words()
+
+    def run(self, step: str, enabled: bool, fn) -> None:
+        """Apply ``fn(emails, matched)`` (it edits the emails in place or returns a new list)."""
+        rec = self.st["steps"][step]
+        rec["enabled"] = enabled
+        rec["chars_before"] += self.current[0]
+        rec["words_before"] += self.current[1]
+        if enabled:
+            before = list(self.emails)
+            old = [(e.body, e.sender, e.recipients) for e in before]
+            old_fields = [_fields(e) for e in before]
+            self.matched.clear()
+            self.emails = fn(self.emails, self.matched) or self.emails
+            if len(old) == len(self.emails):
+                chars, words = self.current
+                for o, e in zip(old, self.emails):
+                    new = (e.body, e.sender, e.recipients)
+                    if o != new:  # only the changed emails are measured again
+                        rec["emails_changed"] += 1
+                        c0, w0 = self.meter.parts(*o)
+                        c1, w1 = self.meter.parts(*new)
+                        chars += c1 - c0
+                        words += w1 - w0
+                self.current = (chars, words)
+            else:
+                self.current = self.meter(self.emails)
+            index = {id(e): i for i, e in enumerate(before)}
+            if step != "normalize_whitespace":  # it changes only whitespace: no word can go
+                audit_step(rec["audit"], self.thread.thread_id, old_fields, self.emails,
+                           [index[id(e)] for e in self.emails], self.matched, self.words)
+        rec["chars_after"] += self.current[0]
+        rec["words_after"] += self.current[1]
+
+
+def _qp_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        new = decode_qp_artifacts(e.body)
+        if new != e.body:  # every change is an escape decoded: the words holding one are matched
+            matched.extend(("quoted-printable escape", m.group(0)) for m in _QP_TOKEN.finditer(e.body))
+        e.body = new
+
+
+def _drop_duplicates(es: list[Email], thread_id: str, st: dict) -> list[Email]:
+    # the body's words (the costly part of the key) only matter for emails sharing sender and time
+    heads = [(e.sender.strip().lower(), e.date) for e in es]
+    shared = {h for h, n in Counter(heads).items() if n > 1}
+    seen, out = set(), []
+    for i, (e, head) in enumerate(zip(es, heads)):
+        if head not in shared:
+            out.append(e)
+            continue
+        key = (*head, " ".join(_words(e.body)))
+        if key in seen:
+            st["duplicate_emails"] += 1
+            st["dropped"].append({"thread_id": thread_id, "index": i,
+                                  "date": e.date.isoformat(sep=" ") if e.date else None, "sender": e.sender})
+            continue
+        seen.add(key)
+        out.append(e)
+    return out
+
+
+def _names_step(es: list[Email], matched: list) -> None:
+    names: list[str] = []
+    for e in es:
+        e.sender = normalize_name(e.sender, names)
+        e.recipients = [normalize_name(r, names) for r in e.recipients]
+        e.cc = [normalize_name(r, names) for r in e.cc]
+    matched.extend(("Enron name form", x) for x in names)
+
+
+def _signatures_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        e.body, blocks = strip_signature_blocks(e.body)
+        matched.extend(blocks)
+
+
+def _whitespace_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        e.body = _whitespace(e.body)
+
+
 def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:
-    """A cleaned copy of ``thread`` (the input is not modified); ``stats`` accumulates per-step counts."""
+    """A cleaned copy of ``thread`` (the input is not modified); ``stats`` accumulates per-step counts
+    and the audit of what each step removed (``new_audit``)."""
     st = stats if stats is not None else new_stats()
     if not st:
         st.update(new_stats())
     c = clean_cfg
-    emails = [copy.copy(e) for e in thread.emails]  # private copies: steps assign new field values
+    steps = _Steps(thread, st)
     st["threads"] += 1
-    st["emails_in"] += len(emails)
-    meter = _Meter()
-    current = meter(emails)  # a step's "before" is the previous step's "after": measured once
-
-    matched: list[tuple[str, str]] = []  # blocks the running step removed as matched boilerplate
-    memo = _Words()
-
-    def run(step: str, enabled: bool, fn) -> None:
-        nonlocal emails, current
-        rec = st["steps"][step]
-        rec["enabled"] = enabled
-        rec["chars_before"] += current[0]
-        rec["words_before"] += current[1]
-        if enabled:
-            before = list(emails)
-            old = [(e.body, e.sender, e.recipients) for e in emails]
-            old_fields = [_fields(e) for e in emails]
-            matched.clear()
-            emails = fn(emails) or emails
-            if len(old) == len(emails):
-                chars, words = current
-                for o, e in zip(old, emails):
-                    new = (e.body, e.sender, e.recipients)
-                    if o != new:  # only the changed emails are measured again
-                        rec["emails_changed"] += 1
-                        c0, w0 = meter.parts(*o)
-                        c1, w1 = meter.parts(*new)
-                        chars += c1 - c0
-                        words += w1 - w0
-                current = (chars, words)
-            else:
-                current = meter(emails)
-            index = {id(e): i for i, e in enumerate(before)}
-            if step != "normalize_whitespace":  # it changes only whitespace: no word can go
-                audit_step(rec["audit"], thread.thread_id, old_fields, emails, [index[id(e)] for e in emails], matched, memo)
-        rec["chars_after"] += current[0]
-        rec["words_after"] += current[1]
-
-    def qp(es: list[Email]) -> None:
-        for e in es:
-            new = decode_qp_artifacts(e.body)
-            if new != e.body:  # every change is an escape decoded: the words holding one are matched
-                matched.extend(("quoted-printable escape", m.group(0)) for m in _QP_TOKEN.finditer(e.body))
-            e.body = new
-
-    run("decode_quoted_printable", c.decode_quoted_printable, qp)
-
-    def dedupe(es: list[Email]) -> list[Email]:
-        # the body's words (the costly part of the key) only matter for emails sharing sender and time
-        heads = [(e.sender.strip().lower(), e.date) for e in es]
-        shared = {h for h, n in Counter(heads).items() if n > 1}
-        seen, out = set(), []
-        for i, (e, head) in enumerate(zip(es, heads)):
-            if head not in shared:
-                out.append(e)
-                continue
-            key = (*head, " ".join(_words(e.body)))
-            if key in seen:
-                st["duplicate_emails"] += 1
-                st["dropped"].append({"thread_id": thread.thread_id, "index": i,
-                                      "date": e.date.isoformat(sep=" ") if e.date else None, "sender": e.sender})
-                continue
-            seen.add(key)
-            out.append(e)
-        return out
-
-    run("drop_duplicate_emails", c.drop_duplicate_emails, dedupe)
+    st["emails_in"] += len(steps.emails)
+    steps.run("decode_quoted_printable", c.decode_quoted_printable, _qp_step)
+    steps.run("drop_duplicate_emails", c.drop_duplicate_emails,
+              lambda es, _: _drop_duplicates(es, thread.thread_id, st))
     keep = c.max_recipients_shown
     collapsed: list[str] = []
     cut: list[tuple[str, str]] = []
     dropped: list[str] = []
     if c.remove_quoted_history or c.collapse_headers:
-        removed, collapsed = _quoted_pass(emails, c.remove_quoted_history, c.collapse_headers, keep, st, cut, dropped)
+        removed, collapsed = _quoted_pass(steps.emails, c.remove_quoted_history, c.collapse_headers, keep, st,
+                                          cut, dropped)
     else:
-        removed = [e.body for e in emails]
+        removed = [e.body for e in steps.emails]
 
-    def set_bodies(bodies: list[str]):
-        def fn(es: list[Email]) -> None:
-            for e, b in zip(es, bodies):
-                e.body = b
-        return fn
-
-    def remove_quoted(es: list[Email]) -> None:
-        set_bodies(removed)(es)
+    def remove_quoted(es: list[Email], matched: list) -> None:
+        for e, b in zip(es, removed):
+            e.body = b
         matched.extend(("quoted header", h) for h in dropped)
 
-    run("remove_quoted_history", c.remove_quoted_history, remove_quoted)
+    steps.run("remove_quoted_history", c.remove_quoted_history, remove_quoted)
 
-    def collapse(es: list[Email]) -> None:
-        set_bodies(collapsed)(es)
+    def collapse(es: list[Email], matched: list) -> None:
         matched.extend(cut)
-        for e in es:
+        for e, b in zip(es, collapsed):
+            e.body = b
             matched.extend(("recipient list cut", "; ".join(x[keep:])) for x in (e.recipients, e.cc) if len(x) > keep)
             e.recipients = shorten_names(e.recipients, keep)
             e.cc = shorten_names(e.cc, keep)
 
-    run("collapse_headers", c.collapse_headers, collapse)
-
-    def names(es: list[Email]) -> None:
-        ids: list[str] = []
-        for e in es:
-            e.sender = normalize_name(e.sender, ids)
-            e.recipients = [normalize_name(r, ids) for r in e.recipients]
-            e.cc = [normalize_name(r, ids) for r in e.cc]
-        matched.extend(("Enron name form", x) for x in ids)
-
-    run("normalize_names", c.normalize_names, names)
-
-    def signatures(es: list[Email]) -> None:
-        for e in es:
-            e.body, blocks = strip_signature_blocks(e.body)
-            matched.extend(blocks)
-
-    run("strip_signatures", c.strip_signatures, signatures)
-
-    def whitespace(es: list[Email]) -> None:
-        for e in es:
-            e.body = _whitespace(e.body)
-
-    run("normalize_whitespace", c.normalize_whitespace, whitespace)
-    st["emails_out"] += len(emails)
-    return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=emails, summary=thread.summary)
+    steps.run("collapse_headers", c.collapse_headers, collapse)
+    steps.run("normalize_names", c.normalize_names, _names_step)
+    steps.run("strip_signatures", c.strip_signatures, _signatures_step)
+    steps.run("normalize_whitespace", c.normalize_whitespace, _whitespace_step)
+    st["emails_out"] += len(steps.emails)
+    return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=steps.emails, summary=thread.summary)
 
 
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
