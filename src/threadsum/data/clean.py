@@ -45,6 +45,10 @@ from threadsum.data.types import Email, Thread
 STEPS = ("decode_quoted_printable", "drop_duplicate_emails", "remove_quoted_history", "collapse_headers",
          "normalize_names", "strip_signatures", "normalize_whitespace")
 SHINGLE = 5  # words per shingle: long enough to be specific, short enough to survive re-wrapping
+# A quoted paragraph is a duplicate when this share of its shingles exists elsewhere AND every one of
+# its words lies in such a shingle (``_covered``): the share alone let up to a fifth of a paragraph
+# that was found nowhere else go (issue 14).
+DUPLICATE_SHARE = 0.8
 
 
 # ------------------------------------------------------------------------------ 1. QP artifacts
@@ -239,10 +243,13 @@ def _shingles(words: list[str]) -> set:
 
 
 def _covered(words: list[str], shingles: set) -> bool:
-    """Whether every word of ``words`` (>= SHINGLE of them) lies in some window found in ``shingles``."""
+    """Whether every word of ``words`` (>= SHINGLE of them) lies in some window found in ``shingles``,
+    and at least DUPLICATE_SHARE of the windows are found."""
     windows = list(zip(words, words[1:], words[2:], words[3:], words[4:]))
     if shingles.issuperset(windows):
         return True  # the common case, a verbatim copy: one C-level test
+    if len(shingles.intersection(windows)) < DUPLICATE_SHARE * len(set(windows)):
+        return False
     prev = -SHINGLE  # the last window found; positions < prev + SHINGLE are covered
     for i, w in enumerate(windows):
         if w in shingles:
@@ -267,7 +274,8 @@ class _Pool:
 
     def contains(self, words: list[str]) -> bool:
         """True when every word of ``words`` is covered by text in the pool (a 5-word window of the
-        pool, or for fewer than 5 words the same words in a row): removing them loses nothing."""
+        pool, or for fewer than 5 words the same words in a row; see ``_covered``): removing them
+        loses nothing."""
         if not words:
             return True
         if len(words) < SHINGLE:
