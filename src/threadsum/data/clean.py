@@ -625,28 +625,48 @@ class _FieldAudit:
                     c1 -= 1
                 while c2 < len(b_lines) and not _BLANKISH.fullmatch(b_lines[c2]):
                     c2 += 1
-                pre = len(_words("\n".join(b_lines[c1:i1])))
-                core = len(_words("\n".join(b_lines[i1:i2])))
-                self._chunk("\n".join(b_lines[c1:c2]), pre, pre + core, "\n".join(a_lines[j1:j2]))
+                self._chunk(b_lines, c1, i1, i2, c2, a_lines[j1:j2])
 
-    def _chunk(self, text: str, c1: int, c2: int, now: str) -> None:
-        """Removed words of one changed run of lines (words c1:c2 of ``text``), paragraph by paragraph."""
-        paras = _PARA_GAP.split(text)
-        para_words = [_words(p) for p in paras]
-        words = [w for pw in para_words for w in pw]
-        new = _words(now) if now else []
-        if words[c1:c2] == new:
+    def _chunk(self, lines: list[str], c1: int, i1: int, i2: int, c2: int, now: list[str]) -> None:
+        """Removed words of the changed lines i1:i2 (lines c1:c2 with their paragraphs' context), judged
+        paragraph by paragraph. Words come per line from the memo: lines repeat from step to step."""
+        words_of = self.after.words
+        paras: list[tuple[str, list[str]]] = []
+        cur: list[str] = []
+        cur_words: list[str] = []
+        pos, w1, w2 = 0, 0, None
+        for li in range(c1, c2):
+            if li == i1:
+                w1 = pos
+            if li == i2:
+                w2 = pos
+            line = lines[li]
+            if _BLANKISH.fullmatch(line):
+                if cur:
+                    paras.append(("\n".join(cur), cur_words))
+                cur, cur_words = [], []
+                continue
+            lw = words_of(line)
+            cur.append(line)
+            cur_words.extend(lw)  # a fresh list per paragraph: the memo's lists are never changed
+            pos += len(lw)
+        if cur:
+            paras.append(("\n".join(cur), cur_words))
+        w2 = pos if w2 is None else w2
+        words = [w for _, pw in paras for w in pw]
+        new = [w for line in now for w in words_of(line)]
+        if words[w1:w2] == new:
             return
         if new:
-            ops = [(c1 + i1, c1 + i2) for tag, i1, i2, _, _ in
-                   SequenceMatcher(None, words[c1:c2], new, autojunk=False).get_opcodes() if tag in ("delete", "replace")]
+            ops = [(w1 + a, w1 + b) for tag, a, b, _, _ in
+                   SequenceMatcher(None, words[w1:w2], new, autojunk=False).get_opcodes() if tag in ("delete", "replace")]
         else:
-            ops = [(c1, c2)] if c2 > c1 else []
+            ops = [(w1, w2)] if w2 > w1 else []
         first = 0
-        for p, pw in zip(paras, para_words):
+        for p, pw in paras:
             last = first + len(pw)
-            for i1, i2 in ops:  # the removed words of this paragraph
-                k1, k2 = max(i1, first), min(i2, last)
+            for o1, o2 in ops:  # the removed words of this paragraph
+                k1, k2 = max(o1, first), min(o2, last)
                 if k1 < k2:
                     self._piece(p, pw, k1 - first, k2 - first)
             first = last
