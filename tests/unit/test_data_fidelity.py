@@ -111,6 +111,15 @@ def test_quote_with_one_new_sentence_is_kept():
     assert _unmatched(stats) == {s: 0 for s in STEPS}
 
 
+def test_earlier_message_label_keeps_author_and_date_when_the_time_wraps():
+    body = ("Fine by me.\n\nFrom: Reagan Rorschach/ENRON@enronXgate on 04/27/2001 04:04\nPM\n"
+            "To: Kay Mann/Corp/Enron@Enron\ncc:\nSubject: RE: confirm\n\nThe turbines ship on the 14th, not the 12th.")
+    c = clean_thread(Thread("1", "s", [Email("Kay", body=body, date=datetime(2001, 4, 27))]), CleanConfig())
+    assert c.emails[0].body == ("Fine by me.\n\n[Earlier message from Reagan Rorschach/ENRON@enronXgate, 04/27/2001 "
+                                "04:04 PM] To: Kay Mann/Corp/Enron@Enron | Subject: RE: confirm\n\n"
+                                "The turbines ship on the 14th, not the 12th.")
+
+
 # ------------------------------------------------------------------------------- 2. mbox
 MBOX = (b"From ann@example.com Mon May 14 09:12:00 2001\n"
         b"From: Ann Lee <ann@example.com>\nMessage-ID: <m1@example.com>\nSubject: Q3 budget\n\n"

@@ -86,6 +86,7 @@ _HDR = re.compile(r"^\s*(From|Sent|To|Cc|Bcc|Subject|Date)\s*:", re.I)
 _FROM_HDR = re.compile(r"^\s*From:\s*\S", re.I)
 _LOTUS_DATE = re.compile(r"^\s*\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(:\d{2})?\s*[AP]M\b", re.I)
 _TO_LINE = re.compile(r"^\s*To:", re.I)
+_AMPM_LINE = re.compile(r"^\s*[AP]M\s*$")
 
 
 @dataclass
@@ -188,6 +189,9 @@ def segment_body(body: str) -> list[Segment]:
             i += 1
         if kind == "lotus" and not _FROM_HDR.match(line):
             seg.marker.append(lines[i])  # the date line under the author's name
+            i += 1
+        elif kind == "lotus" and i < n and _AMPM_LINE.match(lines[i]):
+            seg.marker.append(lines[i])  # 'From: X on 04/27/2001 04:04' wrapped before its 'PM'
             i += 1
         # header block: blank lines, then From/Sent/To/Cc/Subject lines and wrapped recipient lists
         j = i
@@ -318,7 +322,8 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     label = {"original": "Original message", "forward": "Forwarded message", "wrote": "Quoted",
              "lotus": "Earlier message", "quote": "Quoted"}.get(seg.kind, "Quoted")
     if seg.kind == "lotus":
-        m = _LOTUS_FROM_ON.match(seg.marker[0]) or _FROM_VALUE.match(seg.marker[0])
+        marker = " ".join(x.strip() for x in seg.marker)
+        m = _LOTUS_FROM_ON.match(marker) or _FROM_VALUE.match(marker)
         if m and m.re is _LOTUS_FROM_ON:
             fields.setdefault("From", m.group("who"))
             fields.setdefault("Sent", m.group("when"))
