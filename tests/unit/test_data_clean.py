@@ -39,7 +39,8 @@ def test_removes_duplicated_history_keeps_unique_forward():
     assert "Original Message" not in reply and "review the draft confirm" not in reply
     # the forward's external note exists nowhere else: kept once, header collapsed to one line
     assert "extend the payment terms to sixty days" in fwd and fwd.startswith("Reagan, FYI see below.")
-    assert "[Forwarded message]" in fwd or "[Earlier message]" in fwd
+    # the collapsed Lotus header keeps author and date in its label
+    assert '[Earlier message from "Joe Smith" <joe@dynegy.com>, 04/27/2001 08:00 AM] To: Kay Mann' in fwd
     assert "sixty days" not in last  # its second copy, quoted in the last email, is gone
     assert last == "Done."  # signature block stripped
     assert c.emails[0].sender == "Kay Mann" and c.emails[0].recipients == ["Reagan Rorschach"]

@@ -9,7 +9,7 @@ ATOMS = [" ", "  ", "\t", "\r", "\n", "\n\n", "\n \n", "\f", "\v", "a", "word", 
          "On Mon, Bob wrote:", "WROTE:", "01/02/2001 10:00 AM", "1/2/01 9:00 PM", "Kay Mann", "ſ", "İ", "Ωmega",
          "--------- Forwarded by K/HOU/ECT on 01/02/2001 ----", "---", "=20", "=\n", "-- ", "*****",
          "        04/27/2001 08:00 AM", "Joe Smith\n       4/27/01 8:00 PM\nTo: K/HOU/ECT@ECT\n", "To: Kay Mann/HOU",
-         "Ann Lee\n          1/2/01 9:00 PM\nTo: x\n"]  # '/' at the 12th character: the edge of the fast path
+         "Ann Lee\n          1/2/01 9:00 PM\nTo: x\n", "From: Bo on 1/2/01 9:00\nPM\nTo: x\n", "PM", " AM "]  # '/' at the 12th character: the edge of the fast path
 
 
 def _texts(n, seed=0):
@@ -49,6 +49,9 @@ def _reference_segment_body(body):
             seg.marker.append(lines[i])
             i += 1
         if kind == "lotus" and not C._FROM_HDR.match(line):
+            seg.marker.append(lines[i])
+            i += 1
+        elif kind == "lotus" and i < n and C._AMPM_LINE.match(lines[i]):
             seg.marker.append(lines[i])
             i += 1
         j = i

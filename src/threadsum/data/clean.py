@@ -1,20 +1,30 @@
-"""Cleaning: what the model sees of each email. Every step is switchable and its effect is counted.
+"""Cleaning: what the model sees of each email. Every step is switchable, its effect is counted and
+what it removed is audited.
 
 Steps, in order (each a key of ``CleanConfig``):
 
-1. ``decode_quoted_printable``  ``=09`` / ``=20`` / ``=3D`` and soft line breaks ``=\\n`` (which split
-   words: ``Stac=\\ney``) left by the Enron export.
+1. ``decode_quoted_printable``  quoted-printable residue of the Enron export: soft line breaks ``=\\n``
+   (which split words: ``Stac=\\ney``) and every ``=XX`` escape, decoded as bytes (UTF-8, else cp1252).
 2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
 3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
-   Lotus-Notes headers, ``On ... wrote:``, ``>`` lines) whose text already exists in the thread
-   (as another email's own text or an earlier kept quote). Quoted text found nowhere else, such as
-   the note a forward carries, is kept: only its first copy survives.
-4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line, and
-   recipient lists (headers and the email's own ``to``) show at most ``max_recipients_shown`` names.
+   Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
+   when every one of its words is covered by text that stays in the thread (another email's own text
+   or an earlier kept quote). Quoted text found nowhere else, such as the note a forward carries, is
+   kept: only its first copy survives. Lines holding only ``>`` separate paragraphs, as blank lines do.
+4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
+   earlier Lotus message reads ``[Earlier message from X, date]``), and recipient lists (headers and
+   the email's own ``to``) show at most ``max_recipients_shown`` names.
 5. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
-6. ``strip_signatures``         ``-- `` signature blocks, mobile footers and legal disclaimers
-   (conservative: only well-known patterns).
+6. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
+   mobile footers, star rules and legal disclaimers (a paragraph that opens as one; see
+   ``strip_signature_blocks``). Never text that merely sits in the same paragraph as such phrases.
 7. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
+
+The audit (``new_audit``, ``audit_step``): every step's removals are found by diffing each email's
+fields before and after it; removed words found nowhere else in the thread afterwards are "unique",
+and each unique word must lie in a block the step matched as a whole by a specific pattern
+(disclaimer, signature, quoted header, recipient list cut, ...). ``prepare`` writes the counts and
+the first examples to prepare.json and report.md.
 
 ``clean_thread`` is the one code path for training data and for inference (the Summarizer calls it
 with the config saved next to the model), so what the model saw in training is what it sees later.
@@ -23,31 +33,49 @@ from __future__ import annotations
 
 import copy
 import re
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from typing import Any, Optional
 
+from threadsum.data.charset import decode_bytes
 from threadsum.data.types import Email, Thread
 
 STEPS = ("decode_quoted_printable", "drop_duplicate_emails", "remove_quoted_history", "collapse_headers",
          "normalize_names", "strip_signatures", "normalize_whitespace")
 SHINGLE = 5  # words per shingle: long enough to be specific, short enough to survive re-wrapping
-DUPLICATE_SHARE = 0.8  # a quote is a duplicate when this share of its shingles exists elsewhere
+# A quoted paragraph is a duplicate when this share of its shingles exists elsewhere AND every one of
+# its words lies in such a shingle (``_covered``): the share alone let up to a fifth of a paragraph
+# that was found nowhere else go (issue 14).
+DUPLICATE_SHARE = 0.8
 
 
 # ------------------------------------------------------------------------------ 1. QP artifacts
 _QP_SOFT = re.compile(r"=\r?\n")
-_QP_HEX = re.compile(r"=(09|20|3D|A0|92|93|94|96|97)")
-_QP_MAP = {"09": "\t", "20": " ", "3D": "=", "A0": " ", "92": "'", "93": '"', "94": '"', "96": "-", "97": "-"}
-# tabs as =09, soft breaks, or =20 closing a line: plain text like 'price=20' is not a hint
-_QP_HINT = re.compile(r"=09|=\r?\n|=20\r?$", re.M)
+_QP_RUN = re.compile(r"(?:=[0-9A-F]{2})+")
+_QP_TOKEN = re.compile(r"[^\W_]*(?:=(?:[0-9A-F]{2}|\r?\n)[^\W_]*)+")  # a word holding escapes (for the audit)
+# What marks a body as quoted-printable: tabs as =09, soft breaks, =20 closing a line, =3D, an escaped
+# 8-bit byte (=C3=BC, =E9) or escaped ASCII punctuation (=2E, =2C, =3F). Plain text like 'price=20' is
+# not a hint: a space escaped mid-line is what an unrelated '=20' looks like.
+_QP_HINT = re.compile(r"=09|=\r?\n|=20\r?$|=3D|=[89A-F][0-9A-F]|=2[1-9A-F]|=3[ABCEF]|=40|=5[BCDEF]|=60|=7[BCDE]",
+                      re.M)
+
+
+def _qp_run(m: re.Match) -> str:
+    data = bytes.fromhex(m.group(0).replace("=", ""))
+    text, _ = decode_bytes(data, None, detect=False)  # UTF-8, else cp1252 (the data.charset rule)
+    return text.replace("\xa0", " ")  # =A0 (no-break space) reads as a space, as it always did here
 
 
 def decode_qp_artifacts(text: str) -> str:
-    """Undo the quoted-printable residue; bodies without any hint of it are left untouched."""
+    """Decode a quoted-printable body: soft line breaks (``=\\n``, which split words: ``Stac=\\ney``) and
+    every ``=XX`` escape, each run of escapes decoded as bytes (UTF-8, else cp1252: ``Gr=C3=BC=C3=9Fe``
+    -> ``Grüße``, ``Caf=E9`` -> ``Café``, ``4=2E5`` -> ``4.5``). Bodies without a hint of QP
+    (``_QP_HINT``) are returned unchanged. Never raises."""
     if not _QP_HINT.search(text):
         return text
-    return _QP_HEX.sub(lambda m: _QP_MAP[m.group(1)], _QP_SOFT.sub("", text))
+    return _QP_RUN.sub(_qp_run, _QP_SOFT.sub("", text))
 
 
 # ------------------------------------------------------------------------ body segmentation
@@ -58,6 +86,7 @@ _HDR = re.compile(r"^\s*(From|Sent|To|Cc|Bcc|Subject|Date)\s*:", re.I)
 _FROM_HDR = re.compile(r"^\s*From:\s*\S", re.I)
 _LOTUS_DATE = re.compile(r"^\s*\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(:\d{2})?\s*[AP]M\b", re.I)
 _TO_LINE = re.compile(r"^\s*To:", re.I)
+_AMPM_LINE = re.compile(r"^\s*[AP]M\s*$")
 
 
 @dataclass
@@ -161,6 +190,9 @@ def segment_body(body: str) -> list[Segment]:
         if kind == "lotus" and not _FROM_HDR.match(line):
             seg.marker.append(lines[i])  # the date line under the author's name
             i += 1
+        elif kind == "lotus" and i < n and _AMPM_LINE.match(lines[i]):
+            seg.marker.append(lines[i])  # 'From: X on 04/27/2001 04:04' wrapped before its 'PM'
+            i += 1
         # header block: blank lines, then From/Sent/To/Cc/Subject lines and wrapped recipient lists
         j = i
         while j < n and not lines[j].strip() and j - i < 4:
@@ -199,7 +231,9 @@ def join_segments(segs: list[Segment]) -> str:
 
 
 # ------------------------------------------------------------------------ duplicate detection
-_WORD = re.compile(r"[a-z0-9]+")
+# Words: runs of letters and digits in any script, lower-cased ('Grüße' is one word, not 'gr' + 'e');
+# on ASCII text the same as [a-z0-9]+. Quote removal and the cleaning audit use this one definition.
+_WORD = re.compile(r"[^\W_]+")
 
 
 def _words(text: str) -> list[str]:
@@ -210,6 +244,25 @@ def _shingles(words: list[str]) -> set:
     if len(words) < SHINGLE:
         return {tuple(words)} if words else set()
     return set(zip(words, words[1:], words[2:], words[3:], words[4:]))  # SHINGLE == 5, built in C
+
+
+def _covered(words: list[str], shingles: set) -> bool:
+    """Whether every word of ``words`` (>= SHINGLE of them) lies in some window found in ``shingles``,
+    and at least DUPLICATE_SHARE of the windows are found."""
+    windows = list(zip(words, words[1:], words[2:], words[3:], words[4:]))
+    if shingles.issuperset(windows):
+        return True  # the common case, a verbatim copy: one C-level test
+    if len(shingles.intersection(windows)) < DUPLICATE_SHARE * len(set(windows)):
+        return False
+    prev = -SHINGLE  # the last window found; positions < prev + SHINGLE are covered
+    for i, w in enumerate(windows):
+        if w in shingles:
+            if i - prev > SHINGLE:
+                return False  # positions prev+SHINGLE .. i-1 lie in no window found
+            prev = i
+        elif i - prev >= SHINGLE:
+            return False
+    return prev >= len(windows) - 1
 
 
 class _Pool:
@@ -224,13 +277,15 @@ class _Pool:
         self.stream.append(" " + " ".join(words) + " ")
 
     def contains(self, words: list[str]) -> bool:
+        """True when every word of ``words`` is covered by text in the pool (a 5-word window of the
+        pool, or for fewer than 5 words the same words in a row; see ``_covered``): removing them
+        loses nothing."""
         if not words:
             return True
         if len(words) < SHINGLE:
             needle = " " + " ".join(words) + " "
             return any(needle in s for s in self.stream)
-        sh = _shingles(words)
-        return len(sh & self.shingles) >= DUPLICATE_SHARE * len(sh)
+        return _covered(words, self.shingles)
 
 
 # --------------------------------------------------------------------------- header collapsing
@@ -240,9 +295,23 @@ def shorten_names(names: list[str], keep: int) -> list[str]:
     return list(names[:keep]) + [f"(+{len(names) - keep} more)"]
 
 
-def _collapse_header(seg: Segment, keep: int) -> list[str]:
+_LOTUS_FROM_ON = re.compile(r"^\s*From:\s*(?P<who>.+?)\s+on\s+(?P<when>\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}"
+                            r"(?::\d{2})?\s*[AP]M)\s*$", re.I)
+_FROM_VALUE = re.compile(r"^\s*From:\s*(.+?)\s*$", re.I)
+
+
+def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]]] = None) -> list[str]:
+    """A quoted block's marker and header lines as one line.
+
+    An earlier message (Lotus Notes layout) reads ``[Earlier message from X, date] To: ... | Subject: ...``
+    when author and date are known (``From: X on 04/27/2001 04:04 PM``, or a name line over a date line).
+    Recipient lists keep ``keep`` names; the names left out, and the labels of empty header fields
+    (``cc:``), are appended to ``cut`` as (kind, text) for the audit.
+    """
     fields: dict[str, str] = {}
     key = None
+    if cut is not None:  # the marker lines are rewritten ('Forwarded by X on D' -> 'Forwarded by: X (D)')
+        cut.extend(("quoted header", line) for line in seg.marker)
     for h in seg.header:
         m = _HDR.match(h)
         if m:
@@ -252,24 +321,43 @@ def _collapse_header(seg: Segment, keep: int) -> list[str]:
             fields[key] = (fields[key] + " " + h.strip()).strip()
     label = {"original": "Original message", "forward": "Forwarded message", "wrote": "Quoted",
              "lotus": "Earlier message", "quote": "Quoted"}.get(seg.kind, "Quoted")
-    if seg.kind == "lotus" and not _FROM_HDR.match(seg.marker[0]):
-        fields.setdefault("From", seg.marker[0].strip())
-        if len(seg.marker) > 1:
-            fields.setdefault("Sent", seg.marker[1].strip())
+    if seg.kind == "lotus":
+        marker = " ".join(x.strip() for x in seg.marker)
+        m = _LOTUS_FROM_ON.match(marker) or _FROM_VALUE.match(marker)
+        if m and m.re is _LOTUS_FROM_ON:
+            fields.setdefault("From", m.group("who"))
+            fields.setdefault("Sent", m.group("when"))
+        elif m:
+            fields.setdefault("From", m.group(1))
+        else:
+            fields.setdefault("From", seg.marker[0].strip())
+            if len(seg.marker) > 1:
+                fields.setdefault("Sent", seg.marker[1].strip())
     if seg.kind == "forward":
         m = re.search(r"Forwarded by (.+?) on (.+?)\s*-*$", " ".join(x.strip() for x in seg.marker))
         if m:
             fields.setdefault("Forwarded by", f"{m.group(1)} ({m.group(2).strip()})")
+    if seg.kind == "lotus" and fields.get("From", "").strip():
+        when = (fields.pop("Sent", "") or fields.pop("Date", "")).strip()
+        label += f" from {fields.pop('From').strip()}" + (f", {when}" if when else "")
     parts = []
-    for k in ("Forwarded by", "From", "Sent", "Date", "To", "Cc", "Subject"):
-        v = fields.get(k, "").strip()
-        if not v:
+    for k in ("Forwarded by", "From", "Sent", "Date", "To", "Cc", "Bcc", "Subject"):
+        if k not in fields:
             continue
-        if k in ("To", "Cc"):
-            v = "; ".join(shorten_names([x.strip() for x in re.split(r";|,(?=\s*\S+/)", v) if x.strip()], keep))
+        v = fields[k].strip()
+        if not v:
+            if cut is not None:
+                cut.append(("empty header field", k))
+            continue
+        if k in ("To", "Cc", "Bcc"):
+            names = [x.strip() for x in re.split(r";|,(?=\s*\S+/)", v) if x.strip()]
+            if cut is not None:
+                if len(names) > keep:
+                    cut.append(("recipient list cut", "; ".join(names[keep:])))
+            v = "; ".join(shorten_names(names, keep))
         parts.append(f"{k}: {v}")
-    if seg.kind == "wrote":
-        return [seg.marker[0].strip()]
+    if seg.kind == "wrote":  # 'On ... wrote:' already names author and date
+        return [seg.marker[0].strip()] + ([" | ".join(parts)] if parts else [])
     return [f"[{label}] " + " | ".join(parts)] if parts else [f"[{label}]"]
 
 
@@ -277,19 +365,26 @@ def _collapse_header(seg: Segment, keep: int) -> list[str]:
 _ENRON_NAME = re.compile(r"^\s*([A-Za-z][A-Za-z'\-\. ]*?),\s+([A-Za-z][A-Za-z0-9'\-\. ]*?)\s*$")
 
 
-def normalize_name(name: str) -> str:
-    """'Theriot, Kim S. KTHERIO' / 'Murphy, Melissa Mmurphy' -> 'Kim S. Theriot' / 'Melissa Murphy'."""
+def normalize_name(name: str, cut: Optional[list[str]] = None) -> str:
+    """'Theriot, Kim S. KTHERIO' / 'Murphy, Melissa Mmurphy' -> 'Kim S. Theriot' / 'Melissa Murphy'.
+
+    The name in Enron form, and a dropped mail user id (``KTHERIO``), are appended to ``cut`` when given
+    (for the audit)."""
     if "@" in name or "<" in name:
         return name
     m = _ENRON_NAME.match(name.strip().strip("'\""))
     if not m:
         return name
     last, given = m.group(1).strip(), m.group(2).split()
+    if cut is not None:  # reordered as a whole: 'Last, Given' -> 'Given Last'
+        cut.append(name)
     if len(given) >= 2:
         uid = given[-1].lower().rstrip("0123456789")
         initials = {g[0].lower() for g in given[:-1]}
         surname = re.sub(r"[^a-z]", "", last.lower())
         if uid[:1] in initials and len(uid) > 2 and uid[1:4] == surname[:3]:
+            if cut is not None:
+                cut.append(given[-1])
             given = given[:-1]  # drop the mail user id
     return " ".join(given + [last])
 
@@ -303,15 +398,43 @@ _DISCLAIMER_HITS = ("property of enron", "intended recipient", "confidential and
                     "in error, please")
 
 
+# A legal disclaimer is a whole paragraph that OPENS as one (this pattern, after quote marks, stars and
+# rules) and holds at least two of the well-known phrases: text that merely mentions them, or a paragraph
+# that runs on from the author's words into a disclaimer, is never removed for it.
+_DISCLAIMER_OPEN = re.compile(
+    r"[\s*>_=~#-]*(?:(?:notice|disclaimer|confidentiality(?: notice)?|important|legal notice)\s*[:.\-]\s*)?"
+    r"(?:this (?:e-?mail|message|communication|transmission|electronic (?:mail|message))\b"
+    r"|the (?:information|contents?|material)\b.{0,40}\b(?:in|of) this (?:e-?mail|message|communication|transmission)"
+    r"|if you (?:are not|have received)\b|(?:privileged|confidential)\b)", re.I | re.S)
+DISCLAIMER_MAX_CHARS = 2500  # the longest real disclaimers are ~1,500 characters
 _DASH_LINE = re.compile(r"\s*-{5,}\s*")
-_STARS_PARA = re.compile(r"\s*\*{10,}\s*")
-_PARA_SPLIT_KEEP = re.compile(r"(\n\s*\n)")
-_STARS_LINE = re.compile(r"\n\s*\*{10,}\s*(?=\n|$)")
+_STARS_PARA = re.compile(r"[\s>]*\*{10,}[\s>*]*")
+# paragraphs end at blank lines, and in a '>' quote at lines holding only '>' marks
+_PARA_SPLIT_KEEP = re.compile(r"(\n(?:(?:[^\S\n]|>)*\n)+)")
+_STARS_LINE = re.compile(r"\n[^\S\n]*(?:>[^\S\n]*)*\*{10,}[^\S\n]*(?=\n|$)")
+_UNQUOTE = re.compile(r"(?m)^[^\S\n]*(?:>[^\S\n]?)+")
 
 
-def strip_signature(text: str) -> str:
-    """Remove '-- ' signature blocks, mobile footers and legal disclaimer paragraphs."""
-    if "Sent " in text or "\n--" in text:
+def _is_disclaimer(para: str) -> bool:
+    if len(para) > DISCLAIMER_MAX_CHARS:
+        return False
+    text = _UNQUOTE.sub("", para) if ">" in para else para
+    if not _DISCLAIMER_OPEN.match(text):
+        return False
+    low = " ".join(text.lower().split())  # phrases wrap across lines
+    return sum(h in low for h in _DISCLAIMER_HITS) >= 2
+
+
+def strip_signature_blocks(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """Remove whole boilerplate blocks; returns (text, [(kind, removed block), ...]).
+
+    Blocks, each matched as a whole by its own pattern: ``signature`` (a ``-- `` line and the lines
+    under it up to a blank line, at most 6), ``mobile footer`` (a ``Sent from my BlackBerry`` line and
+    the dashed rule above it), ``disclaimer`` (see ``_DISCLAIMER_OPEN``) and ``rule`` (lines of 10 or
+    more stars). Nothing else is touched.
+    """
+    removed: list[tuple[str, str]] = []
+    if "Sent " in text or "\n--" in text or text.startswith("--"):
         lines = text.split("\n")
         out: list[str] = []
         i = 0
@@ -320,6 +443,7 @@ def strip_signature(text: str) -> str:
             if line.startswith("Sent") and _MOBILE.match(line):
                 if out and _DASH_LINE.fullmatch(out[-1]):
                     out.pop()
+                removed.append(("mobile footer", line))
                 i += 1
                 continue
             if line in ("-- ", "--"):
@@ -328,6 +452,7 @@ def strip_signature(text: str) -> str:
                 while k < len(lines) and lines[k].strip() and k - i <= 7:
                     k += 1
                 if k - i <= 7:
+                    removed.append(("signature", "\n".join(lines[i:k])))
                     i = k
                     continue
             out.append(line)
@@ -335,25 +460,304 @@ def strip_signature(text: str) -> str:
         text = "\n".join(out)
     low = text.lower()
     if not any(h in low for h in _DISCLAIMER_HITS) and "*****" not in text:
-        return text
-    # legal disclaimers: whole paragraphs with at least two of the well-known phrases
+        return text, removed
     paras = _PARA_SPLIT_KEEP.split(text)
     kept = []
-    for p in paras:
-        low = p.lower()
-        if sum(h in low for h in _DISCLAIMER_HITS) >= 2 or _STARS_PARA.fullmatch(p):
-            continue
+    for k, p in enumerate(paras):
+        if k % 2 == 0 and p:  # odd items are the separators the split kept
+            if _STARS_PARA.fullmatch(p):
+                removed.append(("rule", p))
+                continue
+            if _is_disclaimer(p):
+                removed.append(("disclaimer", p))
+                continue
         kept.append(p)
     text = "".join(kept)
-    return _STARS_LINE.sub("", text)
+    for m in _STARS_LINE.finditer(text):
+        removed.append(("rule", m.group(0)))
+    return _STARS_LINE.sub("", text), removed
+
+
+def strip_signature(text: str) -> str:
+    """``strip_signature_blocks`` without the list of what was removed."""
+    return strip_signature_blocks(text)[0]
 
 
 # ---------------------------------------------------------------------------------- stats
+AUDIT_EXAMPLES = 5  # unique removals kept as examples per step (prepare.json, report.md)
+AUDIT_EXAMPLE_CHARS = 300
+
+
 def new_stats() -> dict[str, Any]:
+    """Empty cleaning counts. Per step: characters and words before/after, emails changed, and the
+    audit (``new_audit``) of what the step removed."""
     return {"threads": 0, "emails_in": 0, "emails_out": 0, "duplicate_emails": 0, "dropped": [],
             "quoted_blocks": {"removed": 0, "kept_unique": 0},
             "steps": {s: {"chars_before": 0, "chars_after": 0, "words_before": 0, "words_after": 0,
-                          "emails_changed": 0, "enabled": False} for s in STEPS}}
+                          "emails_changed": 0, "enabled": False, "audit": new_audit()} for s in STEPS}}
+
+
+def new_audit() -> dict[str, Any]:
+    """What one step removed, over all threads.
+
+    ``removed_words``/``removed_chars``: words (``_WORD``) the step took out of an email's sender,
+    recipients or body, and the characters of the text spans they came from. ``unique_*``: the part of
+    that found nowhere in the thread after the step (no 5-word window of it, or for texts under 5 words
+    no identical run of words, is left anywhere in the thread). ``unique_words_matched``: unique words
+    inside blocks the step matched as a whole by a specific pattern (``blocks`` counts those by kind:
+    disclaimer, signature, mobile footer, recipient list cut, ...); ``unique_words_unmatched`` is the
+    rest, which must stay 0. ``examples``: the first unique removals, each with its thread, email
+    index, field, text and the block kind that matched it (None when no pattern did);
+    ``unmatched_examples``: the first of those no pattern matched.
+    """
+    return {"removed_words": 0, "removed_chars": 0, "unique_words": 0, "unique_chars": 0,
+            "unique_words_matched": 0, "unique_words_unmatched": 0, "blocks": {}, "examples": [],
+            "unmatched_examples": []}
+
+
+_FIELDS = ("sender", "recipients", "cc", "body")
+
+
+def _fields(e: Email) -> tuple[str, str, str, str]:
+    return e.sender, "; ".join(e.recipients), "; ".join(e.cc), e.body
+
+
+_PARA_GAP = re.compile(r"\n(?:(?:[^\S\n]|>)*\n)+")  # what separates paragraphs, '>'-only lines included
+_BLANKISH = re.compile(r"(?:[^\S\n]|>)*")  # a line that is blank or holds only '>' marks
+
+
+class _Words:
+    """``_words`` memoized per text: most fields are the same string objects from one step to the next."""
+
+    def __init__(self) -> None:
+        self.memo: dict[str, list[str]] = {}
+
+    def __call__(self, text: str) -> list[str]:
+        got = self.memo.get(text)
+        if got is None:
+            got = self.memo[text] = _words(text)
+        return got
+
+
+class _After:
+    """The text of a thread after a step, for the uniqueness test (built on first use)."""
+
+    def __init__(self, emails: list[Email], words: _Words) -> None:
+        self.emails = emails
+        self.words = words
+        self._shingles: Optional[set] = None
+        self._vocab: set = set()
+
+    def _build(self) -> None:
+        self._shingles = set()
+        for e in self.emails:
+            for f in _fields(e):
+                w = self.words(f)
+                self._shingles.update(zip(w, w[1:], w[2:], w[3:], w[4:]))
+                self._vocab.update(w)
+
+    def unique_mask(self, words: list[str], k1: int = 0, k2: Optional[int] = None) -> list[bool]:
+        """For the removed words words[k1:k2] of a paragraph ``words``: True where a word is unique.
+
+        A paragraph of SHINGLE or more words: a word is unique when no window of SHINGLE words of the
+        paragraph holding it is left in the thread. A shorter one: a word is unique when the word is
+        left nowhere in the thread. (Quote removal tests a paragraph the same way, or more strictly.)
+        """
+        if self._shingles is None:
+            self._build()
+        n = len(words)
+        k2 = n if k2 is None else k2
+        if n < SHINGLE:
+            return [w not in self._vocab for w in words[k1:k2]]
+        lo, hi = max(0, k1 - SHINGLE + 1), min(k2, n - SHINGLE + 1)  # the windows that hold a removed word
+        if self._shingles.issuperset(zip(words[lo:], words[lo + 1:], words[lo + 2:], words[lo + 3:],
+                                         words[lo + 4:hi + 4])):
+            return [False] * (k2 - k1)  # the common case, a copy of text still in the thread: one C-level test
+        hits = [tuple(words[i:i + SHINGLE]) in self._shingles for i in range(lo, hi)]
+        return [not any(hits[max(lo, k - SHINGLE + 1) - lo:min(k, n - SHINGLE) + 1 - lo]) for k in range(k1, k2)]
+
+
+def _word_span(text: str, k1: int, k2: int, n: int) -> tuple[int, int]:
+    """Character span from the start of word k1 to the end of word k2 - 1 of ``text`` (n words); for
+    all n words, the whole paragraph less its surrounding whitespace."""
+    if k1 == 0 and k2 == n:  # no match object per word
+        return len(text) - len(text.lstrip()), len(text.rstrip())
+    start = end = 0
+    for k, m in enumerate(_WORD.finditer(text)):
+        if k == k1:
+            start = m.start()
+        if k == k2 - 1:
+            end = m.end()
+            break
+    return start, end
+
+
+def _matched_positions(words: list[str], blocks: list[list[str]]) -> set[int]:
+    """Indices of ``words`` lying inside an occurrence of one of the matched blocks' word sequences."""
+    joined = " " + " ".join(words) + " "
+    starts = []  # character offset of each word in ``joined``
+    pos = 1
+    for w in words:
+        starts.append(pos)
+        pos += len(w) + 1
+    out: set[int] = set()
+    for wb in blocks:
+        if not wb:
+            continue
+        needle = " " + " ".join(wb) + " "
+        at = joined.find(needle)
+        while at >= 0:
+            i = bisect_left(starts, at + 1)
+            out.update(range(i, i + len(wb)))
+            at = joined.find(needle, at + 1)
+    return out
+
+
+class _FieldAudit:
+    """Audit of one field of one email: line-level diff first, word-level diff inside changed lines."""
+
+    def __init__(self, rec: dict, after: _After, blocks: list[list[str]], where: dict) -> None:
+        self.rec, self.after, self.blocks, self.where = rec, after, blocks, where
+        self.block_text = " | " + " | ".join(" ".join(b) for b in blocks) + " | "
+
+    def run(self, before: str, now: str) -> None:
+        b_lines, a_lines = before.split("\n"), now.split("\n")
+        for tag, i1, i2, j1, j2 in SequenceMatcher(None, b_lines, a_lines, autojunk=False).get_opcodes():
+            if tag in ("delete", "replace"):
+                # the unchanged rest of the paragraphs at both ends comes along as context
+                c1, c2 = i1, i2
+                while c1 > 0 and not _BLANKISH.fullmatch(b_lines[c1 - 1]):
+                    c1 -= 1
+                while c2 < len(b_lines) and not _BLANKISH.fullmatch(b_lines[c2]):
+                    c2 += 1
+                self._chunk(b_lines, c1, i1, i2, c2, a_lines[j1:j2])
+
+    def _chunk(self, lines: list[str], c1: int, i1: int, i2: int, c2: int, now: list[str]) -> None:
+        """Removed words of the changed lines i1:i2 (lines c1:c2 with their paragraphs' context), judged
+        paragraph by paragraph. Words come per line from the memo: lines repeat from step to step."""
+        words_of = self.after.words
+        paras: list[tuple[str, list[str]]] = []
+        cur: list[str] = []
+        cur_words: list[str] = []
+        pos, w1, w2 = 0, 0, None
+        for li in range(c1, c2):
+            if li == i1:
+                w1 = pos
+            if li == i2:
+                w2 = pos
+            line = lines[li]
+            if _BLANKISH.fullmatch(line):
+                if cur:
+                    paras.append(("\n".join(cur), cur_words))
+                cur, cur_words = [], []
+                continue
+            lw = words_of(line)
+            cur.append(line)
+            cur_words.extend(lw)  # a fresh list per paragraph: the memo's lists are never changed
+            pos += len(lw)
+        if cur:
+            paras.append(("\n".join(cur), cur_words))
+        w2 = pos if w2 is None else w2
+        words = [w for _, pw in paras for w in pw]
+        new = [w for line in now for w in words_of(line)]
+        if words[w1:w2] == new:
+            return
+        if new:
+            ops = [(w1 + a, w1 + b) for tag, a, b, _, _ in
+                   SequenceMatcher(None, words[w1:w2], new, autojunk=False).get_opcodes() if tag in ("delete", "replace")]
+        else:
+            ops = [(w1, w2)] if w2 > w1 else []
+        first = 0
+        for p, pw in paras:
+            last = first + len(pw)
+            for o1, o2 in ops:  # the removed words of this paragraph
+                k1, k2 = max(o1, first), min(o2, last)
+                if k1 < k2:
+                    self._piece(p, pw, k1 - first, k2 - first)
+            first = last
+
+    def _piece(self, para: str, pw: list[str], k1: int, k2: int) -> None:
+        rec = self.rec
+        rec["removed_words"] += k2 - k1
+        a, b = _word_span(para, k1, k2, len(pw))
+        rec["removed_chars"] += b - a
+        mask = self.after.unique_mask(pw, k1, k2)
+        k = k1
+        while k < k2:  # runs of unique words
+            if not mask[k - k1]:
+                k += 1
+                continue
+            j = k
+            while j < k2 and mask[j - k1]:
+                j += 1
+            self._run(para, pw, k, j)
+            k = j
+
+    def _run(self, para: str, pw: list[str], k1: int, k2: int) -> None:
+        """A run of unique removed words: inside a matched block, or judged apart from the blocks in it."""
+        run = pw[k1:k2]
+        if self.blocks and " " + " ".join(run) + " " not in self.block_text:
+            inside = _matched_positions(run, self.blocks)
+            if inside:  # a block is judged whole, the text next to it on its own
+                k = 0
+                while k < len(run):
+                    j = k
+                    while j < len(run) and (j in inside) == (k in inside):
+                        j += 1
+                    if k in inside:
+                        self._count(para, pw, k1 + k, k1 + j, True)
+                    else:
+                        mask = self.after.unique_mask(run[k:j])
+                        for x in range(k, j):  # each unique word on its own (a rare path)
+                            if mask[x - k]:
+                                self._count(para, pw, k1 + x, k1 + x + 1, False)
+                    k = j
+                return
+            self._count(para, pw, k1, k2, False)
+            return
+        self._count(para, pw, k1, k2, bool(self.blocks))
+
+    def _count(self, para: str, pw: list[str], k1: int, k2: int, matched: bool) -> None:
+        rec = self.rec
+        a, b = _word_span(para, k1, k2, len(pw))
+        rec["unique_words"] += k2 - k1
+        rec["unique_chars"] += b - a
+        rec["unique_words_matched" if matched else "unique_words_unmatched"] += k2 - k1
+        example = dict(self.where, text=para[a:b][:AUDIT_EXAMPLE_CHARS], block=self.where["block"] if matched else None)
+        if len(rec["examples"]) < AUDIT_EXAMPLES:
+            rec["examples"].append(example)
+        if not matched and len(rec["unmatched_examples"]) < AUDIT_EXAMPLES:
+            rec["unmatched_examples"].append(example)
+
+
+def audit_step(rec: dict, thread_id: str, old: list[tuple[str, ...]], emails: list[Email],
+               kept: list[int], matched: list[tuple[str, str]], words: Optional[_Words] = None) -> None:
+    """Audit one step on one thread (see ``new_audit``).
+
+    Args:
+        rec: the step's audit counts (``new_audit``), updated in place.
+        old: each email's fields (``_fields``) before the step, in the order before it.
+        emails: the emails after the step.
+        kept: for each email after the step, its index in ``old`` (dropped emails lost all their text).
+        matched: (kind, text) of every block the step removed as matched boilerplate.
+        words: a ``_Words`` memo shared across the steps of the thread.
+    """
+    words = words or _Words()
+    changed = []
+    now = {i: _fields(e) for i, e in zip(kept, emails)}
+    for i, fields in enumerate(old):
+        cur = now.get(i, ("",) * len(_FIELDS))
+        changed += [(i, name, b, a) for name, b, a in zip(_FIELDS, fields, cur) if b != a]
+    for kind, _ in matched:
+        rec["blocks"][kind] = rec["blocks"].get(kind, 0) + 1
+    if not changed:
+        return
+    after = _After(emails, words)
+    blocks = [_words(text) for _, text in matched]
+    kinds = sorted({k for k, _ in matched})
+    block = "/".join(kinds) or None
+    for i, name, b, a in changed:
+        _FieldAudit(rec, after, blocks, {"thread_id": thread_id, "email": i, "field": name, "block": block}).run(b, a)
 
 
 class _Meter:
@@ -386,13 +790,19 @@ class _Meter:
 
 
 # --------------------------------------------------------------------------------- the steps
-_PARA_SPLIT = re.compile(r"\n\s*\n")
+_PARA_SPLIT = re.compile(r"\n(?:(?:[^\S\n]|>)*\n)+")  # blank lines, and lines of only '>' marks in a quote
 _QUOTE_PREFIX = re.compile(r"(?m)^\s*>+")
 
 
-def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict
+def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, stats: dict,
+                 cut: Optional[list[tuple[str, str]]] = None, dropped: Optional[list[str]] = None
                  ) -> tuple[list[str], list[str]]:
-    """Bodies after quote removal, and after quote removal + header collapsing (one segmentation)."""
+    """Bodies after quote removal, and after quote removal + header collapsing (one segmentation).
+
+    A quoted paragraph is removed only when every one of its words is covered by text that stays in
+    the thread (``_Pool.contains``); recipient names cut from collapsed headers go to ``cut``, and the
+    marker and header lines of quoted blocks removed whole (every paragraph a duplicate) to ``dropped``.
+    """
     segmented = [segment_body(e.body) for e in emails]
     pool = _Pool()
     # Paragraphs already looked up: each is in the pool now (found there, or added), and the pool only
@@ -414,7 +824,7 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
         for s in segs:
             if s.quoted and remove:
                 # paragraph by paragraph: a quote often mixes copies of thread emails with unique text
-                paras = _PARA_SPLIT.split("\n".join(s.content))
+                paras = [p for p in _PARA_SPLIT.split("\n".join(s.content)) if p.strip(" \t\r\f\v>")]
                 unique = []
                 for para in paras:
                     if para in known:
@@ -426,14 +836,16 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
                         pool.add(words)
                 if not unique:
                     stats["quoted_blocks"]["removed"] += 1
+                    if dropped is not None and (s.marker or s.header):
+                        dropped.append("\n".join(s.marker + s.header))
                     continue
                 stats["quoted_blocks"]["kept_unique"] += 1
-                if len(unique) < len(paras):
-                    s = Segment(s.kind, s.marker, s.header, "\n\n".join(unique).split("\n"))
+                if len(unique) < len(paras):  # a blank line after it keeps it apart from the next block
+                    s = Segment(s.kind, s.marker, s.header, ("\n\n".join(unique) + "\n").split("\n"))
             kept.append(s)
         removed.append(join_segments(kept) if remove else e.body)
         if collapse:
-            kept = [Segment(s.kind, marker=_collapse_header(s, keep), header=[], content=s.content)
+            kept = [Segment(s.kind, marker=_collapse_header(s, keep, cut), header=[], content=s.content)
                     if s.quoted and (s.header or s.kind in ("forward", "lotus", "original")) else s for s in kept]
         collapsed.append(join_segments(kept))
     return removed, collapsed
@@ -457,113 +869,142 @@ def _whitespace(body: str) -> str:
     return body.strip()
 
 
+class _Steps:
+    """Runs the steps of one thread: counts each step's effect and audits what it removed."""
+
+    def __init__(self, thread: Thread, st: dict) -> None:
+        self.thread, self.st = thread, st
+        self.emails = [copy.copy(e) for e in thread.emails]  # private copies: steps assign new field values
+        self.meter = _Meter()
+        self.current = self.meter(self.emails)  # a step's "before" is the previous step's "after": measured once
+        self.matched: list[tuple[str, str]] = []  # blocks the running step removed as matched boilerplate
+        self.words = _Words()
+
+    def run(self, step: str, enabled: bool, fn) -> None:
+        """Apply ``fn(emails, matched)`` (it edits the emails in place or returns a new list)."""
+        rec = self.st["steps"][step]
+        rec["enabled"] = enabled
+        rec["chars_before"] += self.current[0]
+        rec["words_before"] += self.current[1]
+        if enabled:
+            before = list(self.emails)
+            old = [(e.body, e.sender, e.recipients) for e in before]
+            old_fields = [_fields(e) for e in before]
+            self.matched.clear()
+            self.emails = fn(self.emails, self.matched) or self.emails
+            if len(old) == len(self.emails):
+                chars, words = self.current
+                for o, e in zip(old, self.emails):
+                    new = (e.body, e.sender, e.recipients)
+                    if o != new:  # only the changed emails are measured again
+                        rec["emails_changed"] += 1
+                        c0, w0 = self.meter.parts(*o)
+                        c1, w1 = self.meter.parts(*new)
+                        chars += c1 - c0
+                        words += w1 - w0
+                self.current = (chars, words)
+            else:
+                self.current = self.meter(self.emails)
+            index = {id(e): i for i, e in enumerate(before)}
+            if step != "normalize_whitespace":  # it changes only whitespace: no word can go
+                audit_step(rec["audit"], self.thread.thread_id, old_fields, self.emails,
+                           [index[id(e)] for e in self.emails], self.matched, self.words)
+        rec["chars_after"] += self.current[0]
+        rec["words_after"] += self.current[1]
+
+
+def _qp_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        new = decode_qp_artifacts(e.body)
+        if new != e.body:  # every change is an escape decoded: the words holding one are matched
+            matched.extend(("quoted-printable escape", m.group(0)) for m in _QP_TOKEN.finditer(e.body))
+        e.body = new
+
+
+def _drop_duplicates(es: list[Email], thread_id: str, st: dict) -> list[Email]:
+    # the body's words (the costly part of the key) only matter for emails sharing sender and time
+    heads = [(e.sender.strip().lower(), e.date) for e in es]
+    shared = {h for h, n in Counter(heads).items() if n > 1}
+    seen, out = set(), []
+    for i, (e, head) in enumerate(zip(es, heads)):
+        if head not in shared:
+            out.append(e)
+            continue
+        key = (*head, " ".join(_words(e.body)))
+        if key in seen:
+            st["duplicate_emails"] += 1
+            st["dropped"].append({"thread_id": thread_id, "index": i,
+                                  "date": e.date.isoformat(sep=" ") if e.date else None, "sender": e.sender})
+            continue
+        seen.add(key)
+        out.append(e)
+    return out
+
+
+def _names_step(es: list[Email], matched: list) -> None:
+    names: list[str] = []
+    for e in es:
+        e.sender = normalize_name(e.sender, names)
+        e.recipients = [normalize_name(r, names) for r in e.recipients]
+        e.cc = [normalize_name(r, names) for r in e.cc]
+    matched.extend(("Enron name form", x) for x in names)
+
+
+def _signatures_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        e.body, blocks = strip_signature_blocks(e.body)
+        matched.extend(blocks)
+
+
+def _whitespace_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        e.body = _whitespace(e.body)
+
+
 def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thread:
-    """A cleaned copy of ``thread`` (the input is not modified); ``stats`` accumulates per-step counts."""
+    """A cleaned copy of ``thread`` (the input is not modified); ``stats`` accumulates per-step counts
+    and the audit of what each step removed (``new_audit``)."""
     st = stats if stats is not None else new_stats()
     if not st:
         st.update(new_stats())
     c = clean_cfg
-    emails = [copy.copy(e) for e in thread.emails]  # private copies: steps assign new field values
+    steps = _Steps(thread, st)
     st["threads"] += 1
-    st["emails_in"] += len(emails)
-    meter = _Meter()
-    current = meter(emails)  # a step's "before" is the previous step's "after": measured once
-
-    def run(step: str, enabled: bool, fn) -> None:
-        nonlocal emails, current
-        rec = st["steps"][step]
-        rec["enabled"] = enabled
-        rec["chars_before"] += current[0]
-        rec["words_before"] += current[1]
-        if enabled:
-            old = [(e.body, e.sender, e.recipients) for e in emails]
-            emails = fn(emails) or emails
-            if len(old) == len(emails):
-                chars, words = current
-                for o, e in zip(old, emails):
-                    new = (e.body, e.sender, e.recipients)
-                    if o != new:  # only the changed emails are measured again
-                        rec["emails_changed"] += 1
-                        c0, w0 = meter.parts(*o)
-                        c1, w1 = meter.parts(*new)
-                        chars += c1 - c0
-                        words += w1 - w0
-                current = (chars, words)
-            else:
-                current = meter(emails)
-        rec["chars_after"] += current[0]
-        rec["words_after"] += current[1]
-
-    def qp(es: list[Email]) -> None:
-        for e in es:
-            e.body = decode_qp_artifacts(e.body)
-
-    run("decode_quoted_printable", c.decode_quoted_printable, qp)
-
-    def dedupe(es: list[Email]) -> list[Email]:
-        # the body's words (the costly part of the key) only matter for emails sharing sender and time
-        heads = [(e.sender.strip().lower(), e.date) for e in es]
-        shared = {h for h, n in Counter(heads).items() if n > 1}
-        seen, out = set(), []
-        for i, (e, head) in enumerate(zip(es, heads)):
-            if head not in shared:
-                out.append(e)
-                continue
-            key = (*head, " ".join(_words(e.body)))
-            if key in seen:
-                st["duplicate_emails"] += 1
-                st["dropped"].append({"thread_id": thread.thread_id, "index": i,
-                                      "date": e.date.isoformat(sep=" ") if e.date else None, "sender": e.sender})
-                continue
-            seen.add(key)
-            out.append(e)
-        return out
-
-    run("drop_duplicate_emails", c.drop_duplicate_emails, dedupe)
+    st["emails_in"] += len(steps.emails)
+    steps.run("decode_quoted_printable", c.decode_quoted_printable, _qp_step)
+    steps.run("drop_duplicate_emails", c.drop_duplicate_emails,
+              lambda es, _: _drop_duplicates(es, thread.thread_id, st))
     keep = c.max_recipients_shown
     collapsed: list[str] = []
+    cut: list[tuple[str, str]] = []
+    dropped: list[str] = []
     if c.remove_quoted_history or c.collapse_headers:
-        removed, collapsed = _quoted_pass(emails, c.remove_quoted_history, c.collapse_headers, keep, st)
+        removed, collapsed = _quoted_pass(steps.emails, c.remove_quoted_history, c.collapse_headers, keep, st,
+                                          cut, dropped)
     else:
-        removed = [e.body for e in emails]
+        removed = [e.body for e in steps.emails]
 
-    def set_bodies(bodies: list[str]):
-        def fn(es: list[Email]) -> None:
-            for e, b in zip(es, bodies):
-                e.body = b
-        return fn
+    def remove_quoted(es: list[Email], matched: list) -> None:
+        for e, b in zip(es, removed):
+            e.body = b
+        matched.extend(("quoted header", h) for h in dropped)
 
-    run("remove_quoted_history", c.remove_quoted_history, set_bodies(removed))
+    steps.run("remove_quoted_history", c.remove_quoted_history, remove_quoted)
 
-    def collapse(es: list[Email]) -> None:
-        set_bodies(collapsed)(es)
-        for e in es:
+    def collapse(es: list[Email], matched: list) -> None:
+        matched.extend(cut)
+        for e, b in zip(es, collapsed):
+            e.body = b
+            matched.extend(("recipient list cut", "; ".join(x[keep:])) for x in (e.recipients, e.cc) if len(x) > keep)
             e.recipients = shorten_names(e.recipients, keep)
             e.cc = shorten_names(e.cc, keep)
 
-    run("collapse_headers", c.collapse_headers, collapse)
-
-    def names(es: list[Email]) -> None:
-        for e in es:
-            e.sender = normalize_name(e.sender)
-            e.recipients = [normalize_name(r) for r in e.recipients]
-            e.cc = [normalize_name(r) for r in e.cc]
-
-    run("normalize_names", c.normalize_names, names)
-
-    def signatures(es: list[Email]) -> None:
-        for e in es:
-            e.body = strip_signature(e.body)
-
-    run("strip_signatures", c.strip_signatures, signatures)
-
-    def whitespace(es: list[Email]) -> None:
-        for e in es:
-            e.body = _whitespace(e.body)
-
-    run("normalize_whitespace", c.normalize_whitespace, whitespace)
-    st["emails_out"] += len(emails)
-    return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=emails, summary=thread.summary)
+    steps.run("collapse_headers", c.collapse_headers, collapse)
+    steps.run("normalize_names", c.normalize_names, _names_step)
+    steps.run("strip_signatures", c.strip_signatures, _signatures_step)
+    steps.run("normalize_whitespace", c.normalize_whitespace, _whitespace_step)
+    st["emails_out"] += len(steps.emails)
+    return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=steps.emails, summary=thread.summary)
 
 
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
@@ -580,6 +1021,8 @@ def merge_stats(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
             merge_stats(into.setdefault(key, {}), value)
         elif isinstance(value, list):
             into.setdefault(key, []).extend(value)
+            if key in ("examples", "unmatched_examples"):  # the audit keeps the first few
+                del into[key][AUDIT_EXAMPLES:]
         else:
             into[key] = into.get(key, 0) + value
     return into

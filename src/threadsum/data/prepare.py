@@ -223,6 +223,9 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             counts["emails"]["rejected"] += len(c.emails)
             counts["emails"]["kept"] -= len(c.emails)
             _bump(counts["emails"]["by_reason"], f"thread_rejected:{R_EMPTY_AFTER_CLEANING}", len(c.emails))
+            if th.summary:  # its summary is no longer paired with a kept thread
+                counts["summaries"]["kept"] -= 1
+                counts["summaries"]["unpaired"] += 1
             continue
         cleaned.append(c)
         raw_by_id[th.thread_id] = th
@@ -236,13 +239,13 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
     lap("clean")
 
     if d.strict and rejects:
-        path = out.parent / f"{out.name}.strict-rejects.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(path, rejects)
-        raise StrictModeError(f"data.strict: {len(rejects)} problem(s) in '{source}' (all of them in {path}):\n"
-                              + _problems(rejects))
+        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "strict")
+        raise StrictModeError(f"data.strict: {len(rejects)} problem(s) in '{source}' (all of them in "
+                              f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}):\n" + _problems(rejects))
     if not cleaned:
-        raise PrepareError(f"no usable threads in '{source}' ({len(rejects)} rejected). First problems:\n"
+        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "no usable threads")
+        raise PrepareError(f"no usable threads in '{source}' ({len(rejects)} rejected; all of them in "
+                           f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}). First problems:\n"
                            + _problems(rejects))
 
     # ---- split (before the tokenizer: a trained tokenizer sees only the training split)
@@ -304,6 +307,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         sample_ids = set(_raw_ids(raw_by_id))
         n_threads = len(cleaned)
         info: dict[str, Any] = {
+            "status": "ok",
             "source": str(source),
             "prepared_dir": str(out),
             "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
@@ -350,6 +354,28 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def _write_failure(out: Path, source: Path, files: list[Path], key_parts: dict, counts: dict, stats: dict,
+                   rr: ReadResult, rejects: list[dict], timings: dict, why: str) -> None:
+    """A failed prepare still explains itself: ``out`` is replaced by a folder holding only rejects.jsonl,
+    warnings.jsonl and prepare.json (``"status": "failed"``, the counts and the cleaning audit). It has no
+    dataset, so ``open_prepared`` and the cache refuse it and nothing trains on a stale dataset."""
+    tmp = _tmp_dir(out)
+    try:
+        _write_jsonl(tmp / "rejects.jsonl", rejects)
+        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
+        info = {"status": "failed", "reason": why, "source": str(source), "prepared_dir": str(out),
+                "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
+                          for p, f in zip(files, key_parts["files"])],
+                "emails": counts["emails"], "threads": counts["threads"], "summaries": counts["summaries"],
+                "files_rejected": counts["files"], "warnings": counts["warnings"], "cleaning": stats,
+                "timings_s": timings}
+        (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def clean_all(threads: list, clean_cfg, num_proc: int = 1) -> tuple[list, dict[str, Any]]:

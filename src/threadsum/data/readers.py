@@ -7,7 +7,9 @@ JSON copies (epoch timestamps), a folder of ``.eml`` files, an ``.mbox`` file, a
 Bad input never raises out of ``read_source``: a bad row, summary or file becomes a reject record
 ``{level, reason, detail, source, line, thread_id}`` and is counted, so ``input = kept + rejected``
 holds for emails, summaries and threads. Repairs that keep the data (an unparseable ``to`` split at
-commas, invalid UTF-8 replaced, NUL bytes removed, an oversized body cut) are counted as warnings.
+commas, bytes that are not UTF-8 read as cp1252, a mail part whose declared charset lies, a missing or
+unreadable date, NUL bytes removed, an oversized body cut) are counted as warnings. Bytes are decoded
+by the rule in ``threadsum.data.charset``; HTML bodies are converted to text in every format.
 Only a source that does not exist at all raises ``DataError``.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ import email.policy
 import hashlib
 import io
 import json
-import mailbox
 import re
 import sys
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,6 +32,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from dateutil import parser as dateutil_parser
+
+from threadsum.data.charset import decode_bytes, decode_utf8_or_cp1252
 from threadsum.data.types import Email, Thread
 from threadsum.errors import UserError
 
@@ -68,6 +73,10 @@ W_INVALID_UTF8 = "invalid_utf8_replaced"
 W_NUL_BYTES = "nul_bytes_removed"
 W_BODY_CUT = "body_cut_to_max_chars"
 W_MISSING_SENDER = "missing_sender"
+W_MISSING_DATE = "missing_date"
+W_UNREADABLE_DATE = "unreadable_date"
+W_CHARSET = "charset_not_as_declared"
+R_UNSUPPORTED_FILE = "unsupported_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
@@ -118,12 +127,15 @@ class _Ledger:
                 by["email"][f"{R_THREAD_REJECTED}:{r['reason']}"] += r["n_emails"]
                 emails_rejected += r["n_emails"]
         kept_emails = sum(len(t.emails) for t in kept_threads)
+        paired = sum(1 for t in kept_threads if t.summary)
         return {
             "emails": {"input": self.inputs["email"], "kept": kept_emails, "rejected": emails_rejected,
                        "by_reason": dict(by["email"])},
             "threads": {"input": self.inputs["thread"], "kept": len(kept_threads),
                         "rejected": sum(by["thread"].values()), "by_reason": dict(by["thread"])},
-            "summaries": {"input": self.inputs["summary"], "rejected": sum(by["summary"].values()),
+            # kept: paired with a kept thread; unpaired: valid rows whose thread is missing or rejected
+            "summaries": {"input": self.inputs["summary"], "kept": paired, "rejected": sum(by["summary"].values()),
+                          "unpaired": self.inputs["summary"] - paired - sum(by["summary"].values()),
                           "by_reason": dict(by["summary"])},
             "files": {"rejected": sum(by["file"].values()), "by_reason": dict(by["file"])},
             "warnings": dict(Counter(w["reason"] for w in self.warnings)),
@@ -163,22 +175,45 @@ def parse_timestamp(value: Any) -> Optional[datetime]:
             return datetime.fromisoformat(s)
         except ValueError:
             pass  # e.g. month 13: the slow path below decides
-    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"):
-        try:
-            return datetime.strptime(s, fmt)
-        except ValueError:
-            pass
+    return parse_date_text(s)
+
+
+# Two defaults that differ in year, month and day: a text that leaves any of them to the default
+# ('Tuesday afternoon', '10:30', 'May 14') parses differently under each and is not a date.
+_DEFAULTS = (datetime(1900, 1, 1), datetime(1904, 2, 2))
+
+
+def parse_date_text(text: str) -> Optional[datetime]:
+    """A date in a mail header or a data file -> naive UTC datetime, or None when it names no full date.
+
+    python-dateutil's parser reads RFC 2822 (``Mon, 14 May 2001 09:12:00 -0500``), ISO 8601
+    (``2001-05-14 09:00:00``), asctime (``Mon May 14 09:12:00 2001``), Outlook's ``Monday, May 14, 2001
+    9:12 AM``, ``05/14/2001 9:00 AM`` (month first where ambiguous, as US mail writes them); what it
+    refuses goes to ``email.utils`` (obsolete RFC 2822 forms).
+    Year, month and day must all be in the text; a missing time of day is midnight. Never raises.
+    """
+    s = str(text).strip()
+    if not s:
+        return None
     try:
-        d = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dateutil warns about time zone names it does not know
+            d, d2 = (dateutil_parser.parse(s, default=x) for x in _DEFAULTS)
+        if d.replace(tzinfo=None) != d2.replace(tzinfo=None):
+            return None  # part of the date came from the default
+    except (ValueError, OverflowError, TypeError, dateutil_parser.ParserError):
+        # obsolete RFC 2822 forms dateutil refuses, e.g. a trailing '(CDT)' comment
         try:
             d = parsedate_to_datetime(s)
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
         if d is None:
             return None
     if d.tzinfo is not None:
-        d = d.astimezone(timezone.utc).replace(tzinfo=None)
+        try:
+            d = d.astimezone(timezone.utc).replace(tzinfo=None)
+        except (OverflowError, ValueError):
+            return None
     return d
 
 
@@ -255,11 +290,10 @@ def _decode(data: bytes, path: Path, led: _Ledger) -> str:
         n_nul = data.count(b"\x00")
         led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
         data = data.replace(b"\x00", b"")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {exc.start}; undecodable bytes replaced by U+FFFD", path)
-        return data.decode("utf-8", errors="replace")
+    text, bad = decode_utf8_or_cp1252(data)
+    if bad is not None:
+        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {bad}; bytes that are not UTF-8 read as cp1252", path)
+    return text
 
 
 def _csv_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
@@ -385,7 +419,7 @@ def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: _Ledger, 
                    f"(expected 'YYYY-MM-DD HH:MM:SS' or epoch seconds/milliseconds)", src, line, tid)
         return None
     body = rec.get("body")
-    body = "" if body is None else str(body)
+    body = "" if body is None else body_text(str(body))  # HTML bodies read as text, as mail parts are
     if not body.strip():
         led.reject("email", R_EMPTY_BODY, "body is empty", src, line, tid)
         return None
@@ -447,8 +481,7 @@ def _assemble(emails: dict[str, list[Email]], summaries: dict[str, Optional[str]
             led.reject("thread", R_NO_SUMMARY, f"thread {tid} has {len(mails)} email(s) but no summary",
                        src, thread_id=tid, n_emails=len(mails))
             continue
-        # stable: emails with equal timestamps keep their file order
-        mails = sorted(mails, key=lambda e: e.date or datetime.min)
+        mails = order_emails(mails)  # by date (stable), by reply chain where dates are missing
         subject = (subjects or {}).get(tid) or next((e.subject for e in mails if e.subject), "")
         threads.append(Thread(thread_id=tid, subject=subject, emails=mails, summary=summary))
     return threads
@@ -508,41 +541,67 @@ class _HTMLText(HTMLParser):
 
 
 def html_to_text(html: str) -> str:
+    """HTML -> plain text (stdlib ``html.parser``): block tags become line breaks, entities are decoded
+    (``&nbsp;`` reads as a space), scripts, styles and the head are dropped. The one converter for
+    HTML mail parts and HTML bodies found in CSV/JSON/JSONL rows."""
     p = _HTMLText()
     p.feed(html)
     p.close()
     text = "".join(p.parts)
-    text = re.sub(r"[ \t\r\f\v]+", " ", text)
+    text = re.sub(r"[ \t\r\f\v\xa0]+", " ", text)
     return re.sub(r"\n\s*\n\s*\n+", "\n\n", text).strip()
 
 
-def _part_text(part) -> str:
+_HTML_TAG = re.compile(r"<(?:!doctype\s+html|/?(?:html|head|body|p|div|br|span|font|table|tr|td|th|ul|ol|li|b|i|u|em|"
+                       r"strong|a|h[1-6]|blockquote|pre|img|hr|center)\b[^<>]{0,500}>)", re.I)
+_HTML_CLOSE = re.compile(r"</(?:html|body|p|div|span|font|table|tr|td|li|b|i|u|em|strong|a|h[1-6])\s*>|<br\s*/?>|"
+                         r"<!doctype\s+html|<html\b", re.I)
+
+
+def looks_like_html(text: str) -> bool:
+    """Whether a body is HTML: at least two HTML tags, one of them closing (``</p>``), ``<br>`` or
+    ``<html>``. Enron-style ``<joe@example.com>`` addresses and ``<<File: a.doc>>`` notes are not tags."""
+    if "<" not in text:
+        return False
+    head = text[:50_000]
+    return _HTML_CLOSE.search(head) is not None and len(_HTML_TAG.findall(head, 0, 50_000)[:2]) >= 2
+
+
+def body_text(body: str) -> str:
+    """A body as the model reads it: HTML converted to text (``looks_like_html``), anything else as is."""
+    return html_to_text(body) if looks_like_html(body) else body
+
+
+def _part_text(part, notes: Optional[list] = None) -> str:
+    """A text part's content: transfer encoding undone, bytes decoded by ``threadsum.data.charset``'s rule
+    (declared charset strictly, UTF-8, charset-normalizer, cp1252); a fallback is noted in ``notes``."""
     try:
-        return part.get_content()
-    except (LookupError, UnicodeError, AssertionError, KeyError):
-        # unknown or lying charset: decode the raw bytes leniently rather than lose the body
-        payload = part.get_payload(decode=True) or b""
-        for enc in ("utf-8", "cp1252", "latin-1"):
-            try:
-                return payload.decode(enc)
-            except UnicodeDecodeError:
-                continue
-        return payload.decode("utf-8", errors="replace")
+        payload = part.get_payload(decode=True)
+    except (LookupError, UnicodeError, AssertionError, KeyError, ValueError):
+        payload = None
+    if payload is None:
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    text, note = decode_bytes(payload, part.get_param("charset"))
+    if note and notes is not None:
+        notes.append((W_CHARSET, note))
+    return text
 
 
-def message_body(msg) -> str:
-    """The readable body: the first text/plain part, else HTML converted to text."""
+def message_body(msg, notes: Optional[list] = None) -> str:
+    """The readable body: the first text/plain part, else HTML converted to text. HTML sent as
+    text/plain is converted too. Charset fallbacks are noted in ``notes`` as (reason, detail)."""
     plain = html = None
     for part in (msg.walk() if msg.is_multipart() else [msg]):
         if part.is_multipart() or part.get_content_disposition() == "attachment":
             continue
         ctype = part.get_content_type()
         if ctype == "text/plain" and plain is None:
-            plain = _part_text(part)
+            plain = _part_text(part, notes)
         elif ctype == "text/html" and html is None:
-            html = _part_text(part)
+            html = _part_text(part, notes)
     if plain and plain.strip():
-        return plain
+        return body_text(plain)
     if html:
         return html_to_text(html)
     return plain or ""
@@ -562,7 +621,10 @@ def _msg_ids(value) -> list[str]:
     return re.findall(r"<[^<>\s]+>", str(value or ""))
 
 
-def email_from_message(msg) -> Email:
+def email_from_message(msg, notes: Optional[list] = None, envelope_date: Optional[datetime] = None) -> Email:
+    """An ``email.message.Message`` -> ``Email``. What was repaired or is missing goes to ``notes`` as
+    (warning reason, detail): a charset fallback, a missing or unreadable Date header. An mbox
+    separator's date (``envelope_date``) stands in for a missing Date header."""
     def header(name: str) -> str:
         try:
             v = msg.get(name)
@@ -570,23 +632,38 @@ def email_from_message(msg) -> Email:
             v = None
         return str(v).strip() if v is not None else ""
 
-    try:
-        date = parsedate_to_datetime(header("Date")) if header("Date") else None
-        if date is not None and date.tzinfo is not None:
-            date = date.astimezone(timezone.utc).replace(tzinfo=None)
-    except (TypeError, ValueError, IndexError):
-        date = None
+    raw_date = header("Date")
+    date = parse_date_text(raw_date) if raw_date else envelope_date
+    if notes is not None:
+        if not raw_date and envelope_date is None:
+            notes.append((W_MISSING_DATE, "no Date header; placed by its reply chain"))
+        elif date is None:
+            notes.append((W_UNREADABLE_DATE, f"Date {raw_date[:60]!r} is not a date; placed by its reply chain"))
     return Email(
         sender=(_addr_list([header("From")]) or [""])[0],
         recipients=_addr_list(msg.get_all("To") or []),
         cc=_addr_list(msg.get_all("Cc") or []),
-        body=message_body(msg),
+        body=message_body(msg, notes),
         date=date,
         subject=header("Subject"),
         message_id=(_msg_ids(header("Message-ID")) or [""])[0],
         in_reply_to=(_msg_ids(header("In-Reply-To")) or [""])[0],
         references=_msg_ids(header("References")),
     )
+
+
+def _email_name(e: Email) -> str:
+    """How warnings name an email: its Message-ID, else sender and subject."""
+    return e.message_id or f"from {e.sender or 'unknown'!r}, subject {e.subject[:60]!r}"
+
+
+def _read_message(data: bytes, where: str, led: _Ledger, envelope_date: Optional[datetime] = None) -> Email:
+    """Parse one raw message; its notes become counted warnings naming the email."""
+    notes: list = []
+    e = email_from_message(_parse_message(data), notes, envelope_date)
+    for reason, detail in notes:
+        led.warn(reason, f"{detail} (email {_email_name(e)})", where)
+    return e
 
 
 _SUBJ_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*(\[\d+\])?\s*:\s*)+", re.I)
@@ -630,30 +707,73 @@ def thread_emails(emails: list[Email]) -> list[list[Email]]:
     groups: dict[str, list[Email]] = defaultdict(list)
     for k, e in zip(keys, emails):
         groups[find(k)].append(e)
-    return [sorted(g, key=lambda e: e.date or datetime.min) for g in groups.values()]
+    return [order_emails(g) for g in groups.values()]
 
 
-def _thread_id_for(emails: list[Email], fallback: str) -> str:
+def order_emails(emails: list[Email]) -> list[Email]:
+    """The emails of one thread in reading order.
+
+    With every date known: by date (stable: equal dates keep their input order). Where dates are
+    missing or unreadable the reply chain decides (In-Reply-To, else the nearest References entry in
+    the thread): an undated reply sorts right after its parent, an undated message whose replies are
+    dated right before the earliest of them, and one with neither dates nor relations at the end.
+    """
+    if all(e.date is not None for e in emails):
+        return sorted(emails, key=lambda e: e.date)
+    by_id = {e.message_id: e for e in emails if e.message_id}
+    parent: dict[int, Email] = {}
+    children: dict[int, list[Email]] = defaultdict(list)
+    for e in emails:
+        for ref in ([e.in_reply_to] if e.in_reply_to else []) + list(reversed(e.references)):
+            p = by_id.get(ref)
+            if p is not None and p is not e:
+                parent[id(e)] = p
+                children[id(p)].append(e)
+                break
+    memo: dict[int, tuple[datetime, int]] = {}
+
+    def key(e: Email, seen: frozenset = frozenset()) -> tuple[datetime, int]:
+        if id(e) in memo:
+            return memo[id(e)]
+        if e.date is not None:
+            k = (e.date, 0)
+        elif id(e) in parent and id(parent[id(e)]) not in seen:
+            pd, depth = key(parent[id(e)], seen | {id(e)})
+            k = (pd, depth + 1)
+        else:
+            below = [key(c, seen | {id(e)}) for c in children.get(id(e), []) if id(c) not in seen]
+            k = (min(below)[0], -1) if below and min(below)[0] != datetime.max else (datetime.max, 0)
+        memo[id(e)] = k
+        return k
+
+    order = {id(e): i for i, e in enumerate(emails)}
+    return sorted(emails, key=lambda e: (*key(e), order[id(e)]))
+
+
+def content_thread_id(emails: list[Email]) -> str:
+    """A thread id that depends only on the content: the root message's Message-ID when it has a usable
+    one, else ``t-`` + 12 hex digits of a SHA-1 over the first email's sender, date, subject and body.
+    The same mail gives the same id on every run, wherever the file lies."""
     root = emails[0].message_id.strip("<>") if emails and emails[0].message_id else ""
     if root and _SAFE_ID.match(root):
         return root
-    return "t-" + hashlib.sha1(fallback.encode()).hexdigest()[:12]
+    e = emails[0] if emails else Email("")
+    key = "\x00".join([e.sender, e.date.isoformat() if e.date else "", e.subject, e.body[:2000]])
+    return "t-" + hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def _mail_threads(emails: list[tuple[Email, str]], led: _Ledger, summaries: dict[str, str],
                   require_summary: bool, src: Any) -> list[Thread]:
     kept: list[Email] = []
-    origin: dict[int, str] = {}
     for e, where in emails:
         if not e.body.strip():
             led.reject("email", R_EMPTY_BODY, "message has no text/plain or text/html body", where)
             continue
-        origin[id(e)] = where
         kept.append(e)
     by_id: dict[str, list[Email]] = {}
     for group in thread_emails(kept):
-        tid = _thread_id_for(group, origin[id(group[0])] + group[0].subject)
-        by_id[tid] = group
+        by_id.setdefault(content_thread_id(group), []).extend(group)
+    by_id = {tid: order_emails(g) for tid, g in by_id.items()}
     subjects = {tid: g[0].subject for tid, g in by_id.items()}
     summ: dict[str, Optional[str]] = dict(summaries)
     return _assemble(by_id, summ, led, src, require_summary, subjects)
@@ -684,9 +804,7 @@ def _parse_message(data: bytes):
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
-def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
-    led = _Ledger()
-    files = sorted(p for p in folder.rglob("*.eml") if p.is_file())
+def _eml_emails(files: list[Path], led: _Ledger) -> list[tuple[Email, str]]:
     emails = []
     for p in files:
         led.inputs["email"] += 1
@@ -695,26 +813,96 @@ def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
             led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
             continue
         try:
-            emails.append((email_from_message(_parse_message(data)), str(p)))
+            emails.append((_read_message(data, str(p), led), str(p)))
         except Exception as exc:  # the email package raises many types on broken input
             led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", p)
+    return emails
+
+
+# An mbox separator (RFC 4155): 'From ', the envelope sender, then a date (asctime form by the RFC;
+# whether the rest is a full date is left to parse_date_text). Any other line starting 'From ' is text.
+_MBOX_FROM = re.compile(rb"From (\S+) +(.+?)\s*")
+_MBOX_ESCAPED = re.compile(rb">+From ")
+
+
+def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes, Optional[datetime]]]]:
+    """The messages of an mbox file as (line number of the separator, raw message bytes, separator date).
+
+    A separator is a line 'From <address> <date>' at the start of the file or after a blank line
+    (RFC 4155), so body lines like 'From the numbers I saw...' stay in their message. Escaped body
+    lines are unescaped (mboxrd: one '>' is removed from '>From ', '>>From ', ...; this reads mboxo
+    files too). Returns None when the file does not start with a separator (not an mbox).
+    """
+    lines = data.split(b"\n")
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None or not _is_separator(lines[first]):
+        return None
+    out: list[tuple[int, bytes, Optional[datetime]]] = []
+    start = first
+    body: list[bytes] = []
+    for i in range(first + 1, len(lines) + 1):
+        line = lines[i] if i < len(lines) else None
+        if line is None or (_is_separator(line) and (not lines[i - 1].strip())):
+            if body and not body[-1].strip():
+                body.pop()  # the blank line before a separator belongs to the format
+            out.append((start + 1, b"\n".join(body), _separator_date(lines[start])))
+            start, body = i, []
+            continue
+        body.append(line[1:] if line.startswith(b">") and _MBOX_ESCAPED.match(line) else line)
+    return out
+
+
+def _separator_date(line: bytes) -> Optional[datetime]:
+    m = _MBOX_FROM.fullmatch(line.rstrip(b"\r"))
+    return parse_date_text(m.group(2).decode("ascii", "replace")) if m else None
+
+
+def _is_separator(line: bytes) -> bool:
+    return line.startswith(b"From ") and _separator_date(line) is not None
+
+
+def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
+    data = path.read_bytes()
+    if not data.strip():
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
+        return []
+    messages = split_mbox(data)
+    if messages is None:
+        led.reject("file", R_UNREADABLE_FILE, f"'{path.name}' is not an mbox: it does not start with a "
+                   f"'From <address> <date>' separator line (RFC 4155); save the mail as .mbox or as .eml files", path)
+        return []
+    emails = []
+    for n, (line, raw, envelope) in enumerate(messages, 1):
+        led.inputs["email"] += 1
+        where = f"{path}#{n}"
+        try:
+            emails.append((_read_message(raw, where, led, envelope), where))
+        except Exception as exc:  # the email package raises many types on broken input
+            led.reject("email", R_UNPARSEABLE_MAIL, f"message {n}: {type(exc).__name__}: {exc}", path, line)
+    return emails
+
+
+def read_mail_folder(folder: Path, require_summary: bool = True) -> ReadResult:
+    """A folder of .eml and .mbox files (searched recursively), threaded together."""
+    led = _Ledger()
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".eml", ".mbox", ".mbx"))
+    emails = _eml_emails([p for p in files if p.suffix.lower() == ".eml"], led)
+    for p in files:
+        if p.suffix.lower() != ".eml":
+            emails += _mbox_emails(p, led)
     threads = _mail_threads(emails, led, _sidecar_summaries(folder, led), require_summary, folder)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, files)
 
 
+def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
+    """``read_mail_folder`` (kept under its old name)."""
+    return read_mail_folder(folder, require_summary)
+
+
 def read_mbox(path: Path, require_summary: bool = True) -> ReadResult:
+    """One mbox file (RFC 4155, see ``split_mbox``)."""
     led = _Ledger()
-    if not path.stat().st_size:
-        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
-        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
-    emails = []
-    box = mailbox.mbox(str(path), create=False)
-    for n, key in enumerate(box.iterkeys(), 1):
-        led.inputs["email"] += 1
-        try:
-            emails.append((email_from_message(_parse_message(box.get_bytes(key))), f"{path}#{n}"))
-        except Exception as exc:
-            led.reject("email", R_UNPARSEABLE_MAIL, f"message {n}: {type(exc).__name__}: {exc}", path, n)
+    emails = _mbox_emails(path, led)
     threads = _mail_threads(emails, led, _sidecar_summaries(path.parent, led), require_summary, path)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
 
@@ -761,6 +949,7 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
         subjects[tid] = str(obj.get("subject") or "")
         s = obj.get("summary")
         summaries[tid] = str(s).strip() if s and str(s).strip() else None
+        led.inputs["summary"] += summaries[tid] is not None
         for e in obj["emails"]:
             led.inputs["email"] += 1
             if not isinstance(e, dict):
@@ -822,19 +1011,19 @@ def read_source(path: str | Path, fmt: str = "auto", max_body_chars: int = DEFAU
                         f"a folder of .eml, an .mbox or a .jsonl (or run `threadsum synth` to make a corpus)")
     if fmt == "auto":
         fmt = detect_format(p)
+    result = _read_format(p, fmt, max_body_chars, require_summary)
+    return _with_unread_files(p, result) if p.is_dir() else result
+
+
+def _read_format(p: Path, fmt: str, max_body_chars: int, require_summary: bool) -> ReadResult:
     if fmt == "kaggle_csv":
         return read_kaggle(*_kaggle_pair(p, "csv"), fmt="csv", max_body_chars=max_body_chars, require_summary=require_summary)
     if fmt == "kaggle_json":
         return read_kaggle(*_kaggle_pair(p, "json"), fmt="json", max_body_chars=max_body_chars, require_summary=require_summary)
-    if fmt == "eml":
-        if p.is_file():
-            return read_eml_files([p], require_summary)
-        return read_eml_folder(p, require_summary)
-    if fmt == "mbox":
+    if fmt in ("eml", "mbox"):
         if p.is_dir():
-            results = [read_mbox(m, require_summary) for m in sorted(p.glob("*.mbox"))]
-            return _merge(results)
-        return read_mbox(p, require_summary)
+            return read_mail_folder(p, require_summary)
+        return read_eml_files([p], require_summary) if fmt == "eml" else read_mbox(p, require_summary)
     if fmt == "jsonl":
         if p.is_dir():
             return _merge([read_jsonl(j, max_body_chars, require_summary) for j in sorted(p.glob("*.jsonl"))])
@@ -842,15 +1031,31 @@ def read_source(path: str | Path, fmt: str = "auto", max_body_chars: int = DEFAU
     raise DataError(f"unknown data.format '{fmt}'; use auto, kaggle_csv, kaggle_json, eml, mbox or jsonl")
 
 
+# files a folder source may hold besides the ones read: summaries next to mail, and the Kaggle copies
+# in the format not chosen (the release ships both)
+_SIDE_FILES = {"summaries.csv", "summaries.jsonl", DETAILS_CSV, SUMMARIES_CSV, DETAILS_JSON, SUMMARIES_JSON}
+
+
+def _with_unread_files(folder: Path, result: ReadResult) -> ReadResult:
+    """``result`` plus a file reject for each file in ``folder`` that no reader took (hidden files aside)."""
+    taken = {f.resolve() for f in result.files}
+    extra = _Ledger()
+    for f in sorted(folder.rglob("*")):
+        rel = f.relative_to(folder)
+        if not f.is_file() or f.resolve() in taken or f.name in _SIDE_FILES \
+                or any(part.startswith(".") for part in rel.parts):
+            continue
+        extra.reject("file", R_UNSUPPORTED_FILE, f"'{rel}' was not read: no reader for this kind of file next to "
+                     f"the {', '.join(sorted({x.suffix or x.name for x in result.files})) or 'other'} files; "
+                     f"move it out of the folder or convert it", f)
+    if not extra.rejects:
+        return result
+    return _merge([result, ReadResult([], extra.rejects, extra.counts([]), [], [])])
+
+
 def read_eml_files(files: list[Path], require_summary: bool = False) -> ReadResult:
     led = _Ledger()
-    emails = []
-    for p in files:
-        led.inputs["email"] += 1
-        try:
-            emails.append((email_from_message(_parse_message(p.read_bytes())), str(p)))
-        except Exception as exc:
-            led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", p)
+    emails = _eml_emails(files, led)
     threads = _mail_threads(emails, led, {}, require_summary, files[0] if files else None)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, list(files))
 
@@ -875,18 +1080,101 @@ def _merge(results: list[ReadResult]) -> ReadResult:
 # ---------------------------------------------------------------------------- single documents
 def parse_mail_bytes(data: bytes) -> list[Thread]:
     """Threads from one raw message or an mbox file's bytes (for summarize/serve; no summary needed)."""
-    if data.startswith(b"From ") and b"\nFrom " in data[5:] or data.startswith(b"From ") and b"\n\n" in data:
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(suffix=".mbox") as fh:
-            fh.write(data)
-            fh.flush()
-            res = read_mbox(Path(fh.name), require_summary=False)
-        return res.threads
-    e = email_from_message(_parse_message(data))
+    led = _Ledger()
+    messages = split_mbox(data) if data.lstrip().startswith(b"From ") else None
+    if messages is not None:
+        emails = []
+        for n, (_, raw, envelope) in enumerate(messages, 1):
+            try:
+                emails.append((_read_message(raw, f"message {n}", led, envelope), f"message {n}"))
+            except Exception:  # the email package raises many types on broken input
+                continue
+        return _mail_threads(emails, led, {}, False, None)
+    e = _read_message(data, "message", led)
     if not e.body.strip():
         return []
-    return [Thread(thread_id=_thread_id_for([e], e.subject + e.body[:200]), subject=e.subject, emails=[e])]
+    return [Thread(thread_id=content_thread_id([e]), subject=e.subject, emails=[e])]
+
+
+_PASTE_SEP = re.compile(r"^\s*-{2,}\s*(?:Original Message|Forwarded message|Forwarded by\b.*?)\s*-*\s*$", re.I)
+_PASTE_HDR = re.compile(r"^\s*(From|Sent|Date|To|Cc|Subject)\s*:\s*(.*?)\s*$", re.I)
+PASTE_HEADER_LINES = 12  # the most header lines one pasted block may have (wrapped recipient lists included)
+
+
+def _paste_headers(lines: list[str], i: int) -> tuple[int, dict[str, str]]:
+    """The header block starting at line i: (first line after it, {field: value}); ({} when none)."""
+    fields: dict[str, str] = {}
+    key = ""
+    j = i
+    while j < len(lines) and j - i < PASTE_HEADER_LINES:
+        m = _PASTE_HDR.match(lines[j])
+        if m:
+            key = m.group(1).lower()
+            fields.setdefault(key, m.group(2))
+        elif key in ("to", "cc") and lines[j][:1] in (" ", "\t") and lines[j].strip():
+            fields[key] += " " + lines[j].strip()  # a wrapped recipient list
+        else:
+            break
+        j += 1
+    if "from" not in fields or not ({"to", "subject", "date", "sent"} & set(fields)):
+        return i, {}
+    return j, fields
+
+
+def _paste_recipients(value: str) -> list[str]:
+    if ";" in value or "@" not in value:  # Outlook writes 'Mann, Kay; Rorschach, Reagan'
+        return [x.strip() for x in re.split(r";" if ";" in value else r",", value) if x.strip()]
+    return _addr_list([value])
+
+
+def parse_pasted_thread(text: str, thread_id: Optional[str] = None) -> Thread:
+    """Pasted mail text -> a ``Thread`` with one ``Email`` per pasted message.
+
+    A message starts at a header block: consecutive ``From:``/``To:``/``Cc:``/``Subject:``/``Date:``/
+    ``Sent:`` lines holding ``From:`` and at least one of the others, optionally under a
+    ``-----Original Message-----`` (or ``Forwarded``) separator line. Its body runs to the next such
+    block. Text above the first block is a message of its own (the reply written on top of a
+    pasted chain), without sender or date. Dates are read with ``parse_date_text``.
+
+    Order: by date when every message has one; otherwise, when the text is a reply chain (separator
+    lines, or a reply on top), newest-first as pasted, so it is reversed; otherwise as pasted.
+    Text without any header block is one message (sender unknown). Bodies are read by ``body_text``
+    (HTML converted). ``thread_id`` defaults to ``content_thread_id``. Never raises.
+    """
+    lines = str(text).replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    starts: list[tuple[int, int, dict[str, str], bool]] = []  # (block start, body start, fields, separator)
+    i = 0
+    while i < len(lines):
+        j, sep = i, bool(_PASTE_SEP.match(lines[i]))
+        if sep:
+            j += 1
+            while j < len(lines) and not lines[j].strip() and j - i < 3:
+                j += 1
+        end, fields = _paste_headers(lines, j) if _PASTE_HDR.match(lines[j] if j < len(lines) else "") else (j, {})
+        if fields:
+            starts.append((i, end, fields, sep))
+            i = end
+            continue
+        i += 1
+    emails: list[Email] = []
+    top = "\n".join(lines[:starts[0][0]] if starts else lines).strip()
+    if top:
+        emails.append(Email(sender="", body=body_text(top)))
+    for k, (_, body_at, fields, _) in enumerate(starts):
+        stop = starts[k + 1][0] if k + 1 < len(starts) else len(lines)
+        sender = fields["from"] if "@" not in fields["from"] else (_addr_list([fields["from"]]) or [fields["from"]])[0]
+        emails.append(Email(sender=sender,
+                            recipients=_paste_recipients(fields.get("to", "")),
+                            cc=_paste_recipients(fields.get("cc", "")),
+                            body=body_text("\n".join(lines[body_at:stop]).strip()),
+                            date=parse_date_text(fields.get("date") or fields.get("sent") or ""),
+                            subject=fields.get("subject", "")))
+    if emails and all(e.date is not None for e in emails):
+        emails.sort(key=lambda e: e.date)
+    elif starts and (any(sep for *_, sep in starts) or top):
+        emails.reverse()
+    subject = next((_SUBJ_PREFIX.sub("", e.subject).strip() for e in emails if e.subject), "")
+    return Thread(thread_id=thread_id or content_thread_id(emails), subject=subject, emails=emails)
 
 
 def read_path(path: str | Path) -> list[Thread]:

@@ -67,6 +67,39 @@ def _plots(out: Path, records: dict, final_tokens: list[int], raw_sample: list[i
     return made
 
 
+def _audit_lines(steps: dict[str, Any]) -> list[str]:
+    """The cleaning audit: what each step removed, how much of it was found nowhere else in the thread
+    (unique), and whether a specific boilerplate pattern matched every unique removal."""
+    L = ["", "### What each step removed (audit)", "",
+         "Unique: found nowhere else in the thread after the step. A step may remove unique text only as a whole "
+         "block matched by a specific pattern (disclaimer, signature, mobile footer, quoted header, recipient list "
+         "cut, ...); 'unique outside blocks' must be 0.", "",
+         "| step | chars removed | unique chars removed | unique words removed | unique words outside blocks | "
+         "matched blocks |", "|---|---:|---:|---:|---:|---|"]
+    examples = []
+    for name, st in steps.items():
+        a = st.get("audit")
+        if not a or not st["enabled"]:
+            continue
+        blocks = ", ".join(f"{k} {v:,}" for k, v in sorted(a["blocks"].items())) or "-"
+        L.append(f"| {name} | {a['removed_chars']:,} | {a['unique_chars']:,} | {a['unique_words']:,} | "
+                 f"{a['unique_words_unmatched']:,} | {blocks} |")
+        for ex in a["unmatched_examples"] + a["examples"]:
+            examples.append((name, ex))
+    if examples:
+        L += ["", "First unique removals per step (thread, email index, field, matched block):", ""]
+        seen = set()
+        for name, ex in examples:
+            key = (name, ex["thread_id"], ex["email"], ex["text"])
+            if key in seen:
+                continue
+            seen.add(key)
+            text = " ".join(ex["text"].split())[:160].replace("|", "\\|")
+            L.append(f"- `{name}` thread {ex['thread_id']}, email {ex['email']}, {ex['field']}, "
+                     f"{ex['block'] or 'NO PATTERN'}: \"{text}\"")
+    return L
+
+
 def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: list[int], raw_sample: list[int],
                  target_lengths: list[int], rejects: list[dict]) -> None:
     clean_tokens = [r["clean_tokens"] for recs in records.values() for r in recs]
@@ -81,7 +114,10 @@ def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: l
         ok = "" if c["input"] == c["kept"] + c["rejected"] else " (does not add up!)"
         L.append(f"| {what} | {c['input']} | {c['kept']} | {c['rejected']}{ok} |")
     s = info["summaries"]
-    L.append(f"| summary rows | {s['input']} | {s['input'] - s['rejected']} | {s['rejected']} |")
+    L.append(f"| summary rows | {s['input']} | {s['kept']} | {s['input'] - s['kept']} |")
+    L += ["", f"A summary row is kept when it is paired with a kept thread: {s['rejected']:,} rejected as rows "
+          f"(see below), {s['unpaired']:,} valid but without a kept thread (no emails for its thread id, or the "
+          f"thread was rejected)."]
     L += ["", "Splits: " + ", ".join(f"{k} {v}" for k, v in info["splits"].items()), ""]
     if reasons:
         L += ["## Rejects by reason", "", "| level: reason | count |", "|---|---:|"]
@@ -99,6 +135,7 @@ def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: l
     for name, st in cl["steps"].items():
         L.append(f"| {name} | {'yes' if st['enabled'] else 'no'} | {st['chars_before']:,} | {st['chars_after']:,} | "
                  f"{st['words_before']:,} | {st['words_after']:,} | {st['emails_changed']:,} |")
+    L += _audit_lines(cl["steps"])
     qb = cl["quoted_blocks"]
     L += ["", f"Quoted blocks removed as duplicates of thread text: {qb['removed']:,}; "
           f"kept because their content exists nowhere else in the thread: {qb['kept_unique']:,}. "

@@ -1,0 +1,101 @@
+"""The one decoding rule for bytes of unknown or doubtful charset (mail parts, quoted-printable escapes).
+
+Order (issue 14): the declared charset, strictly; then UTF-8; then charset-normalizer's best guess
+among the common mail charsets (``COMMON_CHARSETS``); then cp1252, where the five bytes it leaves
+undefined fall back to Latin-1. Only bytes that decode in none of them can produce U+FFFD, and
+Latin-1 decodes every byte, so no U+FFFD comes out of this module at all.
+
+charset-normalizer is held to ``COMMON_CHARSETS`` because on short texts its unrestricted guess is
+often an exotic code page (``Jürgen`` in cp1252 came back as cp775 ``J³rgen``); within the list
+it picks the right script.
+"""
+from __future__ import annotations
+
+import codecs
+from typing import Optional
+
+COMMON_CHARSETS = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257",
+                   "iso8859_15", "koi8_r", "gb18030", "big5", "shift_jis", "euc_jp", "euc_kr")
+
+
+def _known(charset: Optional[str]) -> Optional[str]:
+    if not charset:
+        return None
+    try:
+        return codecs.lookup(charset.strip().strip('"').lower()).name
+    except LookupError:
+        return None
+
+
+def _latin1_fallback(exc: UnicodeDecodeError) -> tuple[str, int]:
+    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
+
+
+# cp1252 leaves 0x81, 0x8D, 0x8F, 0x90, 0x9D undefined: those become their Latin-1 code points
+codecs.register_error("threadsum-latin1", _latin1_fallback)
+
+
+def _cp1252(data: bytes) -> str:
+    return data.decode("cp1252", errors="threadsum-latin1")
+
+
+def _cp1252_fallback(exc: UnicodeDecodeError) -> tuple[str, int]:
+    return _cp1252(exc.object[exc.start:exc.end]), exc.end
+
+
+codecs.register_error("threadsum-cp1252", _cp1252_fallback)
+
+
+def decode_utf8_or_cp1252(data: bytes) -> tuple[str, Optional[int]]:
+    """A data file's bytes (CSV, JSON, JSONL: no declared charset) as UTF-8, each byte that is not
+    valid UTF-8 read as cp1252 (exports often mix the two: ``caf\\xe9`` -> ``café``). A leading BOM is
+    dropped. Returns (text, offset of the first invalid byte or None). Never raises; no U+FFFD."""
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
+        return data[bom:].decode("utf-8", errors="threadsum-cp1252"), exc.start
+
+
+def decode_bytes(data: bytes, declared: Optional[str] = None, detect: bool = True) -> tuple[str, Optional[str]]:
+    """Decode ``data`` (bytes of one text) by the rule above.
+
+    Args:
+        data: the raw bytes.
+        declared: the charset the source declares (a MIME ``charset`` parameter), or None.
+        detect: whether to ask charset-normalizer before cp1252 (off for a few bytes of a
+            quoted-printable escape run, where detection has nothing to go on).
+    Returns:
+        (text, note): ``note`` is None when the declared charset (or, with none declared, UTF-8 or
+        plain ASCII) decoded the bytes; otherwise a sentence saying what was used instead, for the
+        caller's counted warning. Never raises.
+    """
+    codec = _known(declared)
+    if codec is not None:
+        try:
+            return data.decode(codec), None
+        except UnicodeDecodeError:
+            pass
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    else:
+        if codec is None and (not declared or data.isascii()):
+            return text, None
+        return text, _note(declared, codec, "utf-8")
+    if detect:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(data, cp_isolation=list(COMMON_CHARSETS)).best()
+        if best is not None:
+            return str(best), _note(declared, codec, best.encoding)
+    return _cp1252(data), _note(declared, codec, "cp1252")
+
+
+def _note(declared: Optional[str], codec: Optional[str], used: str) -> str:
+    if not declared:
+        return f"no charset declared and the bytes are not UTF-8; read as {used}"
+    if codec is None:
+        return f"unknown charset {declared!r}; read as {used}"
+    return f"bytes do not decode as the declared charset {declared!r}; read as {used}"
