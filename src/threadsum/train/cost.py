@@ -201,8 +201,12 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
         price = float(it["price"])
         if it["gpus"]:
             gpu = mem._catalog_device(it["gpu"])
+            gcfg = cfg
+            if it["gpus"] > 1:  # DDP across the instance's GPUs: the full-logits loss path (train/step.py)
+                gcfg = cfg.model_copy(deep=True)
+                gcfg.train.loss_chunk_tokens = 0
             try:
-                opts = [o for o in mem.fit_options(cfg, gpu) if not o.changes_model or cfg.model.lora.enabled]
+                opts = [o for o in mem.fit_options(gcfg, gpu) if not o.changes_model or cfg.model.lora.enabled]
             except mem.PlanError:
                 opts = []
             if not opts:

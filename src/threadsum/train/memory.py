@@ -429,7 +429,7 @@ def levers_from_config(cfg: Config, device: Device, ranks: int = 1, cpu_offload:
         ranks=ranks,
         cpu_offload=cpu_offload,
         # the chunked loss runs in single-process training only (see train/loss.py)
-        loss_chunk_tokens=t.loss_chunk_tokens if ranks == 1 else 0,
+        loss_chunk_tokens=t.loss_chunk_tokens if ranks == 1 and t.strategy != "fsdp" else 0,
     )
 
 
@@ -563,7 +563,9 @@ class MemoryPlan:
              f"{w.batch:g} x ({w.src_len}+{w.tgt_len}) tokens, {lv.precision}"
              + (", checkpointed" if lv.gradient_checkpointing else "") + (" + bf16/fp16 weight copies" if lv.amp else "")
              + (f"; CUDA factor {CUDA_ACTIVATION_FACTOR:g} included" if kind == "cuda" else "")),
-            ("temporary buffers", self.temporary, "logit gradients (backward start) / optimizer scratch"),
+            ("temporary buffers", self.temporary,
+             ("chunked loss: no logit gradients at backward start" if self.levers.loss_chunk_tokens
+              else "logit gradients (backward start)") + " / optimizer scratch"),
         ]
         if kind == "cuda":
             rows.append(("allocator fragmentation", self.fragmentation,
@@ -701,7 +703,7 @@ def _activations(spec: ModelSpec, lv: Levers, w: Workload, kind: str) -> _Acts:
     head_saved = T * (d * lp + 4 * V + (4 * V if lv.hold_logits else 0))
     head_forward = T * (d * lp + 8 * V)  # fp32 logits + log-softmax side by side
     head_transient = T * 8 * V  # grad of the log-softmax output (from nll) + grad of its input
-    if lv.loss_chunk_tokens and T > 0:
+    if lv.loss_chunk_tokens and lv.ranks == 1 and not lv.cpu_offload and T > 0:
         # chunked loss: the gradients w.r.t. the head's input (fp32) and weight (fp32, when trained)
         # are computed during the forward and kept until backward; one chunk's logits, log-softmax
         # and low-precision matmul output exist at a time; backward only scales what was kept

@@ -183,9 +183,12 @@ class StepRunner:
         """Summed (label-smoothed) cross-entropy of one piece, detached; its gradient, divided by the
         step's label tokens, is accumulated into ``.grad``. One process: the LM head and loss run in
         chunks of ``train.loss_chunk_tokens`` target tokens (no full fp32 logits, see train/loss.py);
-        several processes keep the model's own forward, which their gradient synchronisation hooks."""
+        DDP/FSDP keep the model's own forward, which their gradient synchronisation hooks."""
+        from accelerate.utils import DistributedType
+
         device, tc = self.accelerator.device, self.tc
-        chunk = tc.loss_chunk_tokens if self.accelerator.num_processes == 1 else 0
+        # DDP/FSDP hook the model's own forward (gradient sync, parameter unsharding): plain path there
+        chunk = tc.loss_chunk_tokens if self.accelerator.distributed_type == DistributedType.NO else 0
         with self.autocast():
             loss_sum = seq2seq_loss_sum(
                 self.model, b["input_ids"].to(device, non_blocking=True),
