@@ -179,6 +179,12 @@ class TrainConfig(_Section):
     """Upper bound on threads per micro-batch."""
     pad_to_multiple_of: int = Field(8, ge=1)
     """Round padded lengths up to this multiple to limit distinct shapes."""
+    pad_buckets: list[int] = []
+    """Pad source and target lengths up to the next of these (tokens, ascending): a bounded set of shapes for train.compile; [] with compile: 64,128,256,512,768,1024; [] without: pad_to_multiple_of only."""
+    compile: bool = False
+    """torch.compile the model (CPU and CUDA; compiled once per padded shape, see pad_buckets); pays off over long runs (docs/training.md)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: 'inductor' (generates kernels), 'aot_eager' (traces only: checks a model compiles, fast)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """'auto': bf16 where supported, else fp16 on CUDA, else fp32."""
     optimizer: Literal["adamw", "adafactor", "adamw8bit"] = "adamw"

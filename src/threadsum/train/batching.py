@@ -32,11 +32,40 @@ def round_up(n: int, multiple: int) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
-def padded_cost(src_lens: Sequence[int], tgt_lens: Sequence[int], multiple: int) -> int:
-    """Padded tokens (source + target) of a micro-batch made of these members."""
+@dataclass(frozen=True)
+class PadRule:
+    """How a batch dimension's length is padded: up to the next of ``buckets`` (tokens, ascending), else
+    (no buckets, or longer than the last) up to a multiple of ``multiple``.
+
+    Buckets bound the set of shapes a batch can have, so ``torch.compile`` compiles a bounded number of
+    graphs (``train.pad_buckets``); the multiple keeps shapes friendly to tensor-core tiles.
+    """
+
+    multiple: int = 8
+    buckets: tuple[int, ...] = ()
+
+    def __call__(self, n: int) -> int:
+        """Padded length of a dimension whose longest member has ``n`` tokens."""
+        for b in self.buckets:
+            if n <= b:
+                return b
+        return round_up(n, self.multiple)
+
+    def __str__(self) -> str:  # part of the sampler fingerprint: unchanged for plain multiples
+        return str(self.multiple) if not self.buckets else f"{self.multiple}:{','.join(map(str, self.buckets))}"
+
+
+def pad_length(n: int, pad: "int | PadRule") -> int:
+    """``n`` tokens padded per ``pad``: a :class:`PadRule`, or a plain multiple (tokens)."""
+    return pad(n) if isinstance(pad, PadRule) else round_up(n, pad)
+
+
+def padded_cost(src_lens: Sequence[int], tgt_lens: Sequence[int], multiple: "int | PadRule") -> int:
+    """Padded tokens (source + target) of a micro-batch made of these members (``multiple``: a
+    :class:`PadRule` or a plain multiple)."""
     if not len(src_lens):
         return 0
-    return len(src_lens) * (round_up(max(src_lens), multiple) + round_up(max(tgt_lens), multiple))
+    return len(src_lens) * (pad_length(max(src_lens), multiple) + pad_length(max(tgt_lens), multiple))
 
 
 def plan_micro_batches(
@@ -44,7 +73,7 @@ def plan_micro_batches(
     tgt_lens: np.ndarray,
     max_tokens: int,
     max_batch_size: int,
-    multiple: int,
+    multiple: "int | PadRule",
     seed: int,
     epoch: int,
     shuffle: bool = True,
@@ -59,15 +88,15 @@ def plan_micro_batches(
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(n)
     # sort by padded source length, then target: members of a batch pad to nearly the same shape
-    key_src = np.array([round_up(int(x), multiple) for x in src_lens])[order]
-    key_tgt = np.array([round_up(int(x), multiple) for x in tgt_lens])[order]
+    key_src = np.array([pad_length(int(x), multiple) for x in src_lens])[order]
+    key_tgt = np.array([pad_length(int(x), multiple) for x in tgt_lens])[order]
     order = order[np.lexsort((key_tgt, key_src))]
 
     batches: list[list[int]] = []
     cur: list[int] = []
     max_s = max_t = 0
     for idx in order.tolist():
-        s, t = round_up(int(src_lens[idx]), multiple), round_up(int(tgt_lens[idx]), multiple)
+        s, t = pad_length(int(src_lens[idx]), multiple), pad_length(int(tgt_lens[idx]), multiple)
         ns, nt = max(max_s, s), max(max_t, t)
         if cur and ((len(cur) + 1) * (ns + nt) > max_tokens or len(cur) >= max_batch_size):
             batches.append(cur)
@@ -81,7 +110,7 @@ def plan_micro_batches(
     return batches
 
 
-def split_micro_batch(indices: list[int], src_lens, tgt_lens, max_tokens: int, multiple: int) -> list[list[int]]:
+def split_micro_batch(indices: list[int], src_lens, tgt_lens, max_tokens: int, multiple: "int | PadRule") -> list[list[int]]:
     """Split a micro-batch into contiguous pieces of at most ``max_tokens`` padded tokens each
     (pieces of one member when a member alone exceeds it). Used by the OOM back-off."""
     # sorted by length, neighbours pad alike, so pieces waste little
@@ -108,7 +137,7 @@ class TokenBudgetSampler:
     tgt_lens: np.ndarray
     max_tokens: int
     max_batch_size: int
-    pad_to_multiple_of: int
+    pad_to_multiple_of: "int | PadRule"
     seed: int
     accumulation: int = 1
     rank: int = 0
@@ -184,7 +213,7 @@ def collate(
     labels: list[list[int]],
     pad_id: int,
     decoder_start_id: int,
-    multiple: int,
+    multiple: "int | PadRule",
 ) -> dict[str, Any]:
     """Pad a micro-batch to lengths rounded up to ``multiple``; build BART's shifted decoder input.
 
@@ -197,8 +226,8 @@ def collate(
     import torch
 
     b = len(input_ids)
-    ls = round_up(max(len(x) for x in input_ids), multiple)
-    lt = round_up(max(len(y) for y in labels), multiple)
+    ls = pad_length(max(len(x) for x in input_ids), multiple)
+    lt = pad_length(max(len(y) for y in labels), multiple)
     src = torch.full((b, ls), pad_id, dtype=torch.long)
     att = torch.zeros((b, ls), dtype=torch.long)
     lab = torch.full((b, lt), -100, dtype=torch.long)
@@ -240,7 +269,7 @@ class BatchFetcher:
     """Collation by index: ``fetcher(indices)`` reads those rows from a (memory-mapped) tokenized
     split and returns :func:`collate`'s padded batch; tokens stay in Arrow, not in Python lists."""
 
-    def __init__(self, ds, pad_id: int, decoder_start_id: int, multiple: int):
+    def __init__(self, ds, pad_id: int, decoder_start_id: int, multiple: "int | PadRule"):
         self.ds, self.pad_id, self.decoder_start_id, self.multiple = ds, pad_id, decoder_start_id, multiple
 
     def __call__(self, indices: list[int]) -> dict[str, Any]:

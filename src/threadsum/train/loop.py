@@ -56,6 +56,7 @@ from threadsum.train.checkpoint.layout import (
     step_dir,
 )
 from threadsum.train.checkpoint.state import Counters, TrainState
+from threadsum.train.compiling import compile_model, compiled_graphs, pad_rule
 from threadsum.train.distributed import (
     accumulation_steps,
     build_accelerator,
@@ -67,6 +68,7 @@ from threadsum.train.distributed import (
 from threadsum.train.distributed import finish as finish_distributed
 from threadsum.train.evaluation import Validator
 from threadsum.train.export import consolidated_model, export_model
+from threadsum.train.loss import chunkable_head
 from threadsum.train.metrics import (
     METRICS_FILE,
     Window,
@@ -231,7 +233,7 @@ def _load_data(run: Run) -> None:
     if len(run.splits["train"]) == 0:
         raise PreparedDataError(f"the train split of '{run.cfg.data.prepared_dir}' is empty; prepare more data")
     run.sampler = TokenBudgetSampler(
-        *token_lengths(run.splits["train"]), tc.max_tokens, tc.max_batch_size, tc.pad_to_multiple_of, tc.seed,
+        *token_lengths(run.splits["train"]), tc.max_tokens, tc.max_batch_size, pad_rule(tc), tc.seed,
         accumulation=run.accumulation, rank=acc.process_index, world_size=acc.num_processes,
     )
     run.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * run.sampler.steps_per_epoch()))
@@ -247,21 +249,32 @@ def _build_model(run: Run) -> None:
     model = prepare_model_for_strategy(model, cfg)  # distributed: FSDP needs one tied-embedding module
     model.config.use_cache = False  # no KV cache in teacher-forced training
     model.train()
+    if tc.compile:
+        _compile(run, model)
     start_id = model.config.decoder_start_token_id
     optimizer = build_optimizer(model, tc, acc.device.type)
     run.scheduler = build_scheduler(optimizer, tc, run.total_steps)
     run.model, run.optimizer = acc.prepare(model, optimizer)
     run.n_params = sum(p.numel() for p in run.model.parameters())
     run.n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    fetch = BatchFetcher(run.splits["train"], run.tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of)
+    fetch = BatchFetcher(run.splits["train"], run.tokenizer.pad_token_id, start_id, pad_rule(tc))
     run.stepper = StepRunner(acc, run.model, run.optimizer, run.scheduler, run.scaler, fetch,
                              run.sampler.src_lens, run.sampler.tgt_lens, tc, run.autocast, lambda e: _on_oom(run, e))
     val_ds = run.splits.get("validation")
     if val_ds is not None and len(val_ds):
         batches = plan_micro_batches(*token_lengths(val_ds), tc.max_tokens, tc.max_batch_size,
-                                     tc.pad_to_multiple_of, tc.seed, 0, shuffle=False)
-        run.validator = Validator(val_ds, BatchFetcher(val_ds, run.tokenizer.pad_token_id, start_id, tc.pad_to_multiple_of),
+                                     pad_rule(tc), tc.seed, 0, shuffle=False)
+        run.validator = Validator(val_ds, BatchFetcher(val_ds, run.tokenizer.pad_token_id, start_id, pad_rule(tc)),
                                   batches, run.tokenizer, cfg, acc.device, run.autocast)
+
+
+def _compile(run: Run, model) -> None:
+    """train.compile: compile the module the step calls (train/compiling.py), before accelerate wraps it."""
+    from accelerate.utils import DistributedType
+
+    chunked = run.cfg.train.loss_chunk_tokens and run.accelerator.distributed_type == DistributedType.NO
+    head = chunkable_head(model) if chunked else None
+    compile_model(model, head[0] if head else model, run.cfg.train)
 
 
 def _resume_and_record(run: Run) -> None:
@@ -399,6 +412,8 @@ def _count_step(run: Run, result: StepResult) -> None:
         record = {**run.last_metrics, "loss": run.window.loss / run.window.steps, "real_tokens": c.real_tokens,
                   "skipped_steps": c.skipped_steps, "nonfinite_steps": c.nonfinite_steps, "oom_events": c.oom_events,
                   "train_seconds": round(c.train_seconds, 3)}
+        if tc.compile:
+            record["compiled_graphs"] = compiled_graphs()
         append_jsonl(run.metrics_path, record)
         run.tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
                                 step=c.step)

@@ -31,6 +31,7 @@ from threadsum.config import TrainConfig
 from threadsum.errors import ConfigError, OutOfMemoryError
 from threadsum.train.batching import BatchFetcher, padded_cost, split_micro_batch
 from threadsum.train.checkpoint.state import Counters
+from threadsum.train.compiling import mark_batch_dynamic
 from threadsum.train.distributed import sync_step
 from threadsum.train.loss import seq2seq_loss_sum
 from threadsum.train.progress import current_rss_gb
@@ -158,9 +159,9 @@ class StepRunner:
         acc.step = 0  # accumulate() counts micro-batches; a redone step restarts the count
         for mb_index, indices in enumerate(micro_batches):
             with acc.accumulate(self.model):
-                cost = padded_cost(self.src_lens[indices], self.tgt_lens[indices], tc.pad_to_multiple_of)
+                cost = padded_cost(self.src_lens[indices], self.tgt_lens[indices], self.fetch.multiple)
                 pieces = ([indices] if cost <= budget else
-                          split_micro_batch(indices, self.src_lens, self.tgt_lens, budget, tc.pad_to_multiple_of))
+                          split_micro_batch(indices, self.src_lens, self.tgt_lens, budget, self.fetch.multiple))
                 for p_index, piece in enumerate(pieces):
                     b = self.fetch(piece)
                     # DDP: only the step's very last backward may all-reduce
@@ -189,12 +190,12 @@ class StepRunner:
         device, tc = self.accelerator.device, self.tc
         # DDP/FSDP hook the model's own forward (gradient sync, parameter unsharding): plain path there
         chunk = tc.loss_chunk_tokens if self.accelerator.distributed_type == DistributedType.NO else 0
+        names = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
+        tensors = [b[k].to(device, non_blocking=True) for k in names]
+        if tc.compile:
+            mark_batch_dynamic(*tensors)  # lengths are bucketed (static); batch size varies freely
         with self.autocast():
-            loss_sum = seq2seq_loss_sum(
-                self.model, b["input_ids"].to(device, non_blocking=True),
-                b["attention_mask"].to(device, non_blocking=True),
-                b["decoder_input_ids"].to(device, non_blocking=True), b["labels"].to(device, non_blocking=True),
-                tc.label_smoothing, chunk)
+            loss_sum = seq2seq_loss_sum(self.model, *tensors, tc.label_smoothing, chunk)
         if tc.memory_limit_gb and current_rss_gb() > tc.memory_limit_gb:
             raise SimulatedOOM(f"RSS {current_rss_gb():.2f} GB above train.memory_limit_gb={tc.memory_limit_gb}")
         self.scaler.scale(loss_sum / label_tokens).backward()
@@ -239,7 +240,7 @@ class StepRunner:
         tc, lens = self.tc, (self.src_lens, self.tgt_lens)
         self.optimizer.zero_grad(set_to_none=True)
         free_memory()
-        largest = max(padded_cost(lens[0][mb], lens[1][mb], tc.pad_to_multiple_of) for mb in micro_batches)
+        largest = max(padded_cost(lens[0][mb], lens[1][mb], self.fetch.multiple) for mb in micro_batches)
         new_budget = min(budget, largest) // 2
         if new_budget < min(int(lens[0][i] + lens[1][i]) for mb in micro_batches for i in mb):
             raise OutOfMemoryError(
