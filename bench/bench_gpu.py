@@ -20,7 +20,8 @@ synthetic token ids with the anchor's email-like lengths (4,167 threads, median 
 process, so an allocator setting, an out-of-memory or a crash stays in that variant; the others go on.
 
 Variants (``ONLY=name,name`` picks some): bf16 full fine-tune at token budgets 16k/32k, with and
-without gradient checkpointing, with expandable CUDA segments (the loop's default; whether it really
+without gradient checkpointing, with the chunked LM-head loss (the default) and with full fp32 logits,
+with ``train.compile`` (inductor, bucketed lengths; the first steps include compilation), with expandable CUDA segments (the loop's default; whether it really
 took effect is read back from the allocator) and without; LoRA r16; generation at batch 32,
 4 beams, 128 new tokens in bf16 with threadsum's generation settings and with the anchor's (every
 summary exactly 128 tokens, no n-gram blocking).
@@ -96,6 +97,10 @@ VARIANTS: list[dict[str, Any]] = [
      "note": "main variant: stopped by SIGTERM (checkpoint written) or at the end of the epoch (checkpoint + export)"},
     {"name": "generate_bs32_beams4", "kind": "generate", "cap_s": 40},
     {"name": "lora_r16_16k", "kind": "train", "max_tokens": K16, "lora": True, "cap_s": 20},
+    # the loss lever: every other variant uses the chunked LM-head loss (train.loss_chunk_tokens=1024)
+    {"name": "full_bf16_16k_full_logits", "kind": "train", "max_tokens": K16, "loss_chunk": 0, "cap_s": 20},
+    # torch.compile (inductor) with bucketed lengths: compile time is reported apart from steady tokens/s
+    {"name": "full_bf16_16k_compile", "kind": "train", "max_tokens": K16, "compile": True, "cap_s": 90},
     # the allocator comparison: only the one of these two that differs from what full_bf16_16k ran with
     {"name": "full_bf16_16k_no_expandable", "kind": "train", "max_tokens": K16,
      "alloc_conf": "expandable_segments:False", "cap_s": 20},
@@ -110,7 +115,7 @@ VARIANTS: list[dict[str, Any]] = [
 ]
 # the smoke test covers every code path once (SIGTERM + checkpoint, capped exit, LoRA with checkpointing,
 # generation) in as few processes as possible: each one pays ~5-15 s of imports on a busy 2-core machine
-TINY_VARIANTS = ["matmul_bf16", "full_bf16_16k", "generate_bs32_beams4", "lora_r16_16k_gc"]
+TINY_VARIANTS = ["matmul_bf16", "full_bf16_16k", "generate_bs32_beams4", "lora_r16_16k_gc", "full_bf16_16k_full_logits"]
 CHILD_OVERHEAD_S = 15 if TINY else 35
 """Estimated seconds a variant spends outside its cap (imports, model init, checkpoint): used to skip what no longer fits."""
 
@@ -124,6 +129,8 @@ ANCHOR_MATCH = {
     "full_bf16_32k_gc": ["grad-ckpt amp-bf16 token-budget 16k"],
     "full_bf16_64k_gc": ["grad-ckpt amp-bf16 token-budget 16k"],
     "lora_r16_16k": ["LoRA r16 all-linear amp-bf16 token-budget 16k"],
+    "full_bf16_16k_full_logits": ["amp-bf16 sdpa fusedAdamW token-budget 16k"],
+    "full_bf16_16k_compile": ["amp-bf16 sdpa fusedAdamW token-budget 16k"],
     "lora_r16_32k": ["LoRA r16 all-linear amp-bf16 token-budget 16k"],
     "lora_r16_16k_gc": ["LoRA r16 all-linear amp-bf16 token-budget 16k"],
     "generate_bs32_beams4/anchor_settings": ["generate bf16 beams=4 128 new tokens bs32"],
@@ -431,7 +438,8 @@ def child_train(spec: dict[str, Any], work: Path, result_path: Path) -> None:
                   "max_batch_size": spec["max_batch_size"], "pad_to_multiple_of": spec["pad_to"],
                   "precision": "auto" if TINY else "bf16", "lr": 2e-4 if spec.get("lora") else 5e-5,
                   "warmup_steps": 10, "eval_every_steps": 0, "checkpoint_every_steps": 0,
-                  "checkpoint_every_minutes": 0, "keep_last": 1, "resume": "none", "log_every_steps": 1},
+                  "checkpoint_every_minutes": 0, "keep_last": 1, "resume": "none", "log_every_steps": 1,
+                  "loss_chunk_tokens": spec.get("loss_chunk", 1024), "compile": bool(spec.get("compile"))},
         "track": {"tracking_uri": "none"},
     }, origin=f"bench_gpu {spec['name']}")
     metrics = out_dir / "metrics.jsonl"
