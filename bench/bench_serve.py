@@ -106,12 +106,12 @@ def run_service(s: Summarizer, threads: list[dict], concurrency: int, batch: int
             r = client.post("/v1/summarize", json=t)
             return r.status_code, time.perf_counter() - t0
 
-        before = client.get("/healthz").json()["batching"]
+        before = client.get("/v1/status").json()["batching"]
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(concurrency) as pool:
             results = list(pool.map(one, threads))
         wall = time.perf_counter() - t0
-        after = client.get("/healthz").json()["batching"]
+        after = client.get("/v1/status").json()["batching"]
         client.close()
     mean_batch = (after["threads"] - before["threads"]) / max(1, after["batches"] - before["batches"])
     codes = [c for c, _ in results]

@@ -69,15 +69,15 @@ def repair_text(value: str, field: str, warnings: Optional[list[str]] = None) ->
     return fixed
 
 
-def _repair_json(obj: Any, path: str, warnings: Optional[list[str]]) -> Any:
+def repair_json(obj: Any, path: str = "", warnings: Optional[list[str]] = None) -> Any:
     """Every string of a JSON value repaired (``repair_text``), fields named by their path."""
     if isinstance(obj, str):
         return repair_text(obj, path or "value", warnings)
     if isinstance(obj, list):
-        return [_repair_json(v, f"{path}[{i}]", warnings) for i, v in enumerate(obj)]
+        return [repair_json(v, f"{path}[{i}]", warnings) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
         return {repair_text(k, f"{path}.<key>", warnings) if isinstance(k, str) else k:
-                _repair_json(v, f"{path}.{k}" if path else str(k), warnings) for k, v in obj.items()}
+                repair_json(v, f"{path}.{k}" if path else str(k), warnings) for k, v in obj.items()}
     return obj
 
 
@@ -184,7 +184,7 @@ def thread_from_dict(data: dict, default_id: Optional[str] = None, warnings: Opt
     """
     if not isinstance(data, dict):
         raise InputError(f"a thread must be a JSON object, got {type(data).__name__}")
-    data = _repair_json(data, "", warnings)
+    data = repair_json(data, "", warnings)
     emails_in = data.get("emails")
     if not isinstance(emails_in, list) or not emails_in:
         raise InputError("thread needs 'emails': a non-empty list of {from, to, date, body} objects")

@@ -6,7 +6,10 @@ to ``max_batch_size`` threads. Generation runs in one dedicated worker thread: t
 accepting, validating and answering requests (health checks included) while the model works, and
 only one generation uses the device at a time. Admission is bounded: when more than
 ``queue_size`` threads are accepted but not yet answered, new work is refused with ``QueueFullError``
-(the service answers 503 with Retry-After) instead of growing latency without limit.
+(the service answers 503 with Retry-After) instead of growing latency without limit. A ``submit``
+that is cancelled (its client disconnected) withdraws its threads from the queue at once: they
+are never started and no longer count as pending; threads already in a running batch finish with
+it and their results are dropped.
 """
 from __future__ import annotations
 
@@ -129,8 +132,13 @@ class MicroBatcher:
         estimate = (self.stats.ewma_batch_s or 1.0) * batches_ahead
         return int(min(60, max(1, math.ceil(estimate))))
 
-    async def submit(self, texts: Sequence[str]) -> list[str]:
-        """Summaries of ``texts`` in order; raises QueueFullError when over capacity."""
+    async def submit(self, texts: Sequence[str], return_exceptions: bool = False) -> list[Any]:
+        """Summaries of ``texts`` in order; raises QueueFullError when over capacity.
+
+        With ``return_exceptions`` a text whose generation failed gets its exception in its place
+        (the others keep their summaries); otherwise the first failure is raised. Cancelling the
+        call withdraws its queued texts (see the module docstring).
+        """
         if not self.running:
             raise BatcherStoppedError("the model worker is not running yet; retry shortly")
         n = len(texts)
@@ -146,8 +154,25 @@ class MicroBatcher:
         self._has_items.set()
         if len(self._items) >= self.max_batch_size:
             self._full.set()
-        # a client that disconnects cancels these futures; the worker then skips its items
-        return list(await asyncio.gather(*(i.future for i in items)))
+        try:
+            return list(await asyncio.gather(*(i.future for i in items), return_exceptions=return_exceptions))
+        except asyncio.CancelledError:
+            self._withdraw(items)
+            raise
+
+    def _withdraw(self, items: list[_Item]) -> None:
+        """Take ``items`` out of the queue (not the running batch) and cancel their futures."""
+        for item in items:
+            if not item.future.done():
+                item.future.cancel()
+        gone = {id(i) for i in items}
+        kept = deque(i for i in self._items if id(i) not in gone)
+        self._pending -= len(self._items) - len(kept)
+        self._items = kept
+        if not self._items:
+            self._has_items.clear()
+        if len(self._items) < self.max_batch_size:
+            self._full.clear()
 
     # ---- the worker
     async def _worker(self) -> None:
