@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -395,8 +396,6 @@ def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
 
 def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
     """The FastAPI app around a loaded Summarizer; the batcher starts with the app's lifespan."""
-    from fastapi_offline import FastAPIOffline
-
     cfg = serve_cfg
     state = _ServiceState()
     batcher = MicroBatcher(
