@@ -206,7 +206,7 @@ def main(argv=None) -> int:
         lines += ["", "Raw `Summarizer.generate` (no HTTP): " + ", ".join(
             f"batch {g['batch']}: {g['threads_per_s']:.2f} threads/s" for g in gens) + "."]
     out = Path(args.out)
-    header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py`; newest first.\n\n"
+    header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py` and `bench/bench_serve_memory.py`; newest first.\n\n"
     old = out.read_text().split("\n\n", 2)[-1] if out.exists() and out.read_text().startswith("# Serving") else ""
     out.write_text(header + "\n".join(lines) + "\n\n" + old)
     print(f"speed-up {speedup:.1f}x; wrote {out}")

@@ -75,7 +75,7 @@ def test_thread_from_dict_reads_the_jsonl_thread_form():
 @pytest.mark.parametrize("bad, needle", [
     ({"emails": []}, "non-empty list"),
     ({"emails": [{"from": "a"}]}, "emails[0].body"),
-    ({"emails": [{"body": "x", "date": "next tuesday"}]}, "emails[0].date"),
+    ({"emails": [{"body": "x", "date": ["2002-01-29"]}]}, "emails[0].date"),
     ({"emails": [{"body": "x", "to": 5}]}, "emails[0].to"),
     ("not a dict", "JSON object"),
 ])
@@ -247,12 +247,12 @@ NOTHING = [
 
 @pytest.mark.parametrize("thread", NOTHING)
 def test_a_thread_with_no_body_text_is_refused_by_the_api_and_the_cli(summarizer, model_dir, tmp_path, thread):
-    with pytest.raises(InputError, match="no body text"):
+    with pytest.raises(InputError, match="no body text|holds no text"):
         summarizer.summarize(thread)
     f = tmp_path / "nothing.json"
     f.write_text(json.dumps(thread))
     code, out, err = _run_cli(model_dir, f)
-    assert code == EXIT_BAD_INPUT and "no body text" in err and not out
+    assert code == EXIT_BAD_INPUT and ("no body text" in err or "holds no text" in err) and not out
 
 
 def test_random_bytes_are_refused_naming_what_was_expected(model_dir, tmp_path):
@@ -337,6 +337,12 @@ def test_pasted_header_blocks_are_emails(model_dir, monkeypatch):
     assert code == EXIT_OK and json.loads(out)["n_emails"] == 2
     # prose with a colon-line is not a header block
     assert len(to_thread("Note: call Bob\n\nFrom: the desk of Ann\nthanks").emails) == 1
+
+
+def test_an_unreadable_date_is_a_warning_not_a_refusal():
+    warnings = []
+    t = thread_from_dict({"emails": [{"body": "x", "date": "next tuesday"}]}, warnings=warnings)
+    assert t.emails[0].date is None and len(warnings) == 1 and "emails[0].date 'next tuesday'" in warnings[0]
 
 
 def test_invalid_json_names_the_character_position():

@@ -103,6 +103,8 @@ def repair_thread(thread: Thread, warnings: Optional[list[str]] = None) -> Threa
 # ------------------------------------------------------------------ nothing to summarize
 _TAG = re.compile(r"<[^<>]*>")
 _WORD = re.compile(r"\w")
+TEXT_PATTERN = r"[^\W_]"
+"""A letter or digit: what every email body and pasted text must hold (the service's schema states it)."""
 
 
 def has_body_text(body: str) -> bool:
@@ -137,20 +139,21 @@ def _with_given(thread: Thread, thread_id: Any = None, subject: Optional[str] = 
 
 
 # ---------------------------------------------------------------------- structured form
-def _parse_date(value: Any, where: str) -> Optional[datetime]:
-    """The readers' timestamp parsing (naive UTC), but a bad date is an error here, not a reject."""
+def _parse_date(value: Any, where: str, warnings: Optional[list[str]] = None) -> Optional[datetime]:
+    """The readers' timestamp parsing (naive UTC). A date that is not understood leaves the email
+    undated with a warning naming it (as prepare does), so a thread is never refused for its dates."""
     from threadsum.data.readers import parse_timestamp
 
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
         return value
-    parsed = parse_timestamp(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
-    if parsed is None:
-        raise InputError(
-            f"{where}.date {str(value)[:60]!r} is not understood; use ISO 8601 ('2002-01-29 11:23:42'), "
-            f"an RFC 2822 date or epoch seconds"
-        )
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InputError(f"{where}.date must be a string or a number (epoch seconds), got {type(value).__name__}")
+    parsed = parse_timestamp(value)
+    if parsed is None and warnings is not None:
+        warnings.append(f"{where}.date {str(value)[:60]!r} is not understood (use ISO 8601 '2002-01-29 11:23:42', "
+                        f"an RFC 2822 date or epoch seconds); the email is treated as undated")
     return parsed
 
 
@@ -195,12 +198,14 @@ def thread_from_dict(data: dict, default_id: Optional[str] = None, warnings: Opt
             raise InputError(f"{where} must be an object with from, to, date, body")
         if not isinstance(e.get("body"), str):
             raise InputError(f"{where}.body is required and must be a string")
+        if not re.search(TEXT_PATTERN, e["body"]):
+            raise InputError(f"{where}.body holds no text (no letter or digit); every email needs a body with text")
         emails.append(Email(
             sender=_str_field(e, ("from", "sender"), f"{where}.from"),
             recipients=_names(e.get("to", e.get("recipients")), f"{where}.to"),
             cc=_names(e.get("cc"), f"{where}.cc"),
             body=e["body"],
-            date=_parse_date(e.get("date", e.get("timestamp")), where),
+            date=_parse_date(e.get("date", e.get("timestamp")), where, warnings),
             subject=_str_field(e, ("subject",), f"{where}.subject"),
         ))
     subject = data.get("subject") or next((e.subject for e in emails if e.subject), "")
@@ -282,6 +287,8 @@ def threads_from_text(text: str, warnings: Optional[list[str]] = None, field: st
     text = repair_text(text, field, warnings).lstrip("\ufeff")
     if not text.strip():
         raise InputError(f"{field} is empty; paste an email thread or an RFC 822 message")
+    if not re.search(TEXT_PATTERN, text):
+        raise InputError(f"{field} holds no text (no letter or digit); paste an email thread or an RFC 822 message")
     first = text.lstrip().split("\n", 1)[0]
     if _MBOX_SEPARATOR.match(first):
         return [_with_given(t) for t in threads_from_mail_bytes(text.lstrip().encode("utf-8"))]

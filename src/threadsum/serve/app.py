@@ -41,11 +41,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from threadsum.config import Config, ServeConfig
-from threadsum.inference.inputs import InputError, repair_json, thread_from_text, threads_from_text
+from threadsum.inference.inputs import TEXT_PATTERN, InputError, repair_json, thread_from_text, threads_from_text
 from threadsum.inference.summarizer import EmptySummaryError
 from threadsum.serve.batching import BatcherStoppedError, MicroBatcher, QueueFullError
 
@@ -72,10 +72,11 @@ class EmailIn(BaseModel):
     sender: str = Field("", alias="from", description="Author: display name and/or address.")
     to: Union[list[str], str] = Field(default_factory=list, description="Recipients (list, or comma-separated).")
     cc: Union[list[str], str] = Field(default_factory=list, description="Cc recipients.")
-    date: Union[str, float, None] = Field(None, description="ISO 8601, RFC 2822 or epoch seconds.")
+    date: Union[StrictStr, StrictInt, StrictFloat, None] = Field(None, description=(
+        "ISO 8601, RFC 2822 or epoch seconds. A date that is not understood leaves the email undated, with a warning."))
     subject: str = ""
-    body: str = Field(..., min_length=1, description=(
-        "Plain-text body. A thread whose bodies hold no word character after cleaning (whitespace, HTML "
+    body: str = Field(..., min_length=1, pattern=TEXT_PATTERN, description=(
+        "Plain-text body holding a letter or digit. A thread whose bodies hold no word character after cleaning (whitespace, HTML "
         "tags/entities, quoted history or signatures only) is refused with 422."))
 
 
@@ -84,11 +85,11 @@ class ThreadIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", json_schema_extra=_ONE_OF)
 
-    thread_id: Union[str, int, None] = Field(None, description="Kept in the answer; default: derived from the content.")
+    thread_id: Union[StrictStr, StrictInt, None] = Field(None, description="Kept in the answer; default: derived from the content.")
     subject: str = Field("", description="Kept in the answer; default: the first email's subject.")
     emails: list[EmailIn] = Field(None, min_length=1, description="The thread's emails, in any order.")
-    text: str = Field(None, min_length=1, description=(
-        "Plain text of a thread, pasted emails each with its From:/To:/Subject: header block, or an RFC 822 "
+    text: str = Field(None, min_length=1, pattern=TEXT_PATTERN, description=(
+        "Plain text of a thread (holding a letter or digit; refused with 422 when nothing is left after cleaning), pasted emails each with its From:/To:/Subject: header block, or an RFC 822 "
         "message (.eml content). Several threads (an mbox) go to /v1/summarize/batch."))
 
     @model_validator(mode="after")
@@ -117,7 +118,7 @@ class BatchIn(BaseModel):
                                                                            {"required": ["text"]}]})
 
     threads: list[ThreadIn] = Field(None, min_length=1, description="Threads, answered in this order.")
-    text: str = Field(None, min_length=1, description="An .mbox file's content (or pasted mail): one result per thread.")
+    text: str = Field(None, min_length=1, pattern=TEXT_PATTERN, description="An .mbox file's content (or pasted mail): one result per thread.")
 
     @model_validator(mode="after")
     def _one_form(self) -> "BatchIn":
@@ -459,7 +460,9 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         # the default handler echoes the offending input back; bodies can be 1 MB of private mail
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "type": e.get("type", ""),
+                   "msg": "holds no text (no letter or digit)" if e.get("type") == "string_pattern_mismatch"
+                   else e.get("msg", "")} for e in exc.errors()]
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         loc = list(first["loc"])
         where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)) or "body"
@@ -470,8 +473,11 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
         return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
-    def check_limits(thread: ThreadIn) -> None:
-        n_emails, n_chars = thread.size()
+    def check_limits(thread: Union[ThreadIn, "Thread"]) -> None:
+        if isinstance(thread, ThreadIn):
+            n_emails, n_chars = thread.size()
+        else:
+            n_emails, n_chars = len(thread.emails), sum(len(e.body) + len(e.subject) for e in thread.emails)
         if n_emails > cfg.max_emails:
             raise _ItemError(422, f"the thread has {n_emails} emails; the limit is serve.max_emails={cfg.max_emails}")
         if n_chars > cfg.max_chars:
@@ -479,8 +485,8 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
 
     def prepare_one(item: Union[ThreadIn, "Thread"], index: int) -> Union["PreparedInput", _ItemError]:
         try:
+            check_limits(item)
             if isinstance(item, ThreadIn):
-                check_limits(item)
                 item = item.to_input()
             return summarizer.prepare(item, index)
         except _ItemError as exc:
@@ -551,12 +557,15 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
               summary="Summarize several threads, or every thread of an mbox (results in order, per thread)")
     async def summarize_batch(batch: BatchIn, request: Request) -> BatchOut:
         items: list = batch.threads
+        limit = min(cfg.max_batch_threads, cfg.queue_size)
+        if batch.text is not None and len(batch.text) > cfg.max_chars * limit:
+            raise _HTTPError(422, f"text has {len(batch.text)} characters; the limit is serve.max_chars x the batch "
+                                  f"limit = {cfg.max_chars * limit}")
         if batch.text is not None:
             try:
                 items = await run_in_threadpool(threads_from_text, batch.text)
             except InputError as exc:
                 raise _HTTPError(422, f"text: {exc}") from None
-        limit = min(cfg.max_batch_threads, cfg.queue_size)
         if len(items) > limit:
             name = "serve.max_batch_threads" if cfg.max_batch_threads <= cfg.queue_size else "serve.queue_size"
             raise _HTTPError(422, f"batch has {len(items)} threads; the limit is {name}={limit}")
