@@ -84,6 +84,15 @@ def make_summarizer(args, work: Path) -> Summarizer:
     g.min_new_tokens = args.max_new_tokens if not args.model else min(g.min_new_tokens, args.max_new_tokens)
     g.no_repeat_ngram_size = 0 if not args.model else g.no_repeat_ngram_size
     cfg.data.max_source_tokens = args.max_source
+    if not args.model:
+        # a random model may emit only ids the tiny tokenizer has no text for (the preset's vocab is
+        # larger) or special tokens: both decode to an empty summary, a 500 by design. Suppressing
+        # them (one logits mask per step, in both modes) keeps the summaries non-empty
+        tok = base.tokenizer
+        keep = {tok.eos_token_id, tok.bos_token_id}  # forced at the ends
+        vocab = base.model.config.vocab_size
+        base.model.generation_config.suppress_tokens = (
+            [i for i in tok.all_special_ids if i not in keep] + list(range(len(tok), vocab)))
     return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name)
 
 
