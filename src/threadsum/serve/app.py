@@ -395,6 +395,124 @@ def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     return schema
 
 
+def _install_middleware(app: FastAPI, cfg: ServeConfig) -> None:
+    """Body limit, API key, CORS and the request log, in that order from the inside out."""
+    # add_middleware puts each new one outside the previous: the request log wraps everything
+    # (it sees 401s and 413s too), CORS wraps auth and the body limit so a browser can read them
+    # cross-origin, and the key is checked before the body limit reads a byte of the body
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    if cfg.api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
+    if cfg.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Content-Type", "X-API-Key"],
+            expose_headers=["Retry-After", "X-Request-Id"],
+        )
+    app.add_middleware(RequestLogMiddleware)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """422 for schema errors without echoing the body; our own errors with their status."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # the default handler echoes the offending input back; bodies can be 1 MB of private mail
+        errors = [{"loc": list(e.get("loc", ())), "type": e.get("type", ""),
+                   "msg": "holds no text (no letter or digit)" if e.get("type") == "string_pattern_mismatch"
+                   else e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        loc = list(first["loc"])
+        where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)) or "body"
+        return SafeJSONResponse({"detail": f"invalid request: {where}: {first['msg']}", "errors": errors}, status_code=422)
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(request: Request, exc: _HTTPError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+
+
+class _Pipeline:
+    """One request's path: limits, input checks and cleaning (thread pool), the batcher, and the
+    per-thread results with their status."""
+
+    def __init__(self, summarizer: "Summarizer", cfg: ServeConfig, batcher: MicroBatcher, state: _ServiceState):
+        self.summarizer, self.cfg, self.batcher, self.state = summarizer, cfg, batcher, state
+
+    def check_limits(self, thread: Union[ThreadIn, "Thread"]) -> None:
+        if isinstance(thread, ThreadIn):
+            n_emails, n_chars = thread.size()
+        else:
+            n_emails, n_chars = len(thread.emails), sum(len(e.body) + len(e.subject) for e in thread.emails)
+        if n_emails > self.cfg.max_emails:
+            raise _ItemError(422, f"the thread has {n_emails} emails; the limit is serve.max_emails={self.cfg.max_emails}")
+        if n_chars > self.cfg.max_chars:
+            raise _ItemError(422, f"the thread has {n_chars} characters; the limit is serve.max_chars={self.cfg.max_chars}")
+
+    def prepare_one(self, item: Union[ThreadIn, "Thread"], index: int) -> Union["PreparedInput", _ItemError]:
+        try:
+            self.check_limits(item)
+            if isinstance(item, ThreadIn):
+                item = item.to_input()
+            return self.summarizer.prepare(item, index)
+        except _ItemError as exc:
+            return exc
+        except InputError as exc:
+            return _ItemError(422, str(exc))
+
+    def prepare_all(self, items: list) -> list:
+        return [self.prepare_one(t, i) for i, t in enumerate(items)]
+
+    async def generate(self, request: Request, prepared: list) -> list:
+        """Summaries (or exceptions) for the prepared items; withdraws them if the client leaves."""
+        texts = [p.text for p in prepared if not isinstance(p, _ItemError)]
+        submit = asyncio.ensure_future(self.batcher.submit(texts, return_exceptions=True))
+        watch = asyncio.ensure_future(_until_disconnected(request))
+        try:
+            await asyncio.wait({submit, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not submit.done():
+            submit.cancel()  # the batcher withdraws the queued threads
+            raise _HTTPError(CLIENT_GONE, "the client disconnected; its threads were withdrawn")
+        try:
+            outputs = iter(submit.result())
+        except QueueFullError as exc:
+            raise _HTTPError(503, str(exc), retry_after=exc.retry_after) from None
+        except BatcherStoppedError as exc:
+            raise _HTTPError(503, str(exc), retry_after=1) from None
+        return [p if isinstance(p, _ItemError) else next(outputs) for p in prepared]
+
+    async def run(self, request: Request, items: list) -> tuple[list[BatchItemOut], float]:
+        """Per-thread results (``BatchItemOut``) for ``items`` and the elapsed milliseconds."""
+        t0 = time.perf_counter()
+        if not self.state.ready:
+            raise _HTTPError(503, "the model is loading or warming up; retry shortly", retry_after=1)
+        # cleaning and rendering are CPU work of up to tens of ms per long thread: off the loop
+        prepared = await run_in_threadpool(self.prepare_all, items)
+        outputs = await self.generate(request, prepared)
+        repairs = _repairs_by_item(request, len(items))
+        results = []
+        for i, (p, out) in enumerate(zip(prepared, outputs)):
+            if isinstance(out, _ItemError):
+                results.append(BatchItemOut(index=i, status=out.status, error=out.detail))
+                continue
+            common = dict(index=i, thread_id=p.thread_id, subject=p.subject, warnings=repairs.get(i, []) + p.warnings)
+            if isinstance(out, BaseException):
+                results.append(BatchItemOut(**common, status=500, error=f"summarization failed "
+                                            f"({type(out).__name__}); see the server log"))
+            elif not out.strip():
+                results.append(BatchItemOut(**common, status=500, error=str(EmptySummaryError([p.thread_id]))))
+            else:
+                results.append(BatchItemOut(**common, status=200, summary=out, n_emails=p.n_emails,
+                                            truncated=p.truncated))
+        return results, (time.perf_counter() - t0) * 1000
+
+
 def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
     """The FastAPI app around a loaded Summarizer; the batcher starts with the app's lifespan."""
     cfg = serve_cfg
@@ -439,114 +557,16 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
     app.state.summarizer = summarizer
     app.state.service = state
 
-    # add_middleware puts each new one outside the previous: the request log wraps everything
-    # (it sees 401s and 413s too), CORS wraps auth and the body limit so a browser can read them
-    # cross-origin, and the key is checked before the body limit reads a byte of the body
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
-    if cfg.api_key is not None:
-        app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
-    if cfg.cors_origins:
-        from fastapi.middleware.cors import CORSMiddleware
-
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cfg.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Content-Type", "X-API-Key"],
-            expose_headers=["Retry-After", "X-Request-Id"],
-        )
-    app.add_middleware(RequestLogMiddleware)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError):
-        # the default handler echoes the offending input back; bodies can be 1 MB of private mail
-        errors = [{"loc": list(e.get("loc", ())), "type": e.get("type", ""),
-                   "msg": "holds no text (no letter or digit)" if e.get("type") == "string_pattern_mismatch"
-                   else e.get("msg", "")} for e in exc.errors()]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        loc = list(first["loc"])
-        where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ["body"] else loc)) or "body"
-        return SafeJSONResponse({"detail": f"invalid request: {where}: {first['msg']}", "errors": errors}, status_code=422)
-
-    @app.exception_handler(_HTTPError)
-    async def _http_error(request: Request, exc: _HTTPError):
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
-
-    def check_limits(thread: Union[ThreadIn, "Thread"]) -> None:
-        if isinstance(thread, ThreadIn):
-            n_emails, n_chars = thread.size()
-        else:
-            n_emails, n_chars = len(thread.emails), sum(len(e.body) + len(e.subject) for e in thread.emails)
-        if n_emails > cfg.max_emails:
-            raise _ItemError(422, f"the thread has {n_emails} emails; the limit is serve.max_emails={cfg.max_emails}")
-        if n_chars > cfg.max_chars:
-            raise _ItemError(422, f"the thread has {n_chars} characters; the limit is serve.max_chars={cfg.max_chars}")
-
-    def prepare_one(item: Union[ThreadIn, "Thread"], index: int) -> Union["PreparedInput", _ItemError]:
-        try:
-            check_limits(item)
-            if isinstance(item, ThreadIn):
-                item = item.to_input()
-            return summarizer.prepare(item, index)
-        except _ItemError as exc:
-            return exc
-        except InputError as exc:
-            return _ItemError(422, str(exc))
-
-    def prepare_all(items: list) -> list:
-        return [prepare_one(t, i) for i, t in enumerate(items)]
-
-    async def generate(request: Request, prepared: list) -> list:
-        """Summaries (or exceptions) for the prepared items; withdraws them if the client leaves."""
-        texts = [p.text for p in prepared if not isinstance(p, _ItemError)]
-        submit = asyncio.ensure_future(batcher.submit(texts, return_exceptions=True))
-        watch = asyncio.ensure_future(_until_disconnected(request))
-        try:
-            await asyncio.wait({submit, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watch.cancel()
-        if not submit.done():
-            submit.cancel()  # the batcher withdraws the queued threads
-            raise _HTTPError(CLIENT_GONE, "the client disconnected; its threads were withdrawn")
-        try:
-            outputs = iter(submit.result())
-        except QueueFullError as exc:
-            raise _HTTPError(503, str(exc), retry_after=exc.retry_after) from None
-        except BatcherStoppedError as exc:
-            raise _HTTPError(503, str(exc), retry_after=1) from None
-        return [p if isinstance(p, _ItemError) else next(outputs) for p in prepared]
-
-    async def run(request: Request, items: list) -> tuple[list[BatchItemOut], float]:
-        t0 = time.perf_counter()
-        if not state.ready:
-            raise _HTTPError(503, "the model is loading or warming up; retry shortly", retry_after=1)
-        # cleaning and rendering are CPU work of up to tens of ms per long thread: off the loop
-        prepared = await run_in_threadpool(prepare_all, items)
-        outputs = await generate(request, prepared)
-        repairs = _repairs_by_item(request, len(items))
-        results = []
-        for i, (p, out) in enumerate(zip(prepared, outputs)):
-            if isinstance(out, _ItemError):
-                results.append(BatchItemOut(index=i, status=out.status, error=out.detail))
-                continue
-            common = dict(index=i, thread_id=p.thread_id, subject=p.subject, warnings=repairs.get(i, []) + p.warnings)
-            if isinstance(out, BaseException):
-                results.append(BatchItemOut(**common, status=500, error=f"summarization failed "
-                                            f"({type(out).__name__}); see the server log"))
-            elif not out.strip():
-                results.append(BatchItemOut(**common, status=500, error=str(EmptySummaryError([p.thread_id]))))
-            else:
-                results.append(BatchItemOut(**common, status=200, summary=out, n_emails=p.n_emails,
-                                            truncated=p.truncated))
-        return results, (time.perf_counter() - t0) * 1000
+    _install_middleware(app, cfg)
+    _install_error_handlers(app)
+    pipeline = _Pipeline(summarizer, cfg, batcher, state)
 
     errors = {401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
               500: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
     @app.post("/v1/summarize", response_model=SummaryOut, responses=errors, summary="Summarize one thread")
     async def summarize_one(thread: ThreadIn, request: Request) -> SummaryOut:
-        results, elapsed = await run(request, [thread])
+        results, elapsed = await pipeline.run(request, [thread])
         r = results[0]
         if r.status != 200:
             raise _HTTPError(r.status, r.error or "failed")
@@ -569,7 +589,7 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
         if len(items) > limit:
             name = "serve.max_batch_threads" if cfg.max_batch_threads <= cfg.queue_size else "serve.queue_size"
             raise _HTTPError(422, f"batch has {len(items)} threads; the limit is {name}={limit}")
-        results, elapsed = await run(request, items)
+        results, elapsed = await pipeline.run(request, items)
         n_ok = sum(r.status == 200 for r in results)
         return BatchOut(results=results, n_ok=n_ok, n_failed=len(results) - n_ok, elapsed_ms=round(elapsed, 1))
 
