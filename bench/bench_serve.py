@@ -84,6 +84,15 @@ def make_summarizer(args, work: Path) -> Summarizer:
     g.min_new_tokens = args.max_new_tokens if not args.model else min(g.min_new_tokens, args.max_new_tokens)
     g.no_repeat_ngram_size = 0 if not args.model else g.no_repeat_ngram_size
     cfg.data.max_source_tokens = args.max_source
+    if not args.model:
+        # a random model may emit only ids the tiny tokenizer has no text for (the preset's vocab is
+        # larger) or special tokens: both decode to an empty summary, a 500 by design. Suppressing
+        # them (one logits mask per step, in both modes) keeps the summaries non-empty
+        tok = base.tokenizer
+        keep = {tok.eos_token_id, tok.bos_token_id}  # forced at the ends
+        vocab = base.model.config.vocab_size
+        base.model.generation_config.suppress_tokens = (
+            [i for i in tok.all_special_ids if i not in keep] + list(range(len(tok), vocab)))
     return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name)
 
 
@@ -106,12 +115,12 @@ def run_service(s: Summarizer, threads: list[dict], concurrency: int, batch: int
             r = client.post("/v1/summarize", json=t)
             return r.status_code, time.perf_counter() - t0
 
-        before = client.get("/healthz").json()["batching"]
+        before = client.get("/v1/status").json()["batching"]
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(concurrency) as pool:
             results = list(pool.map(one, threads))
         wall = time.perf_counter() - t0
-        after = client.get("/healthz").json()["batching"]
+        after = client.get("/v1/status").json()["batching"]
         client.close()
     mean_batch = (after["threads"] - before["threads"]) / max(1, after["batches"] - before["batches"])
     codes = [c for c, _ in results]
@@ -206,7 +215,7 @@ def main(argv=None) -> int:
         lines += ["", "Raw `Summarizer.generate` (no HTTP): " + ", ".join(
             f"batch {g['batch']}: {g['threads_per_s']:.2f} threads/s" for g in gens) + "."]
     out = Path(args.out)
-    header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py`; newest first.\n\n"
+    header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py` and `bench/bench_serve_memory.py`; newest first.\n\n"
     old = out.read_text().split("\n\n", 2)[-1] if out.exists() and out.read_text().startswith("# Serving") else ""
     out.write_text(header + "\n".join(lines) + "\n\n" + old)
     print(f"speed-up {speedup:.1f}x; wrote {out}")

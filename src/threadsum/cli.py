@@ -199,7 +199,7 @@ def summarize(
     """Summarize a thread. Exit codes: 0 ok, 2 bad input, 1 failure."""
     from threadsum.inference.summarizer import summarize_command
 
-    raise typer.Exit(summarize_command(str(model), path, as_json=as_json, device=device) or 0)
+    _run(summarize_command, str(model), path, as_json=as_json, device=device)
 
 
 @app.command()

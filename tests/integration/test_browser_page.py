@@ -35,7 +35,8 @@ from threadsum.inference.summarizer import Summarizer  # noqa: E402
 from threadsum.inference.tiny import build_tiny_model_dir  # noqa: E402
 from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+FLAGS = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no network: a CDN asset would fail
+         "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
          "--window-size=1200,900"]
 
@@ -113,6 +114,42 @@ def test_errors_are_shown_not_swallowed(browser, base_url):
     _summarize(browser, base_url, "word " * 2000)  # over serve.max_chars=5000
     error = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
     assert "422" in error.text and "serve.max_chars=5000" in error.text
+    assert "summarize_batch" not in error.text
     _summarize(browser, base_url, "a short thread", key="wrong")
     error = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "error")))
     assert "401" in error.text
+
+
+def test_result_box_has_no_leading_blank_lines(browser, base_url):
+    _summarize(browser, base_url, "Bob, the storage report is late again. Can you chase legal?")
+    assert browser.find_element(By.ID, "result").is_displayed()
+    text = browser.execute_script("return document.getElementById('result').innerText;")
+    assert text == text.lstrip() and not text.startswith("\n")
+
+
+def test_upload_an_mbox_summarizes_each_thread(browser, base_url, tmp_path):
+    parts = []
+    for subject, body in (("Budget", "Numbers for Q3 are attached."), ("Party", "Friday at six in the lobby.")):
+        m = EmailMessage()
+        m["From"], m["To"], m["Subject"] = "Ann <ann@example.com>", "Bob <bob@example.com>", subject
+        m["Date"] = "Mon, 14 May 2001 09:12:00 -0000"
+        m.set_content(body)
+        parts.append("From ann@example.com Mon May 14 09:12:00 2001\n" + m.as_string() + "\n")
+    mbox = tmp_path / "two.mbox"
+    mbox.write_text("".join(parts))
+    browser.get(base_url + "/")
+    browser.find_element(By.ID, "file").send_keys(str(mbox))
+    WebDriverWait(browser, 10).until(lambda d: "Party" in d.find_element(By.ID, "thread").get_property("value"))
+    browser.find_element(By.ID, "apikey").send_keys("page-key")
+    browser.find_element(By.ID, "summarize").click()
+    WebDriverWait(browser, 60).until(EC.visibility_of_element_located((By.ID, "result")))
+    headings = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "#summary h2")]
+    assert sorted(headings) == ["Budget", "Party"]
+    assert "2 threads summarized" in browser.find_element(By.ID, "timing").text
+
+
+def test_docs_work_offline(browser, base_url):
+    browser.get(base_url + "/docs")
+    ops = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {o.text.replace("\u200b", "") for o in ops}
+    assert {"/v1/summarize", "/v1/summarize/batch"} <= paths

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from train_fixture import make_prepared
 
 ROOT = Path(__file__).resolve().parents[2]

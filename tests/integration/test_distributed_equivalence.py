@@ -17,7 +17,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dist_fixture import STEPS, dist_config, final_weights, launcher_cmd, losses, worker_env, write_config  # noqa: E402
+from dist_fixture import (  # noqa: E402
+    STEPS,
+    dist_config,
+    final_weights,
+    launcher_cmd,
+    losses,
+    worker_env,
+    write_config,
+)
 from train_fixture import make_prepared  # noqa: E402
 
 from threadsum.train.checkpoint import SHARDED_DIR, list_checkpoints  # noqa: E402

@@ -13,12 +13,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dist_fixture import STEPS, dist_config, launcher_cmd, losses, worker_env, write_config  # noqa: E402
+from dist_fixture import (  # noqa: E402
+    STEPS,
+    dist_config,
+    launcher_cmd,
+    losses,
+    worker_env,
+    write_config,
+)
 from train_fixture import make_prepared  # noqa: E402
 
+from threadsum.errors import ExitCode  # noqa: E402
 from threadsum.train.checkpoint import list_checkpoints  # noqa: E402
 from threadsum.train.launch import child_pids  # noqa: E402
-from threadsum.errors import ExitCode  # noqa: E402
 from threadsum.train.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.slow

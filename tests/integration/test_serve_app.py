@@ -63,12 +63,16 @@ def _eml_text(body: str) -> str:
 
 # ------------------------------------------------------------------------------------- happy
 def test_health_ready_docs_and_page(server):
-    assert server.get("/healthz").json()["status"] == "ok"
-    ready = server.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["device"] == "cpu" and ready["limits"]["max_emails"] == 5
+    assert server.get("/healthz").json() == {"status": "ok"}
+    assert server.get("/readyz").json() == {"status": "ready"}  # public probes reveal nothing else
+    status = server.get("/v1/status").json()
+    assert status["device"] == "cpu" and status["limits"]["max_emails"] == 5 and "torch" in status
     paths = server.get("/openapi.json").json()["paths"]
-    assert {"/v1/summarize", "/v1/summarize/batch", "/healthz", "/readyz"} <= set(paths)
-    assert server.get("/docs").status_code == 200
+    assert {"/v1/summarize", "/v1/summarize/batch", "/healthz", "/readyz", "/v1/status"} <= set(paths)
+    docs = server.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text.lower()  # assets served locally
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        assert asset in docs.text and server.get(f"/static-offline-docs/{asset}").status_code == 200
     page = server.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"] and 'id="summarize"' in page.text
 
@@ -99,8 +103,9 @@ def test_batch_answers_in_request_order(server):
     ({"emails": [{"from": "a"}]}, "emails.0.body"),
     ({}, "exactly one of 'emails'"),
     ({"text": "x", "emails": [{"body": "y"}]}, "exactly one of 'emails'"),
-    ({"text": "   "}, "empty"),
-    ({"emails": [{"body": "x", "date": "the day after"}]}, "date"),
+    ({"text": "   "}, "text: holds no text"),
+    ({"emails": [{"body": "x", "date": ["the day after"]}]}, "date"),
+    ({"emails": [{"body": "x", "date": False}]}, "date"),
     ({"emails": "nope"}, "emails"),
 ])
 def test_invalid_threads_get_422_naming_the_problem(server, payload, needle):
@@ -111,7 +116,12 @@ def test_invalid_threads_get_422_naming_the_problem(server, payload, needle):
 
 def test_malformed_json_and_wrong_shapes_are_4xx(server):
     r = server.post("/v1/summarize", content=b'{"text": ', headers={"content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 422 and "character position 9" in r.json()["detail"] and "line 1, column 10" in r.json()["detail"]
+    r = server.post("/v1/summarize", content=b'{"text": "caf\xe9 ok"}', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "not valid UTF-8" in r.json()["detail"] and "byte offset 13" in r.json()["detail"]
+    r = server.post("/v1/summarize", content=b'{"text": "x", "e": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "nested too deeply" in r.json()["detail"]
     assert server.post("/v1/summarize/batch", json={"threads": []}).status_code == 422
     assert server.get("/v1/summarize").status_code == 405
 
@@ -258,7 +268,7 @@ def test_bounded_load_mixed_valid_and_invalid(summarizer):
     invalid = [
         {"emails": [{"from": "x"}]},
         {"text": ""},
-        {"emails": [{"body": "b", "date": "soon"}]},
+        {"emails": [{"body": "b", "date": True}]},
         sample_thread(99, n_emails=12, words=2),
         {"text": "z" * 30_000},
     ]
@@ -285,7 +295,7 @@ def test_bounded_load_mixed_valid_and_invalid(summarizer):
         results = wave(40, 160)
         elapsed = time.perf_counter() - t0
         rss_after = _rss_mb()
-        stats = client.get("/healthz").json()["batching"]
+        stats = client.get("/v1/status").json()["batching"]
         client.close()
 
     valid = [code for ok, code in results if ok]
@@ -296,3 +306,124 @@ def test_bounded_load_mixed_valid_and_invalid(summarizer):
     # flat: a leak of even a few KB per request would show over 160 requests with 1 MB bodies off
     assert rss_after - rss_before < 60, (rss_before, rss_after)
     assert elapsed < 120
+
+
+# ------------------------------------------------------------ issue 13/15: per-thread answers
+def test_nothing_to_summarize_is_422_everywhere(server):
+    for payload in ({"emails": [{"from": "a@x.com", "body": "   "}]}, {"emails": [{"from": "", "body": "<p></p>&nbsp;"}]},
+                    {"text": "<br>&nbsp;&amp;"}):
+        r = server.post("/v1/summarize", json=payload)
+        assert r.status_code == 422 and ("no body text" in r.json()["detail"] or "holds no text" in r.json()["detail"]), r.text
+
+
+def test_lone_surrogates_are_repaired_never_a_500(server):
+    raw = b'{"thread_id": "abc-123", "subject": "Q3 budget", "text": "hello \\ud800 world please send"}'
+    r = server.post("/v1/summarize", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["thread_id"] == "abc-123" and body["subject"] == "Q3 budget" and body["summary"]
+    assert body["warnings"] == ["text: 1 lone surrogate code point (not valid Unicode) replaced by U+FFFD"]
+    raw = b'{"emails": [{"from": "a\\udc00", "body": "storage report \\ud800 late"}]}'
+    r = server.post("/v1/summarize", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and any(w.startswith("emails[0].from") for w in r.json()["warnings"])
+
+
+def test_batch_answers_per_thread(server):
+    raw = ('{"threads": [' + ",".join([
+        '{"thread_id": "good", "text": "Bob, the storage report is late again."}',
+        '{"thread_id": "sur", "text": "hello \\ud800 world please send"}',
+        '{"thread_id": "empty", "emails": [{"from": "a@x.com", "body": "<p> </p>&nbsp;"}]}',
+        '{"thread_id": "big", "emails": [' + ",".join(['{"body": "x"}'] * 6) + ']}',
+    ]) + "]}").encode()
+    r = server.post("/v1/summarize/batch", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["index"] for x in res] == [0, 1, 2, 3] and r.json()["n_ok"] == 2 and r.json()["n_failed"] == 2
+    assert res[0]["status"] == 200 and res[0]["summary"] and res[0]["error"] is None
+    assert res[1]["status"] == 200 and res[1]["thread_id"] == "sur" and res[1]["warnings"]
+    assert res[2]["status"] == 422 and "no body text" in res[2]["error"] and res[2]["summary"] is None
+    assert res[3]["status"] == 422 and "serve.max_emails=5" in res[3]["error"]
+
+
+def test_requests_keep_given_fields_and_ids_follow_content(server):
+    r = server.post("/v1/summarize", json={"thread_id": "abc-123", "subject": "Q3 budget", "text": "Send the budget."})
+    assert (r.json()["thread_id"], r.json()["subject"]) == ("abc-123", "Q3 budget")
+    r = server.post("/v1/summarize", json={"emails": [{"body": "Send the budget.", "date": "the day after"}]})
+    assert r.status_code == 200 and "emails[0].date 'the day after' is not understood" in r.json()["warnings"][0]
+    a = server.post("/v1/summarize", json={"text": _eml_text("Capacity is full until March.\n-- Ann")}).json()
+    b = server.post("/v1/summarize", json={"text": _eml_text("Capacity is full until March.\n-- Bob")}).json()
+    assert a["thread_id"] != b["thread_id"] and a["subject"] == "Pipeline capacity"
+
+
+def test_mbox_text_goes_to_the_batch_endpoint(server):
+    mbox = "".join(f"From a@example.com Mon May 14 09:12:00 2001\n{_eml_text(body)}\n".replace(
+        "Subject: Pipeline capacity", f"Subject: {subj}") for subj, body in
+        (("Budget", "Numbers attached for Q3."), ("Party", "Friday at six in the lobby.")))
+    r = server.post("/v1/summarize", json={"text": mbox})
+    assert r.status_code == 422 and "POST /v1/summarize/batch" in r.json()["detail"]
+    r = server.post("/v1/summarize/batch", json={"text": mbox})
+    assert r.status_code == 200 and sorted(x["subject"] for x in r.json()["results"]) == ["Budget", "Party"]
+
+
+class EmptyOutputSummarizer(Summarizer):
+    """Test hook: a model that produces nothing for texts carrying a marker (as a diverged one does)."""
+
+    def generate(self, texts, batch_size=None):
+        return ["" if "NOTHING-OUT" in t else s for t, s in zip(texts, super().generate(texts, batch_size))]
+
+
+def test_an_empty_summary_is_a_500_never_a_success(summarizer):
+    s = EmptyOutputSummarizer(summarizer.model, summarizer.tokenizer, summarizer.cfg, summarizer.device)
+    with serve_in_thread(create_app(s, ServeConfig(warmup=False))) as url:
+        r = httpx.post(url + "/v1/summarize", json={"text": "NOTHING-OUT please"}, timeout=60)
+        assert r.status_code == 500 and "empty summary" in r.json()["detail"]
+        r = httpx.post(url + "/v1/summarize/batch", json={"threads": [{"text": "NOTHING-OUT please"},
+                                                                      {"text": "Send the report."}]}, timeout=60)
+        res = r.json()["results"]
+        assert r.status_code == 200 and [x["status"] for x in res] == [500, 200] and res[0]["summary"] is None
+
+
+# ---------------------------------------------------------------------- issue 15: auth first
+def test_auth_comes_before_reading_the_body_and_probes_reveal_nothing(summarizer):
+    cfg = ServeConfig(api_key="s3cret", max_body_bytes=1000, warmup=False)
+    with serve_in_thread(create_app(summarizer, cfg)) as url:
+        big = b'{"text": "' + b"a" * 5000 + b'"}'
+        assert httpx.post(url + "/v1/summarize", content=big, headers={"content-type": "application/json"}).status_code == 401
+        assert httpx.post(url + "/v1/summarize", content=b"{oops", headers={"content-type": "application/json"}).status_code == 401
+        assert httpx.post(url + "/v1/summarize/batch", json={"threads": []}).status_code == 401
+        assert httpx.get(url + "/v1/status").status_code == 401
+        ready = httpx.get(url + "/readyz")
+        assert ready.json() == {"status": "ready"} and "torch" not in ready.text and "model" not in ready.text
+        assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(url + "/v1/status", headers={"X-API-Key": "s3cret"}).json()["auth"] is True
+        r = httpx.post(url + "/v1/summarize", content=big, headers={"content-type": "application/json", "X-API-Key": "s3cret"})
+        assert r.status_code == 413
+
+
+# ------------------------------------------------------------ issue 15: clients that left
+class RecordingSlowSummarizer(SlowSummarizer):
+    delay_s = 1.5
+    seen: list = []
+
+    def generate(self, texts, batch_size=None):
+        type(self).seen.extend(texts)
+        return super().generate(texts, batch_size)
+
+
+def test_a_disconnected_clients_threads_are_withdrawn(summarizer):
+    slow = RecordingSlowSummarizer(summarizer.model, summarizer.tokenizer, summarizer.cfg, summarizer.device)
+    cfg = ServeConfig(max_batch_size=1, max_wait_ms=0, warmup=False)
+    with serve_in_thread(create_app(slow, cfg)) as url:
+        with cf.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(httpx.post, url + "/v1/summarize", json={"text": "FIRST thread here"}, timeout=60)
+            time.sleep(0.4)  # FIRST is generating; the next request queues behind it
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(url + "/v1/summarize/batch", json={"threads": [{"text": f"LEFT number {i}"} for i in range(3)]},
+                           timeout=0.5)
+            deadline = time.monotonic() + 5
+            while httpx.get(url + "/v1/status").json()["pending"] > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert httpx.get(url + "/v1/status").json()["pending"] <= 1  # withdrawn before FIRST finished
+            assert first.result().status_code == 200
+        assert httpx.get(url + "/v1/status").json()["pending"] == 0
+    assert not any("LEFT" in t for t in RecordingSlowSummarizer.seen)

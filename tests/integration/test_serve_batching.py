@@ -147,3 +147,51 @@ def test_submit_before_start_is_refused():
             await b.submit(["x"])
 
     run(main())
+
+
+def test_groups_of_closed_loop_clients_merge_into_full_batches():
+    """16 clients in two groups of 8, each client back 40 ms after its answer (longer than max_wait):
+    the worker waits for the clients it just answered, so the groups merge into batches of 16."""
+    gen = Recorder(delay_s=0.2)
+
+    async def client(b, name: str, start_delay: float, rounds: int):
+        await asyncio.sleep(start_delay)
+        for r in range(rounds):
+            await b.submit([f"{name}-{r}"])
+            await asyncio.sleep(0.04)  # round trip + cleaning before the next request
+
+    async def main():
+        b = MicroBatcher(gen, max_batch_size=16, max_wait_ms=20, queue_size=100)
+        await b.start()
+        await asyncio.gather(*(client(b, f"a{i}", 0.0, 6) for i in range(8)),
+                             *(client(b, f"b{i}", 0.1, 6) for i in range(8)))
+        await b.stop()
+
+    run(main())
+    sizes = [len(c) for c in gen.calls]
+    assert sum(sizes) == 96
+    assert max(sizes[2:]) == 16 and len(sizes) <= 9, sizes  # two groups of 8 alone would take 12 batches
+
+
+def test_cancelled_submissions_leave_the_queue_and_are_never_generated():
+    gen = Recorder(delay_s=0.3)
+
+    async def main():
+        b = MicroBatcher(gen, max_batch_size=1, max_wait_ms=0, queue_size=100)
+        await b.start()
+        first = asyncio.create_task(b.submit(["first"]))
+        await asyncio.sleep(0.05)  # "first" is generating
+        left = asyncio.create_task(b.submit(["gone-1", "gone-2"]))
+        await asyncio.sleep(0.02)
+        assert b.pending == 3
+        left.cancel()
+        await asyncio.sleep(0.01)  # "first" is still generating (0.3 s)
+        pending_after_cancel = b.pending
+        assert await first == ["FIRST"]
+        await asyncio.sleep(0.1)
+        await b.stop()
+        return pending_after_cancel, b.pending
+
+    after_cancel, at_end = run(main())
+    assert after_cancel == 1 and at_end == 0
+    assert gen.calls == [["first"]]

@@ -19,7 +19,10 @@ from threadsum.config import load_config  # noqa: E402
 from threadsum.data.prepare import prepare  # noqa: E402
 from threadsum.data.prepared import PreparedDataError  # noqa: E402
 from threadsum.data.synth import write_kaggle_csv  # noqa: E402
-from threadsum.data.tokenizer_check import TokenizerMismatchError, check_prepared_for_model  # noqa: E402
+from threadsum.data.tokenizer_check import (  # noqa: E402
+    TokenizerMismatchError,
+    check_prepared_for_model,
+)
 from threadsum.inference.tiny import build_tiny_model_dir, sample_texts  # noqa: E402
 from threadsum.model import train_tokenizer  # noqa: E402
 

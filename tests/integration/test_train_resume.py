@@ -22,8 +22,12 @@ torch = pytest.importorskip("torch")
 
 from train_fixture import make_prepared, tiny_config  # noqa: E402
 
-from threadsum.train.checkpoint import FAULT_CHECKPOINT_CRASH_ENV, FAULT_EXIT_CODE, list_checkpoints  # noqa: E402
 from threadsum.errors import ExitCode  # noqa: E402
+from threadsum.train.checkpoint import (  # noqa: E402
+    FAULT_CHECKPOINT_CRASH_ENV,
+    FAULT_EXIT_CODE,
+    list_checkpoints,
+)
 from threadsum.train.loop import train  # noqa: E402
 
 MAX_STEPS = 12

@@ -5,7 +5,13 @@ import pytest
 
 from threadsum.config import CleanConfig
 from threadsum.data.clean import (
-    STEPS, clean_thread, decode_qp_artifacts, new_stats, normalize_name, segment_body, strip_signature,
+    STEPS,
+    clean_thread,
+    decode_qp_artifacts,
+    new_stats,
+    normalize_name,
+    segment_body,
+    strip_signature,
 )
 from threadsum.data.readers import read_source
 from threadsum.data.types import Email, Thread

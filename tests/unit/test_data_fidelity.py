@@ -8,10 +8,22 @@ import pytest
 
 from threadsum.config import CleanConfig
 from threadsum.data.clean import (
-    STEPS, audit_step, clean_thread, clean_threads, decode_qp_artifacts, new_audit, new_stats, strip_signature_blocks,
+    STEPS,
+    audit_step,
+    clean_thread,
+    clean_threads,
+    decode_qp_artifacts,
+    new_audit,
+    new_stats,
+    strip_signature_blocks,
 )
 from threadsum.data.readers import (
-    looks_like_html, parse_date_text, parse_mail_bytes, parse_pasted_thread, read_source, split_mbox,
+    looks_like_html,
+    parse_date_text,
+    parse_mail_bytes,
+    parse_pasted_thread,
+    read_source,
+    split_mbox,
 )
 from threadsum.data.synth import write_kaggle_csv
 from threadsum.data.types import Email, Thread

@@ -7,7 +7,12 @@ from email.message import EmailMessage
 import pytest
 
 from threadsum.data.readers import (
-    parse_mail_bytes, parse_recipients, parse_timestamp, read_path, read_source, thread_emails,
+    parse_mail_bytes,
+    parse_recipients,
+    parse_timestamp,
+    read_path,
+    read_source,
+    thread_emails,
 )
 from threadsum.data.synth import write_kaggle_csv, write_kaggle_json
 

@@ -4,7 +4,12 @@ import csv
 import re
 from datetime import datetime
 
-from threadsum.data.synth import DETAILS_COLUMNS, SUMMARIES_COLUMNS, generate, write_kaggle_csv
+from threadsum.data.synth import (
+    DETAILS_COLUMNS,
+    SUMMARIES_COLUMNS,
+    generate,
+    write_kaggle_csv,
+)
 
 
 def _read(path):

@@ -364,7 +364,13 @@ def test_checker_catches_drift(line: str, expected: list[str]) -> None:
 def test_readme_planner_figures_are_what_the_planner_says() -> None:
     """The README's A10G example (bart-large.yaml) is the planner's current answer, not a stale paste."""
     from threadsum.config import load_config
-    from threadsum.train.memory import GiB, auto_fit, fit_options, plan_memory, resolve_device
+    from threadsum.train.memory import (
+        GiB,
+        auto_fit,
+        fit_options,
+        plan_memory,
+        resolve_device,
+    )
 
     text = " ".join(README.read_text(encoding="utf-8").split())
     quoted = re.search(

@@ -18,18 +18,21 @@ pytest.importorskip("transformers")
 
 from threadsum.config import Config  # noqa: E402
 from threadsum.data.types import Email, Thread  # noqa: E402
+from threadsum.errors import ExitCode, ThreadsumError  # noqa: E402
 from threadsum.inference.summarizer import (  # noqa: E402
-    EXIT_BAD_INPUT,
-    EXIT_OK,
+    EmptySummaryError,
     InputError,
     Summarizer,
     looks_like_rfc822,
     read_threads,
     summarize_command,
     thread_from_dict,
+    thread_from_text,
     to_thread,
 )
 from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa: E402
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = ExitCode.OK, ExitCode.FAILURE, ExitCode.USAGE
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_thread_from_dict_reads_the_jsonl_thread_form():
 @pytest.mark.parametrize("bad, needle", [
     ({"emails": []}, "non-empty list"),
     ({"emails": [{"from": "a"}]}, "emails[0].body"),
-    ({"emails": [{"body": "x", "date": "next tuesday"}]}, "emails[0]: date"),
+    ({"emails": [{"body": "x", "date": ["2002-01-29"]}]}, "emails[0].date"),
     ({"emails": [{"body": "x", "to": 5}]}, "emails[0].to"),
     ("not a dict", "JSON object"),
 ])
@@ -191,7 +194,12 @@ def _run_cli(model_dir, path, stdin: bytes | None = None, as_json=False, monkeyp
     out, err = io.StringIO(), io.StringIO()
     if stdin is not None:
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    code = summarize_command(str(model_dir), str(path), as_json=as_json, device="cpu", out=out, err=err)
+    try:  # as threadsum.cli does: an error is one line on stderr and its exit code
+        summarize_command(str(model_dir), str(path), as_json=as_json, device="cpu", out=out, err=err)
+        code = ExitCode.OK
+    except ThreadsumError as exc:
+        print(f"error: {exc}", file=err)
+        code = exc.exit_code
     return code, out.getvalue(), err.getvalue()
 
 
@@ -231,3 +239,117 @@ def test_cli_exit_codes_for_bad_input(model_dir, tmp_path, monkeypatch):
     good.write_text(json.dumps(sample_thread(1)))
     code, _, err = _run_cli(tmp_path / "no-model", good)
     assert code == EXIT_BAD_INPUT and "does not exist" in err
+
+
+# ------------------------------------------------------------- nothing to summarize (issue 13)
+NOTHING = [
+    {"emails": [{"from": "a@x.com", "body": "   "}]},
+    {"emails": [{"from": "", "body": ""}]},
+    {"emails": [{"from": "a@x.com", "body": "<p> <br/> </p>&nbsp;&amp;"}, {"from": "b@x.com", "body": "\n\t"}]},
+    {"emails": [{"from": "a@x.com", "body": "&nbsp;&#160;&#x20;\r\n<div></div>"}], "subject": "Budget"},
+]
+
+
+@pytest.mark.parametrize("thread", NOTHING)
+def test_a_thread_with_no_body_text_is_refused_by_the_api_and_the_cli(summarizer, model_dir, tmp_path, thread):
+    with pytest.raises(InputError, match="no body text|holds no text"):
+        summarizer.summarize(thread)
+    f = tmp_path / "nothing.json"
+    f.write_text(json.dumps(thread))
+    code, out, err = _run_cli(model_dir, f)
+    assert code == EXIT_BAD_INPUT and ("no body text" in err or "holds no text" in err) and not out
+
+
+def test_random_bytes_are_refused_naming_what_was_expected(model_dir, tmp_path):
+    import random
+
+    f = tmp_path / "noise.bin"
+    f.write_bytes(random.Random(0).randbytes(20_000))
+    code, out, err = _run_cli(model_dir, f)
+    assert code == EXIT_BAD_INPUT and not out
+    assert "not text or mail" in err and ".eml" in err and "Traceback" not in err
+    with pytest.raises(InputError, match="not text or mail"):
+        read_threads(b"%PDF-1.4\n\x00\x01\x02 binary", "x.pdf")
+
+
+def test_lone_surrogates_are_repaired_and_counted(summarizer, model_dir, tmp_path):
+    thread = {"thread_id": "s\ud800", "emails": [{"from": "Ann \udc00", "body": "hello \ud800 world please send \udfff"}]}
+    detailed = summarizer.summarize_detailed([thread])[0]
+    assert detailed.thread_id == "s\ufffd" and detailed.summary.strip()
+    assert any("emails[0].body: 2 lone surrogate" in w for w in detailed.warnings)
+    assert any("emails[0].from: 1" in w for w in detailed.warnings)
+    text = summarizer.summarize_detailed(["hello \ud800 world please send"])[0]
+    assert text.warnings == ["text: 1 lone surrogate code point (not valid Unicode) replaced by U+FFFD"]
+    f = tmp_path / "surrogate.json"  # JSON escapes: the file itself is plain ASCII
+    f.write_text('{"emails": [{"from": "a", "body": "hello \\ud800 world please send"}]}')
+    code, out, err = _run_cli(model_dir, f)
+    assert code == EXIT_OK and out.strip() and "warning: emails[0].body: 1 lone surrogate" in err
+    assert "Traceback" not in err
+
+
+def test_empty_summaries_are_never_reported_as_success(summarizer, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(Summarizer, "generate", lambda self, texts, batch_size=None: ["" if "EMPTY" in t else "ok"
+                                                                                      for t in texts])
+    with pytest.raises(EmptySummaryError, match="empty summary") as exc:
+        summarizer.summarize_batch([sample_thread(1), {"thread_id": "e", "emails": [{"body": "EMPTY here"}]}])
+    assert exc.value.thread_ids == ["e"] and [r.summary for r in exc.value.results] == ["ok", ""]
+    f = tmp_path / "two.json"
+    f.write_text(json.dumps([sample_thread(1), {"thread_id": "e", "emails": [{"body": "EMPTY here"}]}]))
+    code, out, err = _run_cli(model_dir, f, as_json=True)
+    assert code == EXIT_FAILURE and "'e'" in err and "empty summary" in err
+    assert [json.loads(line)["thread_id"] for line in out.splitlines()] == ["t1"]
+
+
+# ------------------------------------------------------------------- ids and pasted threads
+def test_ids_derive_from_the_whole_content_and_given_fields_are_kept():
+    a = thread_from_text("same body\n\nsigned A")
+    b = thread_from_text("same body\n\nsigned B")
+    assert a.thread_id != b.thread_id and a.thread_id == thread_from_text("same body\n\nsigned A").thread_id
+    e1 = _eml("Q3 budget", "x" * 300 + " one").decode()
+    e2 = _eml("Q3 budget", "x" * 300 + " two").decode()
+    assert thread_from_text(e1).thread_id != thread_from_text(e2).thread_id
+    kept = thread_from_text("Please send it.", thread_id="abc-123", subject="Q3 budget")
+    assert (kept.thread_id, kept.subject) == ("abc-123", "Q3 budget")
+    d1 = thread_from_dict({"emails": [{"from": "a", "body": "x"}]})
+    d2 = thread_from_dict({"emails": [{"from": "b", "body": "x"}]})
+    assert d1.thread_id != d2.thread_id
+
+
+PASTED = """From: Ann Lee <ann@example.com>
+To: Bob Stone <bob@example.com>
+Subject: Q3 budget
+Date: Mon, 14 May 2001 09:12:00 -0000
+
+Can you send the revised Q3 budget by Friday?
+
+From: Bob Stone <bob@example.com>
+To: Ann Lee <ann@example.com>
+Subject: Re: Q3 budget
+Date: Mon, 14 May 2001 11:40:00 -0000
+
+Yes, I will send it Thursday after legal signs off.
+"""
+
+
+def test_pasted_header_blocks_are_emails(model_dir, monkeypatch):
+    t = to_thread(PASTED)
+    assert len(t.emails) == 2 and t.subject == "Q3 budget"
+    assert [e.sender for e in t.emails] == ["Ann Lee <ann@example.com>", "Bob Stone <bob@example.com>"] or \
+        [e.sender.split()[0] for e in t.emails] == ["Ann", "Bob"]
+    assert "Thursday" in t.emails[1].body and "From:" not in t.emails[0].body
+    assert len(read_threads(PASTED.encode(), "<stdin>")[0].emails) == 2  # the CLI's stdin path
+    code, out, _ = _run_cli(model_dir, "-", stdin=PASTED.encode(), as_json=True, monkeypatch=monkeypatch)
+    assert code == EXIT_OK and json.loads(out)["n_emails"] == 2
+    # prose with a colon-line is not a header block
+    assert len(to_thread("Note: call Bob\n\nFrom: the desk of Ann\nthanks").emails) == 1
+
+
+def test_an_unreadable_date_is_a_warning_not_a_refusal():
+    warnings = []
+    t = thread_from_dict({"emails": [{"body": "x", "date": "next tuesday"}]}, warnings=warnings)
+    assert t.emails[0].date is None and len(warnings) == 1 and "emails[0].date 'next tuesday'" in warnings[0]
+
+
+def test_invalid_json_names_the_character_position():
+    with pytest.raises(InputError, match="character position 12"):
+        read_threads(b'{"emails": [', "bad.json")

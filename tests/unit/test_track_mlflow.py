@@ -10,7 +10,13 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from threadsum.config import config_from_dict  # noqa: E402
-from threadsum.runs import collect_runs, find_runs, render_report, run_row, runs_report_command  # noqa: E402
+from threadsum.runs import (  # noqa: E402
+    collect_runs,
+    find_runs,
+    render_report,
+    run_row,
+    runs_report_command,
+)
 from threadsum.track import RunTracker  # noqa: E402
 
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from threadsum.errors import UserError
 from threadsum.config import config_from_dict
+from threadsum.errors import UserError
 from threadsum.runs import find_runs, runs_command, runs_report_command
 from threadsum.track import RunTracker
 

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from threadsum.train.batching import TokenBudgetSampler  # noqa: E402
 from threadsum.train import checkpoint  # noqa: E402
+from threadsum.train.batching import TokenBudgetSampler  # noqa: E402
 from threadsum.train.checkpoint import (  # noqa: E402
     CheckpointError,
     TrainState,

@@ -159,7 +159,12 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
     from threadsum.deps import require
 
     require("datasets", "train")
-    from threadsum.model import load_tokenizer, save_tokenizer, tokenizer_source, train_tokenizer
+    from threadsum.model import (
+        load_tokenizer,
+        save_tokenizer,
+        tokenizer_source,
+        train_tokenizer,
+    )
 
     d = cfg.data
     timings: dict[str, float] = {}

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Optional
 from threadsum.config import Config
 from threadsum.data.prepared import PreparedDataError, open_prepared
 from threadsum.errors import UserError
-from threadsum.model import ModelLoadError, load_tokenizer, tokenizer_fingerprint, tokenizer_source
+from threadsum.model import (
+    ModelLoadError,
+    load_tokenizer,
+    tokenizer_fingerprint,
+    tokenizer_source,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase

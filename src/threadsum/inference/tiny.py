@@ -79,7 +79,12 @@ def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, 
     """Write a from_pretrained-loadable tiny summarizer folder (tokenizer, weights, config.yaml)."""
     import torch
 
-    from threadsum.model import SPECIAL_TOKENS, build_random_model, finalize_model_folder, train_tokenizer
+    from threadsum.model import (
+        SPECIAL_TOKENS,
+        build_random_model,
+        finalize_model_folder,
+        train_tokenizer,
+    )
 
     cfg = tiny_config(overrides)
     out = Path(out_dir)
