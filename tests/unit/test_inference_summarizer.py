@@ -353,3 +353,14 @@ def test_an_unreadable_date_is_a_warning_not_a_refusal():
 def test_invalid_json_names_the_character_position():
     with pytest.raises(InputError, match="character position 12"):
         read_threads(b'{"emails": [', "bad.json")
+
+
+def test_pasted_header_blocks_are_emails_of_one_thread():
+    """CLI stdin, the page and {"text": ...} share the readers' pasted-thread parser."""
+    from threadsum.inference.inputs import threads_from_text
+
+    pasted = ("From: Ann Smith\nTo: Bob Jones\nSubject: Q3 budget\nBob, can you send the revised Q3 budget by Friday?\n"
+              "From: Bob Jones\nTo: Ann Smith\nYes, I will send it Thursday after legal signs off.\n")
+    (thread,) = threads_from_text(pasted)
+    assert [e.sender for e in thread.emails] == ["Ann Smith", "Bob Jones"]
+    assert thread.subject == "Q3 budget" and thread.emails[1].body.startswith("Yes, I will send it Thursday")

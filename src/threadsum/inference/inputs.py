@@ -12,9 +12,9 @@ HTTP 422), so "nothing to summarize" means the same thing everywhere:
   whitespace, HTML tags, entities, quoted history or a signature only) is refused
   (``check_has_body_text``).
 
-Pasted text may hold several emails, each starting with a ``From:/To:/Subject:`` header block
-after a blank line; ``split_pasted_emails`` cuts it into emails (the one place to swap in a shared
-pasted-thread parser from ``threadsum.data.readers`` once it exists). Thread ids that are not given
+Pasted text may hold several emails, each starting with a ``From:/To:/Subject:`` header block (or
+an ``-----Original Message-----`` separator); :func:`threadsum.data.readers.parse_pasted_thread`, the
+one parser of pasted threads, cuts it into emails. Thread ids that are not given
 are derived from the whole content, so equal content gets equal ids and different content
 different ids.
 """
@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from threadsum.data.readers import parse_pasted_thread
 from threadsum.data.types import Email, Thread
 from threadsum.errors import InputError
 
@@ -245,26 +246,6 @@ def looks_like_rfc822(text: str) -> bool:
     return names is not None and bool(names & {"from", "subject"}) and len(names & _MAIL_HEADERS) >= 2
 
 
-def split_pasted_emails(text: str) -> list[str]:
-    """Pasted text cut into emails: each starts with a ``From:`` header block at the start or after a blank line.
-
-    A block counts when ``looks_like_rfc822`` accepts it and it holds a ``From:`` header; text that
-    starts with no such block is returned whole (one chunk). mbox files are not split here (their
-    ``From `` separator lines are the mbox reader's business).
-    """
-    lines = text.replace("\r\n", "\n").split("\n")
-    starts = []
-    for i, line in enumerate(lines):
-        if (i == 0 or not lines[i - 1].strip()) and _HEADER_LINE.match(line):
-            block = "\n".join(lines[i:i + 40]).split("\n\n", 1)[0]
-            names = _header_names(block.splitlines())
-            if names and "from" in names and looks_like_rfc822(block):
-                starts.append(i)
-    if len(starts) < 2 or starts[0] != 0:
-        return [text]
-    return ["\n".join(lines[a:b]).strip("\n") + "\n" for a, b in zip(starts, starts[1:] + [len(lines)])]
-
-
 def threads_from_mail_bytes(data: bytes) -> list[Thread]:
     """Threads of one .eml / .mbox payload, parsed by the same reader that prepare uses."""
     from threadsum.data.readers import parse_mail_bytes
@@ -291,13 +272,11 @@ def threads_from_text(text: str, warnings: Optional[list[str]] = None, field: st
     first = text.lstrip().split("\n", 1)[0]
     if _MBOX_SEPARATOR.match(first):
         return [_with_given(t) for t in threads_from_mail_bytes(text.lstrip().encode("utf-8"))]
-    chunks = split_pasted_emails(text)
-    if len(chunks) > 1:
-        emails = [e for c in chunks for t in threads_from_mail_bytes(c.encode("utf-8")) for e in t.emails]
-        if all(e.date for e in emails):
-            emails.sort(key=lambda e: e.date)
-        subject = next((e.subject for e in emails if e.subject), "")
-        return [_with_given(Thread(thread_id="", subject=subject, emails=emails))]
+    # several pasted header blocks (or "-----Original Message-----" chains): the readers' parser, the
+    # same one for CLI stdin, the page and {"text": ...}; a single message keeps the MIME-aware path
+    pasted = parse_pasted_thread(text)
+    if len(pasted.emails) > 1:
+        return [_with_given(replace(pasted, thread_id=""))]
     if looks_like_rfc822(text):
         return [_with_given(t) for t in threads_from_mail_bytes(text.encode("utf-8"))]
     return [_with_given(Thread(thread_id="", subject="", emails=[Email(sender="", body=text)]))]
