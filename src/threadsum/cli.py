@@ -223,6 +223,49 @@ def summarize(
 
 
 @app.command()
+def verify(
+    thread: Path = typer.Option(..., "--thread", "-t", help="The thread: .eml, .mbox, a JSON thread (or JSON lines), or plain text."),
+    summary: str = typer.Option(..., "--summary", "-s", help="The summary to check, or @FILE to read it from a file."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"claims": [{text, kind, supported, evidence, start, end, reason}]}.'),
+) -> None:
+    """Check a summary against its thread: people, organisations, amounts, dates, times, actions.
+
+    Exit code 0 whatever it finds (unsupported claims are the output, not an error); 2 for bad input.
+    Every email of FILE counts as evidence (an .mbox holding several threads is checked as one).
+    """
+    from threadsum.data.types import Thread
+    from threadsum.inference.summarizer import InputError, read_threads
+    from threadsum.verify import check
+    from threadsum.verify.render import claims_json, claims_table
+
+    def bad_input(message: str) -> typer.Exit:
+        console.print(f"[red]error:[/red] {message}")
+        return typer.Exit(EXIT_BAD_INPUT)
+
+    text = summary
+    if summary.startswith("@"):
+        path = Path(summary[1:])
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise bad_input(f"cannot read the summary file '{path}' ({exc.strerror or exc}); pass --summary TEXT or @FILE")
+    if not text.strip():
+        raise bad_input("the summary is empty; pass --summary TEXT or @FILE")
+    try:
+        threads = read_threads(thread.read_bytes(), str(thread))
+    except OSError as exc:
+        raise bad_input(f"cannot read the thread file '{thread}' ({exc.strerror or exc}); pass an .eml, .mbox, .json or text file")
+    except InputError as exc:
+        raise bad_input(str(exc))
+    merged = Thread(threads[0].thread_id, threads[0].subject, [e for t in threads for e in t.emails])
+    claims = check(merged, text)
+    if as_json:
+        typer.echo(claims_json(claims))
+    else:
+        Console().print(claims_table(claims, text))
+
+
+@app.command()
 def serve(
     model: Path = typer.Option(..., "--model", "-m", help="Model folder to serve."),
     config: Optional[Path] = ConfigOpt,

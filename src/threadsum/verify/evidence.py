@@ -155,11 +155,11 @@ def _marker_author(seg: CleanSegment) -> tuple[Optional[Name], str]:
     if not seg.marker or seg.kind == "forward":
         return None, ""
     line = seg.marker[0].strip()
+    if _HEADER.match(line):  # 'From: Ann Smith / To: Bob Jones' opening a Lotus or pasted block
+        authors, _, lines = _header_people([line])
+        return (authors[0], lines[0]) if authors else (None, "")
     m = _WROTE.match(line) or _NAME_ON.match(line)
-    text = m.group(1) if m else line
-    if _HEADER.match(text):
-        return None, ""
-    return parse_name(text), line
+    return parse_name(m.group(1) if m else line), line
 
 
 def _split_segments(email_index: int, body: str, sender: Optional[Name], recipients: list[Name]
@@ -226,12 +226,12 @@ def _body_names(line: str) -> list[Name]:
     return found
 
 
-def _line_naming(name: Name, marked: list[tuple[str, bool]]) -> Optional[str]:
+def _line_naming(name: Name, folded_lines: list[tuple[str, str]], cache: dict[str, Optional[str]]) -> Optional[str]:
+    """The first (header) line that names ``name``; ``folded_lines`` are (folded, original) pairs."""
     key = name.last or name.first
-    for line, _ in marked:
-        if key and key in fold(line):
-            return line.strip()
-    return None
+    if key not in cache:
+        cache[key] = next((line.strip() for low, line in folded_lines if key and key in low), None)
+    return cache[key]
 
 
 def index_thread(thread: Thread) -> ThreadIndex:
@@ -260,11 +260,13 @@ def index_thread(thread: Thread) -> ThreadIndex:
         names.extend((n, i, header[1]) for n in recips)
         segs, marked = _split_segments(i, decode_qp_artifacts(e.body or ""), sender, recips)
         segments.extend(segs)
+        folded_headers = [(fold(t), t) for t, is_header in marked if is_header]
+        seen: dict[str, Optional[str]] = {}
         for s in segs:
             for a, line in zip(s.authors, s.author_lines):
                 authors.append((a, i, line or header[0]))
                 names.append((a, i, line or header[0]))
-            names.extend((r, i, _line_naming(r, marked) or header[1]) for r in s.recipients)
+            names.extend((r, i, _line_naming(r, folded_headers, seen) or header[1]) for r in s.recipients)
         for text, is_header in marked:
             lines.append((i, text, is_header))
             vals = find_values(text)

@@ -16,11 +16,17 @@ from functools import lru_cache
 from typing import Optional
 
 
+_POSSESSIVE = re.compile(r"['’]s?$")
+
+
 def fold(text: str) -> str:
     """Lower case without diacritics or possessive 's: 'Jörg's' -> 'jorg'."""
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
-    return re.sub(r"['’]s?$", "", text.strip())
+    if text.isascii():
+        text = text.lower()
+    else:
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    return _POSSESSIVE.sub("", text.strip())
 
 
 @dataclass(frozen=True)

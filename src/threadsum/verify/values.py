@@ -65,6 +65,10 @@ NUMBER_RE = re.compile(
 )
 
 
+_ANY_VALUE = re.compile(rf"\d|[$€£¥%]|\b(?:{_NUM_WORDS}|noon|midday|midnight|mon|tue|wed|thu|fri|sat|sun|usd|eur|gbp|jpy)",
+                        re.IGNORECASE)
+
+
 @dataclass(frozen=True)
 class Value:
     """One normalised value found in text: ``kind``, ``key`` (comparable), character span."""
@@ -168,6 +172,8 @@ def find_values(text: str) -> list[Value]:
     Earlier kinds win where spans overlap (money before number: "$66 million" is one money).
     """
     found: list[Value] = []
+    if not _ANY_VALUE.search(text):
+        return found  # most lines of mail hold no value: one scan instead of seven
     taken: list[tuple[int, int]] = []
 
     def free(s: int, e: int) -> bool:
