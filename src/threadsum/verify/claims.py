@@ -97,7 +97,7 @@ _ADVERBS = r"(?:also|then|later|quickly|again|initially|further|first|finally|su
 _REQUEST_LIKE = re.compile(r"\?|\b(please|pls|could you|can you|would you|will you|need you|let me know|asap|"
                            r"can we|could we|would like|want you|i need|we need)\b", re.I)
 _AFFIRMATIVE = re.compile(r"\b(sure|yes|yep|ok|okay|agree|agreed|will do|i will|i'll|we will|sounds good|fine|"
-                          r"no problem|happy to|glad to|can do|of course|absolutely|approved?|confirmed?)\b", re.I)
+                          r"no problem|happy to|glad to|can do|of course|absolutely|confirmed)\b", re.I)
 _NEGATIVE = re.compile(r"\b(not|can't|cannot|won't|unable|no|don't|decline|sorry|unfortunately)\b|n't\b", re.I)
 _FUTURE = re.compile(r"\b(will|would|shall|going to|scheduled|set for|planned|plans?|postponed|moved|due|"
                      r"deadline|every|each|next|until|till|before|by|from|through|this coming|following)\b", re.I)
@@ -353,11 +353,29 @@ def _actions(summary: str, runs: list[_Span], persons: set[int]) -> list[_Action
     return out
 
 
+def _forward_by(idx: ThreadIndex, name: Name) -> Optional[dict[str, Any]]:
+    """Evidence that ``name`` forwarded something: an email of theirs titled FW:/Fwd:, or a
+    'Forwarded by <name>' marker."""
+    for email, line, is_header in idx.lines:
+        low = fold(line)
+        if is_header and re.match(r"\s*from:", low):
+            continue
+        m = re.search(r"forwarded by\s+(.+?)(?:/|\s+on\s+\d|\s*-{3,}|$)", low)
+        if m and (n := parse_name(m.group(1))) is not None and same_person(name, n):
+            return _ev(email, line)
+    for email, line, is_header in idx.lines:
+        sender = idx.senders[email]
+        if is_header and sender is not None and re.match(r"\s*subject:\s*(fw|fwd)\s*:", line, re.I) and \
+                same_person(name, sender):
+            return _ev(email, line)
+    return None
+
+
 def _unit_class_ok(unit: Unit, verb: str) -> bool:
     if verb in REQUEST_VERBS:
         return bool(_REQUEST_LIKE.search(unit.text))
-    if verb in AGREE_VERBS:
-        return bool(_AFFIRMATIVE.search(unit.text))
+    if verb in AGREE_VERBS:  # a yes, not the question it answers ('Could you approve ...?')
+        return bool(_AFFIRMATIVE.search(unit.text)) and not _REQUEST_LIKE.search(unit.text)
     if verb in DECLINE_VERBS:
         return bool(_NEGATIVE.search(unit.text))
     return True
@@ -406,6 +424,10 @@ def _check_action(idx: ThreadIndex, summary: str, act: _Action, previous: str) -
                     _phrase_in_thread(idx, re.findall(r"[^\W_]+", fold(act.obj.text))) is None:
                 return claim(False, reason=f"{act.obj.text} never appears in the thread")
         if act.verb in FORWARD_VERBS:
+            fwd = _forward_by(idx, name)
+            if fwd is None:
+                return claim(False, reason=f"no email in the thread was forwarded by {subj.text}", attribution=True)
+            evidence = fwd
             continue
         verdict = _attribute(idx, act, name, previous)
         if verdict is not None:
@@ -422,7 +444,9 @@ def _attribute(idx: ThreadIndex, act: _Action, name: Name, previous: str
     drop = {stem(w) for s in act.subjects + ([act.obj] if act.obj else []) for w in re.findall(r"[^\W_]+", fold(s.text))}
     words = content_words(act.clause) - drop
     if len(words) < 2 and re.search(r"\b(it|this|that|so|them)\b", act.clause, re.I):
-        words = content_words(previous) - drop  # 'agrees to do it': the previous sentence says what 'it' is
+        # 'agrees to do it': the previous sentence says what 'it' is (its names left out)
+        names = {stem(fold(w)) for w in re.findall(r"\b[A-Z][\w'’-]+", previous)}
+        words = content_words(previous) - drop - names
     units = [u for u in idx.units if _unit_class_ok(u, act.verb)]
     if act.verb in REQUEST_VERBS | AGREE_VERBS | DECLINE_VERBS and not any(_by(u, name) for u in units):
         kind = "asks for" if act.verb in REQUEST_VERBS else "agrees to" if act.verb in AGREE_VERBS else "declines"

@@ -72,6 +72,8 @@ class ThreadIndex:
     """Values of email dates: Date fields and quoted Sent:/Date: lines and Lotus stamps."""
     folded_text: str
     """All lines, folded (lower case, no diacritics), words separated by single spaces."""
+    senders: list[Optional[Name]] = field(default_factory=list)
+    """The parsed From of each email (None when it has none)."""
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -269,12 +271,13 @@ def index_thread(thread: Thread) -> ThreadIndex:
             names.extend((r, i, _line_naming(r, folded_headers, seen) or header[1]) for r in s.recipients)
         for text, is_header in marked:
             lines.append((i, text, is_header))
-            vals = find_values(text)
+            vals = find_values(text) if is_header else []
             if is_header:
                 date_values.extend((v, i, text.strip()) for v in vals if v.kind in ("date", "time", "weekday"))
-            else:
-                content_values.extend((v, i, text.strip()) for v in vals)
             names.extend((n, i, text.strip()) for n in _body_names(text))
     units = [u for s in segments for u in _units(s)]
+    # values are read from re-joined sentences: hard wrapping splits 'five\nmillion' and '1:30\np.m.'
+    content_values.extend((v, u.email, u.text) for u in units for v in find_values(u.text))
     folded = " ".join(re.findall(r"[^\W_]+", fold(" \n ".join(t for _, t, _ in lines))))
-    return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ")
+    senders = [parse_name(e.sender) if e.sender else None for e in thread.emails]
+    return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ", senders)

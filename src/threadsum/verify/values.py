@@ -24,7 +24,7 @@ _NUM_WORDS = (
     "sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|"
     "hundred|thousand|million|billion"
 )
-_WORDNUM = rf"(?:(?:{_NUM_WORDS})(?:[\s-]+(?:and[\s-]+)?(?:{_NUM_WORDS}))*)"
+_WORDNUM = rf"(?:(?:{_NUM_WORDS})\b(?:[\s-]+(?:and[\s-]+)?(?:{_NUM_WORDS})\b)*)"
 _DIGITS = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _SCALE = r"(?:million|billion|thousand|bn|mm|mln|m|k)"
 _SCALES = {"thousand": 1e3, "k": 1e3, "million": 1e6, "mm": 1e6, "mln": 1e6, "m": 1e6, "billion": 1e9, "bn": 1e9}
