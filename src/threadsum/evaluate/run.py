@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 from threadsum.config import Config, GenerationConfig
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
+from threadsum.data.types import Email, Thread
 from threadsum.deps import require
 from threadsum.evaluate import metrics as M
+from threadsum.verify import Claim, check_indexed, grounding_stats, index_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -110,6 +112,28 @@ def generate_batches(model, tokenizer, sequences: Sequence[Sequence[int]], gen: 
         texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
         del out, ids, mask
         yield idx, texts, n_tokens
+
+
+# ---------------------------------------------------------------------------------- grounding
+def source_thread(record: dict) -> Thread:
+    """The thread as the model read it (the prepared record's cleaned, rendered source) for grounding.
+
+    The rendered From:/To:/Date: lines stay in the one body, where ``threadsum.verify`` finds each
+    email's author again; facts cut by truncation count as unsupported, as the model never saw them.
+    """
+    return Thread(str(record.get("thread_id")), record.get("subject") or "",
+                  [Email(sender="", body=record.get("source") or "")])
+
+
+def grounding(records: Sequence[dict], systems: dict[str, Sequence[str]]) -> tuple[dict, dict[str, list[list[Claim]]]]:
+    """Check every system's summaries against their threads.
+
+    Returns ({system: grounding_stats(...)}, {system: [claims of summary i]}); ``systems`` maps a
+    name ('model', 'lead3', 'reference', ...) to one summary per record.
+    """
+    indexes = [index_thread(source_thread(r)) for r in records]
+    claims = {name: [check_indexed(ix, text or "") for ix, text in zip(indexes, texts)] for name, texts in systems.items()}
+    return {name: grounding_stats(c) for name, c in claims.items()}, claims
 
 
 # -------------------------------------------------------------------------------------- main
@@ -276,6 +300,9 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     model_scores = M.rouge_scores(predictions, references)
     baseline_texts = M.baseline_predictions(records, k=cfg.eval.lead_k)
     baseline_scores = {name: M.rouge_scores(texts, references) for name, texts in baseline_texts.items()}
+    t_ground = time.perf_counter()
+    ground, claims = grounding(records, {"model": predictions, **baseline_texts, "reference": references})
+    log.info("grounding checked for %d systems in %.1f s", len(ground), time.perf_counter() - t_ground)
     B, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
     source_tokens = [int(r.get("source_tokens") or len(s)) for r, s in zip(records, sequences)]
 
@@ -293,6 +320,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
             "source_tokens": M.length_stats(source_tokens),
             **{f"{name}_words": M.length_stats(M.word_count(t) for t in texts) for name, texts in baseline_texts.items()},
         },
+        "grounding": ground,
         "empty_predictions": sum(1 for p in predictions if not p.strip()),
         "speed": {
             "seconds": seconds,
@@ -312,6 +340,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
                 "thread_id": r["thread_id"], "reference": references[i], "prediction": predictions[i],
                 "rougeL": round(float(model_scores["rougeL"][i]), 6), "source_tokens": source_tokens[i],
                 "prediction_tokens": pred_tokens[i],
+                "unsupported_claims": [c.to_dict() for c in claims["model"][i] if not c.supported],
             }, ensure_ascii=False) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
 
@@ -321,6 +350,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
         "prediction": predictions[i], "reference": references[i],
         **{k: float(model_scores[k][i]) for k in M.ROUGE_KEYS},
         **{f"{name}.{k}": float(s[k][i]) for name, s in baseline_scores.items() for k in M.ROUGE_KEYS},
+        "unsupported": [c for c in claims["model"][i] if not c.supported],
     } for i, r in enumerate(records)]
     metrics_file = run_dir / "metrics.jsonl" if run_dir is not None else None
     write_report(result, rows, out, metrics_file if metrics_file is not None and metrics_file.exists() else None)
@@ -350,6 +380,9 @@ def evaluate_command(cfg: Config, model_dir: str, split: str = "test", output_di
     for name, scores in result["baselines"].items():
         table.add_row(name, *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")
     console.print(table)
+    from threadsum.evaluate.report import grounding_line
+
+    console.print(grounding_line(result.get("grounding") or {}))
     sp = result["speed"]
     out = Path(output_dir) if output_dir else default_output_dir(model_dir, split)
     console.print(f"reference words: {result['lengths']['reference_words'].get('mean', 0):.0f} mean; "

@@ -239,10 +239,13 @@ def _is_person(idx: ThreadIndex, span: _Span, summary: str) -> bool:
         return False
     if re.search(r"\b(?:of|at)\s+(?:the\s+)?$", summary[span.sentence[0]:span.start]):
         return False  # 'Tracy Nemec of Duke Energy', 'a trader at Reliant' 
-    if is_known_first_name(words[0]) or _verb_after(summary, span.end):
+    if is_known_first_name(words[0]):
         return True
     name = parse_name(span.text)
-    return name is not None and any(same_person(name, n) for n, _, _ in idx.authors)
+    if name is not None and any(same_person(name, n) for n, _, _ in idx.names):
+        return True
+    # an unknown capitalised word before 'asks'/'reports' is a name unless the thread uses it as a word
+    return bool(_verb_after(summary, span.end)) and (len(words) > 1 or _phrase_in_thread(idx, [fold(words[0])]) is None)
 
 
 def _check_person(idx: ThreadIndex, span: _Span) -> Claim:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Optional
 
 from threadsum.data.types import Thread
@@ -228,6 +229,16 @@ def _body_names(line: str) -> list[Name]:
     return found
 
 
+def _weekday_of(v: Value) -> Optional[Value]:
+    """The weekday of a dated header value with a year ('Date: 2001-04-27 09:20' -> Friday)."""
+    if v.kind != "date" or v.key[2] is None:
+        return None
+    try:
+        return Value("weekday", date(v.key[2], v.key[0], v.key[1]).weekday(), v.start, v.end, v.text)
+    except ValueError:
+        return None
+
+
 def _line_naming(name: Name, folded_lines: list[tuple[str, str]], cache: dict[str, Optional[str]]) -> Optional[str]:
     """The first (header) line that names ``name``; ``folded_lines`` are (folded, original) pairs."""
     key = name.last or name.first
@@ -274,6 +285,7 @@ def index_thread(thread: Thread) -> ThreadIndex:
             vals = find_values(text) if is_header else []
             if is_header:
                 date_values.extend((v, i, text.strip()) for v in vals if v.kind in ("date", "time", "weekday"))
+                date_values.extend((w, i, text.strip()) for w in map(_weekday_of, vals) if w is not None)
             names.extend((n, i, text.strip()) for n in _body_names(text))
     units = [u for s in segments for u in _units(s)]
     # values are read from re-joined sentences: hard wrapping splits 'five\nmillion' and '1:30\np.m.'

@@ -53,7 +53,8 @@ _DAY = r"(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)?"
 DATE_RE = re.compile(
     rf"\b(?P<md>{_MONTH_NAME}\s+{_DAY})(?:,?\s+(?P<y1>(?:19|20)\d\d))?\b"
     rf"|\b(?P<dm>{_DAY}\s+(?:of\s+)?{_MONTH_NAME})(?:,?\s+(?P<y2>(?:19|20)\d\d))?\b"
-    r"|\b(?P<num>(?:1[0-2]|0?[1-9])/(?:[12]\d|3[01]|0?[1-9])(?:/(?P<y3>(?:19|20)?\d\d))?)\b(?!/)",
+    r"|\b(?P<num>(?:1[0-2]|0?[1-9])/(?:[12]\d|3[01]|0?[1-9])(?:/(?P<y3>(?:19|20)?\d\d))?)\b(?!/)"
+    r"|\b(?P<iso>(?P<y4>(?:19|20)\d\d)-(?:1[0-2]|0[1-9])-(?:[12]\d|3[01]|0[1-9]))\b",
     re.IGNORECASE,
 )
 WEEKDAY_RE = re.compile(r"\b(?P<w>monday|tuesday|wednesday|thursday|friday|saturday|sunday)s?\b"
@@ -148,6 +149,9 @@ def _parse_date(text: str) -> Optional[tuple[int, int]]:
 
 def _date(m: re.Match) -> Optional[tuple[int, int, Optional[int]]]:
     span = m.group(0)
+    if m.group("iso"):
+        y, mo, d = (int(x) for x in m.group("iso").split("-"))
+        return (mo, d, y)
     year_txt = m.group("y1") or m.group("y2") or m.group("y3")
     md = _parse_date(re.sub(r"\bof\b", "", span))
     if md is None:
