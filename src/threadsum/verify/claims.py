@@ -237,8 +237,8 @@ def _is_person(idx: ThreadIndex, span: _Span, summary: str) -> bool:
     words = [w.rstrip(".") for w in span.text.split()]
     if any(w.isupper() and len(w) > 1 for w in words) or len(words) > 4:
         return False
-    if re.search(r"\b(?:of|at)\s+(?:the\s+)?$", summary[span.sentence[0]:span.start]):
-        return False  # 'Tracy Nemec of Duke Energy', 'a trader at Reliant' 
+    if re.search(r"\b(?:(?:of|at)\s+(?:the\s+)?|the\s+|an?\s+)$", summary[span.sentence[0]:span.start], re.I):
+        return False  # 'Tracy Nemec of Duke Energy', 'a trader at Reliant', 'the Hope Gas offer' 
     if is_known_first_name(words[0]):
         return True
     name = parse_name(span.text)
