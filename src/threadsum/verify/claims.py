@@ -82,12 +82,12 @@ def _forms(*stems: str) -> set[str]:
     return out
 
 
-REQUEST_VERBS = _forms("ask", "request", "urge", "remind", "invite", "tell|tells,told")
+REQUEST_VERBS = _forms("ask", "request", "urge", "remind", "invite")
 AGREE_VERBS = _forms("agree", "accept", "approve")
 DECLINE_VERBS = _forms("decline", "refuse", "reject")
 FORWARD_VERBS = _forms("forward")
 AUTHOR_VERBS = REQUEST_VERBS | AGREE_VERBS | DECLINE_VERBS | FORWARD_VERBS | _forms(
-    "say|says,said", "confirm", "send|sends,sent", "reply", "respond", "write|writes,wrote", "inform", "suggest",
+    "say|says,said", "tell|tells,told", "confirm", "send|sends,sent", "reply", "respond", "write|writes,wrote", "inform", "suggest",
     "propose", "mention", "note", "explain", "apologize", "apologise", "thank", "announce", "clarify", "express",
     "list", "share", "provide", "update", "recommend", "warn", "notify", "email", "e-mail", "answer", "promise",
     "offer", "insist", "report", "question", "comment", "advise", "acknowledge", "complain", "indicate", "state",
@@ -97,7 +97,7 @@ _ADVERBS = r"(?:also|then|later|quickly|again|initially|further|first|finally|su
 _REQUEST_LIKE = re.compile(r"\?|\b(please|pls|could you|can you|would you|will you|need you|let me know|asap|"
                            r"can we|could we|would like|want you|i need|we need)\b", re.I)
 _AFFIRMATIVE = re.compile(r"\b(sure|yes|yep|ok|okay|agree|agreed|will do|i will|i'll|we will|sounds good|fine|"
-                          r"no problem|happy to|glad to|can do|of course|absolutely|confirmed)\b", re.I)
+                          r"no problem|happy to|glad to|can do|of course|absolutely|confirmed|approved?)\b", re.I)
 _NEGATIVE = re.compile(r"\b(not|can't|cannot|won't|unable|no|don't|decline|sorry|unfortunately)\b|n't\b", re.I)
 _FUTURE = re.compile(r"\b(will|would|shall|going to|scheduled|set for|planned|plans?|postponed|moved|due|"
                      r"deadline|every|each|next|until|till|before|by|from|through|this coming|following)\b", re.I)
