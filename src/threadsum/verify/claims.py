@@ -101,6 +101,13 @@ _AFFIRMATIVE = re.compile(r"\b(sure|yes|yep|ok|okay|agree|agreed|will do|i will|
 _NEGATIVE = re.compile(r"\b(not|can't|cannot|won't|unable|no|don't|decline|sorry|unfortunately)\b|n't\b", re.I)
 _FUTURE = re.compile(r"\b(will|would|shall|going to|scheduled|set for|planned|plans?|postponed|moved|due|"
                      r"deadline|every|each|next|until|till|before|by|from|through|this coming|following)\b", re.I)
+# Content attribution thresholds, set on the synthetic and real references (bench/bench_verify.py):
+MATCH_SHARE = 0.5
+"""A thread sentence 'says' an action clause when it holds this share of the clause's content words..."""
+MATCH_WORDS = 2
+"""... and at least this many of them."""
+OWN_SHARE = 0.5
+"""The claimed author passes when one of their sentences scores at least this share of the best one."""
 _GREETING = re.compile(r"^\s*(?:hi|hello|dear|hey)?\s*([A-Z][\w'’-]+)\s*(?:[,:!-]|$)")
 
 # ------------------------------------------------------------------------ capitalised names
@@ -458,11 +465,11 @@ def _attribute(idx: ThreadIndex, act: _Action, name: Name, previous: str
         return None
     scored = [(len(words & u.words) / len(words), u) for u in units]
     best = max((s for s, _ in scored), default=0.0)
-    if best < 0.5 or len(words & max(scored, key=lambda x: x[0])[1].words) < 2:
+    if best < MATCH_SHARE or len(words & max(scored, key=lambda x: x[0])[1].words) < MATCH_WORDS:
         return None
     mine = [(s, u) for s, u in scored if _by(u, name) is True]
     own_best = max(mine, key=lambda x: x[0]) if mine else (0.0, None)
-    if own_best[1] is not None and own_best[0] >= 0.5 * best:
+    if own_best[1] is not None and own_best[0] >= OWN_SHARE * best:
         if act.obj is not None:
             obj = parse_name(act.obj.text)
             if obj is not None and not _addressee_ok(own_best[1], obj):
