@@ -21,6 +21,7 @@ references and on the real public sample (Kaggle reader). Goals: recall >= 95%, 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import random
 import re
@@ -198,6 +199,14 @@ def run(n_threads: int, seed: int, sample: Path) -> dict:
             "real_alarms": real_alarms, "real_hits": dict(real_hits), "seconds": seconds, "checks": n_checks}
 
 
+def _cpu() -> str:
+    try:
+        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        model = platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs"
+
+
 def report(r: dict, command: str) -> str:
     total_hit = sum(h for h, _ in r["hits"].values())
     total = sum(n for _, n in r["hits"].values())
@@ -208,7 +217,7 @@ def report(r: dict, command: str) -> str:
     lines = [
         "## threadsum verify: recall on perturbed references, false alarms on untouched ones", "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()}, {platform.python_implementation()} {platform.python_version()}; "
+        f"Machine: {_cpu()}, {platform.python_implementation()} {platform.python_version()}; "
         f"{r['checks']} checks in {r['seconds']:.1f} s ({1000 * r['seconds'] / max(1, r['checks']):.0f} ms per summary, "
         "index and check)", "",
         f"- recall: **{100 * recall:.1f}%** of {total} perturbed spans flagged (goal >= 95%: {verdict(recall >= 0.95)})",

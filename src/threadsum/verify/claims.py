@@ -373,11 +373,10 @@ def _forward_by(idx: ThreadIndex, name: Name) -> Optional[dict[str, Any]]:
         m = re.search(r"forwarded by\s+(.+?)(?:/|\s+on\s+\d|\s*-{3,}|$)", low)
         if m and (n := parse_name(m.group(1))) is not None and same_person(name, n):
             return _ev(email, line)
-    for email, line, is_header in idx.lines:
-        sender = idx.senders[email]
-        if is_header and sender is not None and re.match(r"\s*subject:\s*(fw|fwd)\s*:", line, re.I) and \
-                same_person(name, sender):
-            return _ev(email, line)
+    for email, (sender, subject) in enumerate(zip(idx.senders, idx.subjects)):
+        # the email's own subject: a quoted 'Subject: FW: ...' inside a reply is someone else's forward
+        if sender is not None and re.match(r"\s*(fw|fwd)\s*:", subject, re.I) and same_person(name, sender):
+            return _ev(email, f"Subject: {subject}")
     return None
 
 

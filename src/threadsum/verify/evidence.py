@@ -75,6 +75,8 @@ class ThreadIndex:
     """All lines, folded (lower case, no diacritics), words separated by single spaces."""
     senders: list[Optional[Name]] = field(default_factory=list)
     """The parsed From of each email (None when it has none)."""
+    subjects: list[str] = field(default_factory=list)
+    """Each email's own subject (the thread's when the email has none)."""
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -292,4 +294,6 @@ def index_thread(thread: Thread) -> ThreadIndex:
     content_values.extend((v, u.email, u.text) for u in units for v in find_values(u.text))
     folded = " ".join(re.findall(r"[^\W_]+", fold(" \n ".join(t for _, t, _ in lines))))
     senders = [parse_name(e.sender) if e.sender else None for e in thread.emails]
-    return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ", senders)
+    subjects = [e.subject or thread.subject or "" for e in thread.emails]
+    return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ", senders,
+                       subjects)
