@@ -12,18 +12,29 @@ A claim is a span of the summary with a kind:
   (dates, times, weekdays) by an email's date unless the summary uses it as a deadline or a
   future or recurring time ("by Friday", "next Tuesday", "will be wired on Thursday");
 - action: "X asks/says/forwards/confirms/agrees/... " (a verb that needs authorship) is
-  supported only if X wrote an email or is the named author of quoted text; when the rest of
-  the sentence matches one sentence of the thread closely, that sentence must be X's (a request
-  for "asks", a yes for "agrees", a refusal for "declines"); "X asks Y" also needs Y in the
-  thread and, when X's message opens with a greeting, Y as its addressee.
+  supported only if X wrote an email or is the named author of quoted text (a quoted From:,
+  a Lotus "Name / date" stamp, "On ..., X wrote:", a sign-off); "X forwards" needs an email of
+  X's titled FW:/Fwd: or a "Forwarded by X" line; "a note from Z" needs Z as an author. When the
+  rest of the sentence matches one sentence of the thread closely (``MATCH_SHARE`` of its content
+  words), that sentence must be X's (a request for "asks", a yes for "agrees", a refusal for
+  "declines"); "X asks Y" also needs Y in the thread and, when X's message opens with a
+  greeting, Y as its addressee.
 
-What this check cannot catch: paraphrased facts it cannot match word for word (a wrong verb,
-a negation, a wrong reason or decision in words of its own), misattributions where the wrong
-person also wrote similar words, claims made with pronouns ("He agrees"), spelled-out counts
-("four messages", "two names"), month names without a day, relative dates ("tomorrow",
-"next week"), morning/afternoon, capitalised words at the start of a sentence that are not
-known given names, and anything about content the thread never states in words (tone, intent,
-summaries of attachments). It uses no model and reads English only.
+What this check cannot catch:
+
+- paraphrase: a summary sentence that shares few words with the thread is checked for authorship
+  only, so an action credited to another person who also wrote in the thread passes (on the real
+  sample about half of such swaps go unflagged, bench/results_verify.md); a wrong verb, a negation,
+  a wrong reason or decision in words of its own are not judged at all;
+- claims made with pronouns ("He agrees", "They confirm") and passive voice ("Suzanne is asked");
+- spelled-out counts ("four messages", "two names"), month names without a day, relative dates
+  ("tomorrow", "next week"), parts of the day ("afternoon");
+- a word that is both a company and an ordinary word counts as supported wherever the word occurs
+  (case is ignored), and a name found in an e-mail address counts as support;
+- a capitalised word that starts a sentence and is neither a known given name nor followed by a
+  verb of communication is not checked; whether an unknown capitalised name is a person or an
+  organisation is a guess (the kind label may be wrong, the flag is not);
+- anything the thread never states in words (tone, intent, attachments). English only; no model.
 """
 from __future__ import annotations
 
