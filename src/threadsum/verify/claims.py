@@ -299,7 +299,8 @@ def _email_date_allowed(summary: str, value: Value, sentence: tuple[int, int]) -
     if _FUTURE.search(value.context) or re.search(r"\b(will|would|shall|going to|scheduled|set for|plans?)\b",
                                                    summary[sentence[0]:sentence[1]], re.I):
         return False
-    return bool(re.search(r"\b(on|at)\s*$", before, re.I)) or not before.strip()
+    # 'on Tuesday', 'at 11:23', 'on Tuesday, January 29', or the sentence's opening words
+    return bool(re.search(r"\b(on|at)\s*$|\bon\s+\w+day,?\s*$", before, re.I)) or not before.strip()
 
 
 def _same(claim: Value, found: Value) -> bool:
