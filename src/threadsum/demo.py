@@ -110,6 +110,8 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
         "train": {k: record.get(k) for k in ("status", "steps", "epochs", "tokens_per_second", "final_val_loss") if isinstance(record, dict)},
         "rougeL_model": model_l,
         "rougeL_lead3": _f1(lead, "rougeL") if lead else None,
+        "grounding": {name: {k: g[k] for k in ("flagged_share", "unsupported_per_summary_total", "attribution_errors")}
+                      for name, g in (metrics.get("grounding") or {}).items()},
         "example": {"thread_id": example["thread_id"], "reference": example["summary"], "prediction": summary},
         "outputs": {
             "raw": str(out_dir / "raw"),
