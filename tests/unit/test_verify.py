@@ -209,3 +209,11 @@ def test_real_references_raise_no_alarm_and_changed_facts_are_flagged(kaggle_sam
     changed = first.summary.replace("$66 million", "$76 million").replace("Kim Theriot requests", "Tracy Nemec requests")
     bad = {c.text for c in check(first, changed) if not c.supported}
     assert {"$76 million", "Tracy Nemec"} <= bad
+
+
+def test_sentence_opening_names_are_checked_and_ordinary_words_are_not():
+    t = _thread(Email("Ann Smith", ["Bob Jones"], "The deal report is late. Bob, can you send it?"))
+    claims = check(t, "Zebulon joins the thread. Deal reports are late. Bob is asked to send it.")
+    assert not _one(claims, "Zebulon").supported  # unknown given name opening a sentence, before a verb
+    assert _one(claims, "Bob").supported
+    assert all(c.supported for c in claims if c.text == "Deal")  # the thread writes 'deal' as a word

@@ -175,7 +175,7 @@ def _sentences(summary: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _name_runs(summary: str, sentence: tuple[int, int]) -> list[_Span]:
+def _name_runs(summary: str, sentence: tuple[int, int], idx: ThreadIndex) -> list[_Span]:
     """Capitalised runs of one sentence that may be names, months/weekdays/acronyms/start words removed."""
     s0, s1 = sentence
     text = summary[s0:s1]
@@ -206,10 +206,23 @@ def _name_runs(summary: str, sentence: tuple[int, int]) -> list[_Span]:
             end = s0 + m.start() + last[0] + len(re.sub(r"['’]s?$", "", last[1]).rstrip(".") if len(last[1]) > 2
                                                   else last[1])
             span = _Span(start, end, summary[start:end], sentence)
-            if at_start and len(g) == 1 and not (is_known_first_name(g[0][1]) or _verb_after(summary, end)):
+            if at_start and len(g) == 1 and not (is_known_first_name(g[0][1]) or _verb_after(summary, end) or (
+                    _subject_like(summary, end) and fold(g[0][1]) not in idx.lower_words)):
                 continue  # 'Attendees are asked': an ordinary word that starts the sentence
             out.append(span)
     return out
+
+
+_SUBJECT_VERBS = {"is", "was", "has", "had", "will", "would", "can", "could", "also", "then", "and"}
+
+
+def _subject_like(summary: str, end: int) -> bool:
+    """The next word reads like the verb of a person subject ('Bruce joins', 'Tana is')."""
+    m = re.match(r"\s+([a-z]+)\b", summary[end:])
+    if not m:
+        return False
+    w = m.group(1)
+    return w in _SUBJECT_VERBS or w in AUTHOR_VERBS or (len(w) > 3 and w.endswith("s") and not w.endswith("ss"))
 
 
 def _verb_after(summary: str, end: int) -> Optional[re.Match]:
@@ -517,7 +530,7 @@ def check_indexed(idx: ThreadIndex, summary: str) -> list[Claim]:
         for v in values:
             if sent[0] <= v.start < sent[1]:
                 claims.append(_check_value(idx, summary, v, sent))
-        runs = [r for r in _name_runs(summary, sent)
+        runs = [r for r in _name_runs(summary, sent, idx)
                 if not any(v.start <= r.start < v.end for v in values)]
         persons = set()
         for r in runs:

@@ -77,6 +77,9 @@ class ThreadIndex:
     """The parsed From of each email (None when it has none)."""
     subjects: list[str] = field(default_factory=list)
     """Each email's own subject (the thread's when the email has none)."""
+    lower_words: frozenset[str] = frozenset()
+    """Words the thread writes in lower case ('deal', 'rice'): a capitalised one opening a summary
+    sentence is then an ordinary word, not a name."""
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -157,7 +160,7 @@ def _header_people(header: list[str]) -> tuple[list[Name], list[Name], list[str]
 def _marker_author(seg: CleanSegment) -> tuple[Optional[Name], str]:
     """The author a Lotus stamp ('Tanya Rohauer / 06/29/99 09:12 AM', 'X on 04/27/2001 ...') or an
     'On ..., X wrote:' line names; forward markers name the forwarder, not the author."""
-    if not seg.marker or seg.kind == "forward":
+    if not seg.marker or seg.kind not in ("lotus", "wrote"):  # '-----Original Message-----' names no one
         return None, ""
     line = seg.marker[0].strip()
     if _HEADER.match(line):  # 'From: Ann Smith / To: Bob Jones' opening a Lotus or pasted block
@@ -295,5 +298,6 @@ def index_thread(thread: Thread) -> ThreadIndex:
     folded = " ".join(re.findall(r"[^\W_]+", fold(" \n ".join(t for _, t, _ in lines))))
     senders = [parse_name(e.sender) if e.sender else None for e in thread.emails]
     subjects = [e.subject or thread.subject or "" for e in thread.emails]
+    lower = frozenset(w for _, t, _ in lines for w in re.findall(r"(?<![\w'’])[a-z][a-z'’-]+", t))
     return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ", senders,
-                       subjects)
+                       subjects, lower)
