@@ -217,3 +217,13 @@ def test_sentence_opening_names_are_checked_and_ordinary_words_are_not():
     assert not _one(claims, "Zebulon").supported  # unknown given name opening a sentence, before a verb
     assert _one(claims, "Bob").supported
     assert all(c.supported for c in claims if c.text == "Deal")  # the thread writes 'deal' as a word
+
+
+def test_compound_subject_needs_both_writers_and_is_one_claim():
+    t = thread_from_text(PASTED)
+    claims = check(t, "Ann and Bob write about the revised Q3 budget. Ann and Carl Diaz write about it.")
+    actions = [c for c in claims if c.kind == "action"]
+    assert [c.text for c in actions] == ["Ann and Bob write about the revised Q3 budget",
+                                         "Ann and Carl Diaz write about it"]
+    assert actions[0].supported
+    assert not actions[1].supported and "Carl Diaz" in actions[1].reason

@@ -359,14 +359,16 @@ def _actions(summary: str, runs: list[_Span], persons: set[int]) -> list[_Action
     """'X verb ...', 'X and Y verb ...' and '... note from X ...' patterns over person runs."""
     out = []
     by_start = {r.start: r for r in runs}
+    second: set[int] = set()  # 'Sara' in 'Carol and Sara express': already part of Carol's claim
     for r in runs:
-        if r.start not in persons:
+        if r.start not in persons or r.start in second:
             continue
         subjects, end = [r], r.end
         m_and = re.match(r"(?:['’]s)?\s+and\s+", summary[end:])
         if m_and and (end + m_and.end()) in by_start and (end + m_and.end()) in persons:
             other = by_start[end + m_and.end()]
             subjects, end = [r, other], other.end
+            second.add(other.start)
         m = _verb_after(summary, end)
         if not m:
             m_from = re.search(r"\b(?:note|email|e-mail|message|letter|memo|reply|response|request)\s+from\s+$",
@@ -380,7 +382,7 @@ def _actions(summary: str, runs: list[_Span], persons: set[int]) -> list[_Action
         if m_obj and (verb_end + m_obj.end()) in by_start and (verb_end + m_obj.end()) in persons:
             obj = by_start[verb_end + m_obj.end()]
         rest_from = obj.end if obj else verb_end
-        out.append(_Action(subjects, m.group(1), obj, r.start, r.sentence[1].__int__(),
+        out.append(_Action(subjects, m.group(1), obj, r.start, r.sentence[1],
                            summary[rest_from:r.sentence[1]]))
     for a in out:  # end the claim's span at the sentence's last word, not its period
         while a.end > a.start and summary[a.end - 1] in " .!?\n\"')":
@@ -463,6 +465,8 @@ def _check_action(idx: ThreadIndex, summary: str, act: _Action, previous: str) -
                 return claim(False, reason=f"no email in the thread was forwarded by {subj.text}", attribution=True)
             evidence = fwd
             continue
+        if len(act.subjects) > 1:
+            continue  # 'Ann and Bob agree': a joint action; each must have written, whose words is moot
         verdict = _attribute(idx, act, name, previous)
         if verdict is not None:
             ok, ev2, why = verdict
