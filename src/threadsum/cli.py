@@ -239,7 +239,7 @@ def verify(
     from threadsum.verify.render import claims_json, claims_table
 
     def bad_input(message: str) -> typer.Exit:
-        console.print(f"[red]error:[/red] {message}")
+        console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line, however narrow the terminal
         return typer.Exit(EXIT_BAD_INPUT)
 
     text = summary

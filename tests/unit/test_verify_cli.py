@@ -65,6 +65,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         res = runner.invoke(app, ["verify", *args])
         assert res.exit_code == 2, (args, res.output)
         assert words in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
 
 
 def test_console_entry_point_runs_verify(tmp_path):
