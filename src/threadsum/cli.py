@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from threadsum.config import Config, load_config
 from threadsum.errors import ThreadsumError
@@ -78,7 +79,8 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ThreadsumError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        # one line however narrow the terminal; the message's own brackets ('threadsum[fast]') are text
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(int(exc.exit_code))
 
 
@@ -200,6 +202,22 @@ def summarize(
     from threadsum.inference.summarizer import summarize_command
 
     _run(summarize_command, str(model), path, as_json=as_json, device=device)
+
+
+@app.command()
+def verify(
+    thread: Path = typer.Option(..., "--thread", "-t", help="The thread: .eml, .mbox, a JSON thread (or JSON lines), or plain text."),
+    summary: str = typer.Option(..., "--summary", "-s", help="The summary to check, or @FILE to read it from a file."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"claims": [{text, kind, supported, evidence, start, end, reason}]}.'),
+) -> None:
+    """Check a summary against its thread: people, organisations, amounts, dates, times, actions.
+
+    Exit code 0 whatever it finds (unsupported claims are the output, not an error); 2 for bad input.
+    Every email of FILE counts as evidence (an .mbox holding several threads is checked as one).
+    """
+    from threadsum.verify.command import verify_command
+
+    _run(verify_command, thread, summary, as_json)
 
 
 @app.command()

@@ -39,6 +39,7 @@ def demo_config(out_dir: Path, overrides: list[str]) -> Config:
 def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[list[str]] = None) -> int:
     from threadsum.data.prepare import prepare
     from threadsum.data.synth import write_kaggle_csv
+    from threadsum.evaluate.report import grounding_line
     from threadsum.evaluate.run import evaluate
     from threadsum.inference.summarizer import Summarizer
     from threadsum.train.loop import train
@@ -97,6 +98,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     for name, scores in rows:
         table.add_row(name, *[f"{100 * _f1(scores, k):.1f}" for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")])
     console.print(table)
+    console.print(grounding_line(metrics.get("grounding") or {}))
 
     lead = metrics.get("baselines", {}).get("lead3")
     model_l = _f1(metrics["model"], "rougeL")
@@ -108,6 +110,8 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
         "train": {k: record.get(k) for k in ("status", "steps", "epochs", "tokens_per_second", "final_val_loss") if isinstance(record, dict)},
         "rougeL_model": model_l,
         "rougeL_lead3": _f1(lead, "rougeL") if lead else None,
+        "grounding": {name: {k: g[k] for k in ("flagged_share", "unsupported_per_summary_total", "attribution_errors")}
+                      for name, g in (metrics.get("grounding") or {}).items()},
         "example": {"thread_id": example["thread_id"], "reference": example["summary"], "prediction": summary},
         "outputs": {
             "raw": str(out_dir / "raw"),

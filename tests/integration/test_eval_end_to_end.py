@@ -138,13 +138,23 @@ def test_evaluate_writes_predictions_metrics_and_report(world, capsys):
     assert metrics["speed"]["threads_per_s"] > 0
     assert metrics["lengths"]["prediction_tokens"]["max"] <= 12
 
+    # grounding next to ROUGE: the extractive baselines copy the thread, so nothing in them is invented
+    ground = metrics["grounding"]
+    assert set(ground) == {"model", "lead3", "first_email", "subject", "reference"}
+    assert all(g["n"] == 12 for g in ground.values())
+    assert ground["lead3"]["flagged_share"] == 0.0 and ground["first_email"]["flagged_share"] == 0.0
+    assert ground["lead3"]["claims_per_summary"] > 0
+    assert all(isinstance(p["unsupported_claims"], list) for p in preds)
+
     report = (out / "report.md").read_text()
     assert "| **model** |" in report and "baseline: lead3" in report and "threads/s" in report
+    assert "## Grounding" in report and "| baseline: lead3 | 0.0% |" in report
     for png in ("rouge_by_source_length.png", "lengths.png", "loss_curves.png"):
         assert (out / png).stat().st_size > 1000, png
         assert f"]({png})" in report
     table = capsys.readouterr().out
     assert "first_email" in table and "lead3" in table and "model vs baselines" in table
+    assert "grounding, summaries with an unsupported claim" in table
     # no run.json beside the model: the evaluation is a run of its own (JSON record, MLflow off)
     rec = json.loads((out / "run.json").read_text())
     assert rec["kind"] == "evaluate" and rec["status"] == "FINISHED"

@@ -2,10 +2,15 @@
 
 Scores are F1 in [0, 1] (reports show them x100). ROUGE-Lsum needs sentences on separate lines;
 ``split_sentences`` is a small regex splitter so scoring never needs an nltk download.
+
+ROUGE counts words of every script: rouge-score's default tokenizer keeps only a-z and 0-9, so
+two identical Chinese or Hindi summaries score 0 and accented letters vanish ("Jörg" -> "j rg").
+``UnicodeTokenizer`` replaces it and gives exactly the default tokens on ASCII text.
 """
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import lru_cache
 from typing import Iterable, Sequence
 
@@ -61,12 +66,48 @@ def sentence_lines(text: str) -> str:
     return "\n".join(split_sentences(text))
 
 
+# A word is a run of letters, combining marks and digits of any script (marks matter: Devanagari
+# vowel signs are category M, so a letters-only pattern would cut Hindi words apart). Han, kana
+# and other scripts written without spaces between words are counted one character per token, the
+# usual ROUGE practice for Chinese and Japanese.
+_WORD = r"[\p{L}\p{M}\p{N}]+"
+_PER_CHARACTER = r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Bopomofo}]"
+_ASCII_TOKEN = re.compile(r"^[a-z0-9]+$")
+
+
+class UnicodeTokenizer:
+    """rouge-score tokenizer for any script: ``tokenize(text) -> list[str]`` (lower-cased tokens).
+
+    Text is NFKC-normalised and lower-cased; tokens are runs of letters, marks and digits of every
+    script; each Han / Hiragana / Katakana / Bopomofo character is its own token. ASCII tokens
+    longer than 3 characters get Porter stemming exactly as rouge-score's default tokenizer does
+    (``use_stemmer=True``), so on ASCII text the tokens, and hence the scores, are unchanged.
+    Other tokens are not stemmed: Porter rules are English-only. Scripts other than CJK that are
+    written without spaces (Thai, Lao, Khmer, Myanmar) stay one token per space-delimited run.
+    """
+
+    def __init__(self) -> None:
+        import regex
+        from nltk.stem import porter  # rouge-score's own dependency and stemmer
+
+        self._stemmer = porter.PorterStemmer()
+        self._token = regex.compile(f"{_PER_CHARACTER}|{_WORD}")
+        self._split = regex.compile(f"(?={_PER_CHARACTER})|(?<={_PER_CHARACTER})")
+
+    def tokenize(self, text: str) -> list[str]:
+        text = unicodedata.normalize("NFKC", text or "").lower()
+        tokens: list[str] = []
+        for run in self._token.findall(text):
+            tokens.extend(t for t in self._split.split(run) if t)
+        return [self._stemmer.stem(t) if len(t) > 3 and _ASCII_TOKEN.match(t) else t for t in tokens]
+
+
 @lru_cache(maxsize=1)
 def _scorer():
     require("rouge_score", "train")
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    return rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True, tokenizer=UnicodeTokenizer())
 
 
 def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, np.ndarray]:

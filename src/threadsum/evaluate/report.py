@@ -14,6 +14,7 @@ import numpy as np
 
 from threadsum.deps import require
 from threadsum.evaluate.metrics import ROUGE_KEYS
+from threadsum.verify import KINDS
 
 VAL_LOSS_KEYS = ("val_loss", "eval_loss", "validation_loss")
 
@@ -140,6 +141,42 @@ def _clip(text: str, n: int = 600) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+def grounding_line(ground: dict[str, dict]) -> str:
+    """One line: per system, the share of summaries with >= 1 unsupported claim and claims per summary."""
+    if not ground:
+        return "grounding: not checked"
+    parts = [f"{name} {100 * g['flagged_share']:.0f}% ({g['unsupported_per_summary_total']:.2f}/summary)"
+             for name, g in ground.items() if g.get("n")]
+    return "grounding, summaries with an unsupported claim (unsupported claims per summary): " + ", ".join(parts)
+
+
+def _grounding_section(ground: dict[str, dict], rows: Sequence[dict]) -> list[str]:
+    """report.md lines: the grounding table per system and the model's worst examples with flagged spans."""
+    if not ground:
+        return []
+    kinds = [k for k in KINDS if any(g["unsupported_per_summary"].get(k, 0) > 0 for g in ground.values())]
+    lines = ["", "## Grounding (threadsum.verify)", "",
+             "Each summary's people, organisations, amounts, numbers, dates, times, weekdays and actions checked "
+             "against the thread the model read (cleaned, rendered, truncated as for the model); deterministic, "
+             "no model. Columns per kind: unsupported claims per summary. Attribution errors: an action whose "
+             "person is in the thread but did not write what the summary says.", "",
+             "| system | summaries with >= 1 unsupported claim | unsupported per summary | "
+             + " | ".join(kinds) + (" | " if kinds else "") + "attribution errors |",
+             "|---|---:|---:|" + "---:|" * len(kinds) + "---:|"]
+    for name, g in ground.items():
+        label = "**model**" if name == "model" else name if name == "reference" else f"baseline: {name}"
+        lines.append(f"| {label} | {100 * g['flagged_share']:.1f}% | {g['unsupported_per_summary_total']:.2f} | "
+                     + "".join(f"{g['unsupported_per_summary'][k]:.2f} | " for k in kinds)
+                     + f"{g['attribution_errors']} |")
+    worst = sorted((r for r in rows if r.get("unsupported")), key=lambda r: -len(r["unsupported"]))[:3]
+    if worst:
+        lines += ["", "### Model summaries with the most unsupported claims", ""]
+        for r in worst:
+            lines += [f"- thread {r['thread_id']}: {_clip(r['prediction'])}"]
+            lines += [f"  - **{c.text}** ({c.kind}): {c.reason}" for c in r["unsupported"][:8]]
+    return lines
+
+
 def write_report(result: dict[str, Any], rows: Sequence[dict], out_dir: str | Path,
                  metrics_file: Optional[Path] = None) -> Path:
     """Write report.md and its plots into ``out_dir``; returns the report path."""
@@ -186,6 +223,8 @@ def write_report(result: dict[str, Any], rows: Sequence[dict], out_dir: str | Pa
     if lead:
         delta = 100 * (result["model"]["rougeL"]["mean"] - baselines[lead]["rougeL"]["mean"])
         lines += ["", f"ROUGE-L of the model minus {lead}: {delta:+.2f} points."]
+
+    lines += _grounding_section(result.get("grounding") or {}, rows)
 
     lines += ["", "## Lengths", "", "| | mean | median | p10 | p90 | max |", "|---|---:|---:|---:|---:|---:|"]
     for key, label in (("prediction_words", "prediction (words)"), ("reference_words", "reference (words)"),

@@ -13,16 +13,18 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from threadsum.config import Config
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.tokenizer_check import check_tokenizer_matches
+from threadsum.data.types import Email, Thread
 from threadsum.deps import require
 from threadsum.devices import resolve_device, resolve_dtype
 from threadsum.errors import UserError
 from threadsum.evaluate import metrics as M
 from threadsum.generation import generate_batches  # noqa: F401 - re-exported for callers of evaluate.run
+from threadsum.verify import Claim, check_indexed, grounding_stats, index_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     pass
@@ -32,6 +34,28 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(UserError):
     """Evaluation cannot run with these inputs; the message says what to change."""
+
+
+# ---------------------------------------------------------------------------------- grounding
+def source_thread(record: dict) -> Thread:
+    """The thread as the model read it (the prepared record's cleaned, rendered source) for grounding.
+
+    The rendered From:/To:/Date: lines stay in the one body, where ``threadsum.verify`` finds each
+    email's author again; facts cut by truncation count as unsupported, as the model never saw them.
+    """
+    return Thread(str(record.get("thread_id")), record.get("subject") or "",
+                  [Email(sender="", body=record.get("source") or "")])
+
+
+def grounding(records: Sequence[dict], systems: dict[str, Sequence[str]]) -> tuple[dict, dict[str, list[list[Claim]]]]:
+    """Check every system's summaries against their threads.
+
+    Returns ({system: grounding_stats(...)}, {system: [claims of summary i]}); ``systems`` maps a
+    name ('model', 'lead3', 'reference', ...) to one summary per record.
+    """
+    indexes = [index_thread(source_thread(r)) for r in records]
+    claims = {name: [check_indexed(ix, text or "") for ix, text in zip(indexes, texts)] for name, texts in systems.items()}
+    return {name: grounding_stats(c) for name, c in claims.items()}, claims
 
 
 # -------------------------------------------------------------------------------------- main
@@ -205,6 +229,9 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     model_scores = M.rouge_scores(predictions, references)
     baseline_texts = M.baseline_predictions(records, k=cfg.eval.lead_k)
     baseline_scores = {name: M.rouge_scores(texts, references) for name, texts in baseline_texts.items()}
+    t_ground = time.perf_counter()
+    ground, claims = grounding(records, {"model": predictions, **baseline_texts, "reference": references})
+    log.info("grounding checked for %d systems in %.1f s", len(ground), time.perf_counter() - t_ground)
     B, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
     source_tokens = [int(r.get("source_tokens") or len(s)) for r, s in zip(records, sequences)]
 
@@ -222,6 +249,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
             "source_tokens": M.length_stats(source_tokens),
             **{f"{name}_words": M.length_stats(M.word_count(t) for t in texts) for name, texts in baseline_texts.items()},
         },
+        "grounding": ground,
         "empty_predictions": sum(1 for p in predictions if not p.strip()),
         "speed": {
             "seconds": seconds,
@@ -241,6 +269,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
                 "thread_id": r["thread_id"], "reference": references[i], "prediction": predictions[i],
                 "rougeL": round(float(model_scores["rougeL"][i]), 6), "source_tokens": source_tokens[i],
                 "prediction_tokens": pred_tokens[i],
+                "unsupported_claims": [c.to_dict() for c in claims["model"][i] if not c.supported],
             }, ensure_ascii=False) + "\n")
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
 
@@ -250,6 +279,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
         "prediction": predictions[i], "reference": references[i],
         **{k: float(model_scores[k][i]) for k in M.ROUGE_KEYS},
         **{f"{name}.{k}": float(s[k][i]) for name, s in baseline_scores.items() for k in M.ROUGE_KEYS},
+        "unsupported": [c for c in claims["model"][i] if not c.supported],
     } for i, r in enumerate(records)]
     metrics_file = run_dir / "metrics.jsonl" if run_dir is not None else None
     write_report(result, rows, out, metrics_file if metrics_file is not None and metrics_file.exists() else None)
@@ -279,6 +309,9 @@ def evaluate_command(cfg: Config, model_dir: str, split: str = "test", output_di
     for name, scores in result["baselines"].items():
         table.add_row(name, *cells(scores), f"{result['lengths'][f'{name}_words'].get('mean', 0):.0f}")
     console.print(table)
+    from threadsum.evaluate.report import grounding_line
+
+    console.print(grounding_line(result.get("grounding") or {}))
     sp = result["speed"]
     out = Path(output_dir) if output_dir else default_output_dir(model_dir, split)
     console.print(f"reference words: {result['lengths']['reference_words'].get('mean', 0):.0f} mean; "
