@@ -153,3 +153,38 @@ def test_docs_work_offline(browser, base_url):
     ops = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
     paths = {o.text.replace("\u200b", "") for o in ops}
     assert {"/v1/summarize", "/v1/summarize/batch"} <= paths
+
+
+class _InventingSummarizer(Summarizer):
+    """The real Summarizer (cleaning, service, grounding check) around a model that invents people."""
+
+    INVENTED = "Reagan Nemec asks Bob Jones to send the revised Q3 budget by Friday."
+
+    def generate(self, texts, batch_size=None):
+        return [self.INVENTED for _ in texts]
+
+
+@pytest.fixture(scope="module")
+def inventing_url(tmp_path_factory):
+    model_dir = build_tiny_model_dir(tmp_path_factory.mktemp("inventing-model"))
+    base = Summarizer.from_pretrained(str(model_dir), device="cpu")
+    summarizer = _InventingSummarizer(base.model, base.tokenizer, base.cfg, base.device, name=base.name)
+    with serve_in_thread(create_app(summarizer, ServeConfig())) as url:
+        yield url
+
+
+def test_unsupported_claims_are_highlighted_with_the_reason(browser, inventing_url, tmp_path):
+    pasted = ("From: Ann Smith\nTo: Bob Jones\nSubject: Q3 budget\nBob, can you send the revised Q3 budget by Friday?\n"
+              "From: Bob Jones\nTo: Ann Smith\nYes, I will send it Thursday after legal signs off.\n")
+    _summarize(browser, inventing_url, pasted, key="")
+    assert browser.find_element(By.ID, "result").is_displayed(), browser.find_element(By.ID, "error").text
+    marks = browser.find_elements(By.CSS_SELECTOR, "#summary mark.unsupported")
+    assert [m.text for m in marks] == ["Reagan Nemec"]
+    assert "no one named Reagan Nemec" in marks[0].get_attribute("title")
+    # supported names and values stay plain text
+    assert "Bob Jones" not in " ".join(m.text for m in marks) and "Friday" not in " ".join(m.text for m in marks)
+    assert browser.find_element(By.ID, "summary").text.strip() == _InventingSummarizer.INVENTED
+    assert "claims not found in the thread" in browser.find_element(By.ID, "timing").text
+    shot = tmp_path / "highlighted.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 1000

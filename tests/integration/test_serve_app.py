@@ -427,3 +427,27 @@ def test_a_disconnected_clients_threads_are_withdrawn(summarizer):
             assert first.result().status_code == 200
         assert httpx.get(url + "/v1/status").json()["pending"] == 0
     assert not any("LEFT" in t for t in RecordingSlowSummarizer.seen)
+
+
+class InventingSummarizer(Summarizer):
+    """The real service path around a model that writes a fixed summary with an invented person."""
+
+    def generate(self, texts, batch_size=None):
+        return ["Reagan Nemec asks Bob Jones to send the Q3 budget by Friday." for _ in texts]
+
+
+def test_answers_carry_the_summary_claims_checked_against_the_thread(summarizer):
+    s = InventingSummarizer(summarizer.model, summarizer.tokenizer, summarizer.cfg, summarizer.device)
+    thread = {"subject": "Q3 budget", "emails": [
+        {"from": "Ann Smith <ann@example.com>", "to": ["Bob Jones <bob@example.com>"],
+         "body": "Bob, can you send the revised Q3 budget by Friday?"}]}
+    with serve_in_thread(create_app(s, ServeConfig(warmup=False))) as url:
+        one = httpx.post(url + "/v1/summarize", json=thread, timeout=60).json()
+        batch = httpx.post(url + "/v1/summarize/batch", json={"threads": [thread]}, timeout=60).json()
+    for answer in (one, batch["results"][0]):
+        claims = {(c["text"], c["kind"]): c for c in answer["claims"]}
+        assert claims[("Reagan Nemec", "person")]["supported"] is False
+        assert claims[("Bob Jones", "person")]["supported"] is True
+        assert claims[("Friday", "weekday")]["evidence"]["email"] == 0
+        for c in answer["claims"]:
+            assert answer["summary"][c["start"]:c["end"]] == c["text"]

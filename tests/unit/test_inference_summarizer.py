@@ -216,6 +216,9 @@ def test_cli_eml_mbox_json_and_stdin(model_dir, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == EXIT_OK and len(rows) == 2
     assert {r["subject"] for r in rows} == {"Budget", "Holiday party"} and all(r["summary"] for r in rows)
+    for r in rows:  # every JSON line carries the summary's claims, spans into its summary
+        assert isinstance(r["claims"], list)
+        assert all(r["summary"][c["start"]:c["end"]] == c["text"] for c in r["claims"])
 
     js = tmp_path / "thread.json"
     js.write_text(json.dumps(sample_thread(4)))

@@ -75,18 +75,29 @@ class PreparedInput:
     kept_fraction: float
     warnings: list[str] = field(default_factory=list)
     """Repairs made to the input (e.g. lone surrogates replaced by U+FFFD), one line each."""
+    thread: Optional[Thread] = None
+    """The thread as given (after repairs, before cleaning): the evidence summaries are checked against."""
 
 
 @dataclass
 class Summary:
+    """One thread's summary with what a reader needs to trust it."""
+
     thread_id: str
     subject: str
     summary: str
     n_emails: int
+    """Emails after cleaning (exact duplicates dropped)."""
     truncated: bool
+    """The rendered thread was cut to fit the model's input window."""
     warnings: list[str] = field(default_factory=list)
+    """Repairs made to the input, one line each."""
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    """People, organisations, amounts, dates, times and actions of the summary, each checked against
+    the thread (:func:`threadsum.verify.check`; ``Claim.to_dict()`` form)."""
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON form (``summarize --json``): every field above."""
         return {
             "thread_id": self.thread_id,
             "subject": self.subject,
@@ -94,7 +105,18 @@ class Summary:
             "n_emails": self.n_emails,
             "truncated": self.truncated,
             "warnings": list(self.warnings),
+            "claims": list(self.claims),
         }
+
+
+def claims_of(prepared: PreparedInput, summary: str) -> list[dict[str, Any]]:
+    """The summary's claims checked against the thread it summarizes (``Claim.to_dict()`` each);
+    none for an empty summary or an input without its thread."""
+    from threadsum.verify import check
+
+    if prepared.thread is None or not summary.strip():
+        return []
+    return [c.to_dict() for c in check(prepared.thread, summary)]
 
 
 # --------------------------------------------------------------------------------- summarizer
@@ -163,6 +185,7 @@ class Summarizer:
             truncated=bool(rendered.truncated),
             kept_fraction=float(rendered.kept_fraction),
             warnings=warnings,
+            thread=thread,
         )
 
     # ---- generation
@@ -195,7 +218,7 @@ class Summarizer:
         """Like summarize_batch, with thread id, subject, email count, truncation and input warnings."""
         prepared = [self.prepare(item, i) for i, item in enumerate(items)]
         texts = self.generate([p.text for p in prepared], batch_size)
-        results = [Summary(p.thread_id, p.subject, t, p.n_emails, p.truncated, p.warnings)
+        results = [Summary(p.thread_id, p.subject, t, p.n_emails, p.truncated, p.warnings, claims_of(p, t))
                    for p, t in zip(prepared, texts)]
         empty = [r.thread_id for r in results if not r.summary.strip()]
         if empty:

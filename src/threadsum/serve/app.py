@@ -60,7 +60,7 @@ from threadsum.inference.inputs import (
     thread_from_text,
     threads_from_text,
 )
-from threadsum.inference.summarizer import EmptySummaryError
+from threadsum.inference.summarizer import EmptySummaryError, claims_of
 from threadsum.serve.batching import BatcherStoppedError, MicroBatcher, QueueFullError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,6 +141,22 @@ class BatchIn(BaseModel):
         return self
 
 
+CLAIMS_DOC = ("People, organisations, amounts, numbers, dates, times, weekdays and actions of the summary, each "
+              "checked against the thread (threadsum.verify): unsupported ones are what a reader should check.")
+
+
+class ClaimOut(BaseModel):
+    """A span of the summary (``summary[start:end] == text``) and whether the thread supports it."""
+
+    text: str
+    kind: str = Field(description="person, organisation, money, number, percent, date, time, weekday or action.")
+    supported: bool
+    evidence: Optional[dict[str, Any]] = Field(None, description="{email: index in the thread, line: the supporting line}.")
+    start: int = Field(description="Character offset of the span in the summary.")
+    end: int
+    reason: Optional[str] = Field(None, description="Why the claim is not supported (or how it was matched).")
+
+
 class SummaryOut(BaseModel):
     thread_id: str
     subject: str
@@ -148,6 +164,7 @@ class SummaryOut(BaseModel):
     n_emails: int = Field(description="Emails after cleaning (exact duplicates dropped).")
     truncated: bool = Field(description="True when the thread was cut to fit the model's input window.")
     warnings: list[str] = Field(default_factory=list, description="Repairs made to the input, one line each.")
+    claims: list["ClaimOut"] = Field(default_factory=list, description=CLAIMS_DOC)
     elapsed_ms: float = Field(description="Server time for this request, queueing included.")
 
 
@@ -162,6 +179,7 @@ class BatchItemOut(BaseModel):
     n_emails: Optional[int] = None
     truncated: Optional[bool] = None
     warnings: list[str] = Field(default_factory=list)
+    claims: list["ClaimOut"] = Field(default_factory=list, description=CLAIMS_DOC)
     error: Optional[str] = Field(None, description="What went wrong, when status is not 200.")
 
 
@@ -510,7 +528,7 @@ class _Pipeline:
         prepared = await run_in_threadpool(self.prepare_all, items)
         outputs = await self.generate(request, prepared)
         repairs = _repairs_by_item(request, len(items))
-        results = []
+        results, checks = [], []
         for i, (p, out) in enumerate(zip(prepared, outputs)):
             if isinstance(out, _ItemError):
                 results.append(BatchItemOut(index=i, status=out.status, error=out.detail))
@@ -524,6 +542,11 @@ class _Pipeline:
             else:
                 results.append(BatchItemOut(**common, status=200, summary=out, n_emails=p.n_emails,
                                             truncated=p.truncated))
+                checks.append((results[-1], p, out))
+        # the grounding check is a few ms of CPU per summary: off the event loop, like cleaning
+        claims = await run_in_threadpool(lambda: [claims_of(p, out) for _, p, out in checks])
+        for (item, _, _), found in zip(checks, claims):
+            item.claims = [ClaimOut(**c) for c in found]
         return results, (time.perf_counter() - t0) * 1000
 
 
@@ -585,7 +608,7 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
         if r.status != 200:
             raise _HTTPError(r.status, r.error or "failed")
         return SummaryOut(thread_id=r.thread_id, subject=r.subject, summary=r.summary, n_emails=r.n_emails,
-                          truncated=r.truncated, warnings=r.warnings, elapsed_ms=round(elapsed, 1))
+                          truncated=r.truncated, warnings=r.warnings, claims=r.claims, elapsed_ms=round(elapsed, 1))
 
     @app.post("/v1/summarize/batch", response_model=BatchOut, responses=errors,
               summary="Summarize several threads, or every thread of an mbox (results in order, per thread)")
