@@ -78,7 +78,10 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ThreadsumError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        from rich.markup import escape
+
+        # escaped: messages hold literal brackets (pip install 'threadsum[fast]') that are not markup
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(int(exc.exit_code))
 
 
