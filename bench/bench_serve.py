@@ -84,7 +84,8 @@ def make_summarizer(args, work: Path) -> Summarizer:
     g.min_new_tokens = args.max_new_tokens if not args.model else min(g.min_new_tokens, args.max_new_tokens)
     g.no_repeat_ngram_size = 0 if not args.model else g.no_repeat_ngram_size
     cfg.data.max_source_tokens = args.max_source
-    return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name)
+    return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name,
+                      engine=base.engine)
 
 
 def threads_for(n: int, words: int) -> list[dict]:

@@ -111,6 +111,13 @@ def test_cli_export_and_its_bad_input(varied, tmp_path):
     assert res.exit_code == 2 and "--force" in res.output
     res = runner.invoke(app, ["export", str(tmp_path / "int8"), "--out", str(tmp_path / "again")])
     assert res.exit_code == 2 and "already a CTranslate2 folder" in res.output
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy2(varied["src"] / "config.json", bare / "config.json")
+    res = runner.invoke(app, ["export", str(bare), "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "holds no tokenizer" in res.output
+    res = runner.invoke(app, ["export", str(tmp_path / "missing"), "--out", str(tmp_path / "z")])
+    assert res.exit_code == 2 and "does not exist" in res.output
 
 
 # --------------------------------------------------------------------------------- selection

@@ -32,6 +32,10 @@ ADAPTER_CONFIG = "adapter_config.json"
 """peft's adapter file: the folder holds LoRA weights, not a full model."""
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+"""Any of these means a saved Hugging Face tokenizer (the converted folder needs one)."""
+
+
 class ExportError(UserError):
     """The model folder cannot be exported as asked; the message says what to change."""
 
@@ -49,6 +53,9 @@ def _check(model_dir: Path, out_dir: Path, fmt: str, quantization: str, force: b
         raise ExportError(f"{model_dir} is already a CTranslate2 folder; export the folder it was made from")
     if not (model_dir / "config.json").is_file() and not (model_dir / ADAPTER_CONFIG).is_file():
         raise ExportError(f"{model_dir} holds neither config.json nor {ADAPTER_CONFIG}: it is not a saved model")
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise ExportError(f"{model_dir} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+                          f"beside the model (tokenizer.save_pretrained) and export again")
     if out_dir.resolve() == model_dir.resolve() or model_dir.resolve() in out_dir.resolve().parents:
         raise ExportError(f"--out {out_dir} is inside the model folder; choose a folder outside it")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
