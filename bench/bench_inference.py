@@ -91,7 +91,8 @@ def child(args: argparse.Namespace) -> None:
     engine = load_engine(args.model, "ctranslate2" if args.engine.startswith("ct2") else "torch", "cpu", "fp32"
                          if args.engine == "torch-fp32" else None, threads=args.cpu_threads)
     seqs = sources(args.threads)
-    out = {"engine": args.engine, "shape": args.shape, "describe": engine.describe()}
+    out = {"engine": args.engine, "shape": args.shape, "describe": engine.describe(),
+           "loadavg_start": os.getloadavg()}
     for beams in (4, 1):
         gen = GenerationConfig(num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
                                no_repeat_ngram_size=0, batch_size=len(seqs))
@@ -108,6 +109,7 @@ def child(args: argparse.Namespace) -> None:
                                 "generated_tokens": tokens, "latency_s": lat,
                                 "latency_mean_s": sum(lat) / len(lat)}
     out["peak_rss_gb"] = peak_rss_gb()
+    out["loadavg_end"] = os.getloadavg()
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -154,6 +156,12 @@ def machine() -> str:
     return f"{os.cpu_count()} vCPU {model} ({isa}), {platform.system()} {platform.release()}"
 
 
+def _load(r: dict) -> str:
+    if "loadavg_start" not in r:
+        return "n/a"
+    return f"{r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f}"
+
+
 def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: float) -> None:
     by = {(r["shape"], r["engine"]): r for r in results}
     lines = ["# Inference: torch generate vs the CTranslate2 engine (CPU)", "",
@@ -167,8 +175,8 @@ def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: f
              f"threads in one call. Batch-1 latency: mean over the first N threads one at a time "
              f"(N = {args.latency['base']} base, {args.latency['large']} large). Peak RSS: the engine's own process "
              f"(model load included).", "",
-             "| shape | engine | beams | batched threads/s | speed-up | batch-1 latency s | speed-up | peak RSS GB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| shape | engine | beams | batched threads/s | speed-up | batch-1 latency s | speed-up | peak RSS GB | load avg start-end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for shape in args.shapes:
         for beams in (4, 1):
             ref = by.get((shape, "torch-fp32"))
@@ -180,7 +188,7 @@ def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: f
                 sp = b["threads_per_s"] / ref[f"beams{beams}"]["threads_per_s"] if ref else float("nan")
                 sl = ref[f"beams{beams}"]["latency_mean_s"] / b["latency_mean_s"] if ref else float("nan")
                 lines.append(f"| {shape} | {engine} | {beams} | {b['threads_per_s']:.3f} | {sp:.2f}x | "
-                             f"{b['latency_mean_s']:.2f} | {sl:.2f}x | {r['peak_rss_gb']:.2f} |")
+                             f"{b['latency_mean_s']:.2f} | {sl:.2f}x | {r['peak_rss_gb']:.2f} | {_load(r)} |")
     big, ref = by.get(("large", "ct2-int8")), by.get(("large", "torch-fp32"))
     if big and ref:
         thr = big["beams4"]["threads_per_s"] / ref["beams4"]["threads_per_s"]
