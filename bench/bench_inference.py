@@ -97,16 +97,19 @@ def child(args: argparse.Namespace) -> None:
         gen = GenerationConfig(num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
                                no_repeat_ngram_size=0, batch_size=len(seqs))
         engine.generate_texts(seqs[:1], gen, batch_size=1)  # warm-up (lazy initialisation, allocator)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         tokens = sum(sum(b.n_tokens) for b in engine.generate_batches(seqs, gen))
-        batched = time.perf_counter() - t0
+        batched, batched_cpu = time.perf_counter() - t0, time.process_time() - c0
         lat = []
+        c0 = time.process_time()
         for s in seqs[: args.latency_threads]:
             t0 = time.perf_counter()
             engine.generate_texts([s], gen, batch_size=1)
             lat.append(time.perf_counter() - t0)
+        lat_cpu = (time.process_time() - c0) / max(1, len(lat))
         out[f"beams{beams}"] = {"batched_s": batched, "threads_per_s": len(seqs) / batched,
-                                "generated_tokens": tokens, "latency_s": lat,
+                                "generated_tokens": tokens, "latency_s": lat, "batched_cpu_s": batched_cpu,
+                                "latency_cpu_s_per_thread": lat_cpu,
                                 "latency_mean_s": sum(lat) / len(lat)}
     out["peak_rss_gb"] = peak_rss_gb()
     out["loadavg_end"] = os.getloadavg()
