@@ -52,7 +52,11 @@ def build_model(shape: str, root: Path) -> Path:
     import torch
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
-    from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
 
     from threadsum.config import Config
 

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 from threadsum.config import GenerationConfig as DecodingConfig
 from threadsum.deps import require
 from threadsum.errors import DeviceError, UserError
-from threadsum.generation import GeneratedBatch, SpecialTokens, generate_batches, source_limit, translate_batches
+from threadsum.generation import (
+    GeneratedBatch,
+    SpecialTokens,
+    generate_batches,
+    source_limit,
+    translate_batches,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch

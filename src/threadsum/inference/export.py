@@ -23,7 +23,12 @@ from typing import Any
 
 from threadsum.deps import require
 from threadsum.errors import UserError
-from threadsum.inference.engine import CT2_WEIGHTS, EXPORT_MANIFEST, QUANTIZATIONS, is_ctranslate2_dir
+from threadsum.inference.engine import (
+    CT2_WEIGHTS,
+    EXPORT_MANIFEST,
+    QUANTIZATIONS,
+    is_ctranslate2_dir,
+)
 
 FORMATS = ("ctranslate2",)
 """Formats ``threadsum export --format`` writes."""
