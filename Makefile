@@ -23,7 +23,7 @@ $(VENV)/.setup-run: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.setup-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[train,serve,track,sagemaker,dev]"
+	$(BIN)/pip install -q -e ".[train,serve,track,sagemaker,dev,fast]"
 	touch $@ $(VENV)/.setup-run
 
 setup: $(VENV)/.setup-run

@@ -93,7 +93,8 @@ def make_summarizer(args, work: Path) -> Summarizer:
         vocab = base.model.config.vocab_size
         base.model.generation_config.suppress_tokens = (
             [i for i in tok.all_special_ids if i not in keep] + list(range(len(tok), vocab)))
-    return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name)
+    return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name,
+                      engine=base.engine)
 
 
 def threads_for(n: int, words: int) -> list[dict]:

@@ -121,8 +121,14 @@ def run_trainer(args) -> dict:
     import torch
     from datasets import load_from_disk
     from torch.utils.data import DataLoader
-    from transformers import (AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, TrainerCallback)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+    )
 
     from threadsum.config import Config
 

@@ -221,6 +221,20 @@ def verify(
 
 
 @app.command()
+def export(
+    model_dir: Path = typer.Argument(..., help="Model folder to convert (a trained threadsum model; a LoRA adapter is merged first)."),
+    fmt: str = typer.Option("ctranslate2", "--format", help="Output format: ctranslate2."),
+    quantization: str = typer.Option("int8", "--quantization", "-q", help="int8, int8_float32 (CPU); float16, int8_float16 (GPU); float32."),
+    out: Path = typer.Option(..., "--out", "-o", help="New folder; summarize/serve/evaluate use it as a model folder."),
+    force: bool = typer.Option(False, "--force", help="Replace --out when it exists."),
+) -> None:
+    """Convert a model for fast inference (CTranslate2: int8 on CPU, float16 on GPU). Needs threadsum[fast]."""
+    from threadsum.inference.export import export_command
+
+    _run(export_command, str(model_dir), str(out), fmt, quantization, force)
+
+
+@app.command()
 def serve(
     model: Path = typer.Option(..., "--model", "-m", help="Model folder to serve."),
     config: Optional[Path] = ConfigOpt,

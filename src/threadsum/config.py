@@ -377,6 +377,13 @@ class SageMakerConfig(_Section):
         return self
 
 
+class InferenceConfig(_Section):
+    engine: Literal["auto", "torch", "ctranslate2"] = "auto"
+    """Engine for summarize, serve and evaluate: auto (ctranslate2 for a `threadsum export` folder, else torch)."""
+    threads: int = Field(0, ge=0)
+    """CPU threads of the ctranslate2 engine (0: every core this process may use)."""
+
+
 # ---------------------------------------------------------------------------------------- root
 class Config(_Section):
     """The whole run description: one section per command, validated on load.
@@ -400,6 +407,8 @@ class Config(_Section):
     """Experiment tracking."""
     serve: ServeConfig = ServeConfig()
     """HTTP service."""
+    inference: InferenceConfig = InferenceConfig()
+    """Which engine generates summaries (summarize, serve, evaluate)."""
     sagemaker: SageMakerConfig = SageMakerConfig()
     """SageMaker training jobs."""
 

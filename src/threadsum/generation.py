@@ -3,8 +3,9 @@
 Validation ROUGE during training, ``threadsum evaluate``, the :class:`~threadsum.inference.Summarizer`
 (CLI and HTTP service) and the ``generation_config.json`` of an exported model all go through
 :func:`build_generation_config` and :func:`generate_batches`, so the same thread gets the same summary
-everywhere for the same settings (a test holds this). Adding a decoding option is one edit in
-:func:`decoding_settings`.
+everywhere for the same settings (a test holds this). Models exported to CTranslate2 decode through
+:func:`translate_options` and :func:`translate_batches`, which map the same settings. Adding a decoding
+option is one edit in :func:`decoding_settings` (and its CTranslate2 name in :func:`translate_options`).
 
 Rules (and why):
 
@@ -15,6 +16,9 @@ Rules (and why):
 - The model's own ``min_length``/``max_length`` are reset so that only the token counts above
   bound the summary (BART-CNN ships ``min_length=56``, which would otherwise apply as well).
 - Greedy or beam search, never sampling: summaries are reproducible.
+- Beam scores are renormalized after the n-gram and length rules (``renormalize_logits``): a banned
+  token's probability mass goes to the allowed ones, so a beam's score stays a log-probability. This
+  is also how CTranslate2 scores beams, which keeps both engines' summaries equal (a test holds this).
 - Inputs longer than the model's position table are cut to it (``max_position_embeddings``);
   padding is on the right with the tokenizer's pad id.
 """
@@ -45,6 +49,7 @@ def decoding_settings(gen: DecodingConfig) -> dict[str, Any]:
         "min_new_tokens": min(gen.min_new_tokens, gen.max_new_tokens),
         "max_new_tokens": gen.max_new_tokens,
         "min_length": 0,
+        "renormalize_logits": True,
         # scores/logits of every step would be batch x beams x steps x vocab floats: never keep them
         "output_scores": False,
         "output_logits": False,
@@ -154,3 +159,86 @@ def generate_texts(model: Any, tokenizer: Any, sequences: Sequence[Sequence[int]
         for i, text in zip(batch.indices, batch.texts):
             out[i] = text
     return out
+
+
+# --------------------------------------------------------------------------------- CTranslate2
+class SpecialTokens(NamedTuple):
+    """The token ids that steer decoding, as a model's ``generation_config.json`` holds them."""
+
+    decoder_start_token_id: Optional[int]
+    """First decoder input (BART: ``</s>``); CTranslate2 reads it from the converted model itself."""
+    forced_bos_token_id: Optional[int]
+    """Token forced as the first generated one (bart-large checkpoints: ``<s>``), or None."""
+    forced_eos_token_id: Optional[int]
+    """Token forced as the last one when ``max_new_tokens`` is reached (BART: ``</s>``), or None."""
+
+    @classmethod
+    def of(cls, generation_config: Any) -> "SpecialTokens":
+        """Read from a ``transformers.GenerationConfig`` (or anything with those attributes)."""
+        return cls(*(getattr(generation_config, k, None) for k in cls._fields))
+
+
+def translate_options(gen: DecodingConfig, special: SpecialTokens) -> dict[str, Any]:
+    """``ctranslate2.Translator.translate_batch`` options that decode like :func:`decoding_settings`.
+
+    Rules (measured against Hugging Face ``generate`` on the same weights, see the equality test):
+
+    - Hugging Face counts ``max_new_tokens``/``min_new_tokens`` after the decoder start token, the
+      forced ``<s>`` included; CTranslate2's ``max_decoding_length``/``min_decoding_length`` count the
+      same tokens (the target prefix included, the start token not).
+    - A forced EOS (``forced_eos_token_id``) makes Hugging Face spend the last of ``max_new_tokens``
+      on ``</s>``; CTranslate2 has no forced EOS and stops at the limit, so its limit is one lower
+      and both keep the same words.
+    - ``early_stopping`` (stop at ``num_beams`` finished beams) is CTranslate2's ``patience=1``.
+    - ``sampling_topk=1``: no sampling; no scores, attention or logits are returned.
+    - ``max_input_length=0``: sources are cut to the model's positions by :func:`translate_batches`.
+    """
+    s = decoding_settings(gen)
+    max_len = s["max_new_tokens"] - (1 if special.forced_eos_token_id is not None else 0)
+    max_len = max(max_len, 1)
+    return {
+        "beam_size": s["num_beams"],
+        "patience": 1.0,
+        "num_hypotheses": 1,
+        "length_penalty": s["length_penalty"],
+        "no_repeat_ngram_size": s["no_repeat_ngram_size"],
+        "min_decoding_length": min(s["min_new_tokens"], max_len),
+        "max_decoding_length": max_len,
+        "sampling_topk": 1,
+        "max_input_length": 0,
+        "return_scores": s["output_scores"],
+        "return_attention": False,
+        "return_logits_vocab": s["output_logits"],
+        "return_end_token": False,
+    }
+
+
+def translate_prefix(tokenizer: Any, special: SpecialTokens) -> Optional[list[str]]:
+    """The target prefix that plays Hugging Face's forced BOS (``["<s>"]``), or None without one."""
+    if special.forced_bos_token_id is None:
+        return None
+    return [tokenizer.convert_ids_to_tokens(special.forced_bos_token_id)]
+
+
+def translate_batches(translator: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
+                      special: SpecialTokens, source_limit: Optional[int] = None,
+                      batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
+    """:func:`generate_batches` for a ``ctranslate2.Translator``: same batches, cut, decoding and output.
+
+    Args:
+        translator: a loaded ``ctranslate2.Translator`` (CPU or CUDA, any compute type).
+        sequences: source token ids per thread (``[n_threads][src_len]``); cut at ``source_limit`` tokens.
+        special: the model's start/forced token ids (:meth:`SpecialTokens.of` its generation config).
+    Yields: :class:`GeneratedBatch` per length-sorted batch (``gen.batch_size`` threads unless given).
+    """
+    options = translate_options(gen, special)
+    prefix = translate_prefix(tokenizer, special)
+    specials = set(tokenizer.all_special_ids)
+    limit = source_limit or 1 << 30
+    for idx in length_sorted_batches([len(s) for s in sequences], batch_size or gen.batch_size):
+        source = [tokenizer.convert_ids_to_tokens(list(sequences[i])[:limit]) for i in idx]
+        results = translator.translate_batch(source, target_prefix=[prefix] * len(idx) if prefix else None,
+                                             max_batch_size=0, **options)
+        ids = [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
+        n_tokens = [sum(1 for t in row if t not in specials) for row in ids]
+        yield GeneratedBatch(idx, decode(tokenizer, ids), n_tokens)

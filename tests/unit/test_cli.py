@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from threadsum.cli import app
 
 runner = CliRunner()
-COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "summarize", "verify", "serve", "plan", "runs", "demo"]
+COMMANDS = ["config", "synth", "prepare", "train", "evaluate", "summarize", "verify", "export", "serve", "plan",
+            "runs", "demo"]
 
 
 def test_top_level_help_lists_commands():

@@ -28,10 +28,6 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 README_MAX_BYTES = 10_000
 
-# Commands the docs describe that are being added on other branches (`threadsum verify`, issue 17;
-# `threadsum export --format ctranslate2`, issue 16). While such a command is missing from the CLI its
-# lines are skipped; once it exists they are checked like every other. Remove this when both are merged.
-PENDING_COMMANDS = {"verify", "export"}
 
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"(?<!`)`(threadsum [^`\n]+)`(?!`)")
@@ -163,8 +159,6 @@ def check_threadsum(words: list[str], complete: bool = True) -> list[str]:
                 cmd = cmd.commands[word]
                 path.append(word)
                 continue
-            if len(path) == 1 and word in PENDING_COMMANDS:
-                return []  # documented ahead of its merge: see PENDING_COMMANDS
             return problems + [f"`{' '.join(path)}` has no sub-command {word!r}"]
         key = re.match(r"^([a-z_]+(?:\.[a-z_0-9]+)+)=", word)
         if key and key.group(1) not in PLACEHOLDER_KEYS and key.group(1) not in CONFIG_KEYS:

@@ -20,14 +20,13 @@ from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.tokenizer_check import check_tokenizer_matches
 from threadsum.data.types import Email, Thread
 from threadsum.deps import require
-from threadsum.devices import resolve_device, resolve_dtype
 from threadsum.errors import UserError
 from threadsum.evaluate import metrics as M
 from threadsum.generation import generate_batches  # noqa: F401 - re-exported for callers of evaluate.run
 from threadsum.verify import Claim, check_indexed, grounding_stats, index_thread
 
 if TYPE_CHECKING:  # pragma: no cover
-    pass
+    from threadsum.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +65,19 @@ def default_output_dir(model_dir: str, split: str) -> Path:
     return Path("outputs") / f"eval-{p.name or 'model'}-{split}"
 
 
-def _load(model_dir: str, cfg: Config, prepared_tokenizer_dir: Path):
+def _load(model_dir: str, cfg: Config, prepared_tokenizer_dir: Path) -> "Engine":
+    """The engine for ``model_dir`` (``inference.engine``; auto: ctranslate2 for an exported folder)."""
     require("torch", "train")
     require("transformers", "train")
-    from threadsum.model import load_pretrained_model, load_tokenizer
+    from threadsum.inference.engine import load_engine
+    from threadsum.model import load_tokenizer
 
-    device = resolve_device(cfg.eval.device)
-    dtype = resolve_dtype(cfg.eval.dtype, device)
-    tok_dir = model_dir
+    tokenizer = None
     if Path(model_dir).is_dir() and not any((Path(model_dir) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         log.warning("%s holds no tokenizer; using the prepared data's tokenizer %s", model_dir, prepared_tokenizer_dir)
-        tok_dir = str(prepared_tokenizer_dir)
-    tokenizer = load_tokenizer(tok_dir)
-    model = load_pretrained_model(model_dir, dtype=dtype)
-    model.to(device)
-    model.eval()
-    return model, tokenizer, device, dtype
+        tokenizer = load_tokenizer(str(prepared_tokenizer_dir))
+    return load_engine(model_dir, cfg.inference.engine, cfg.eval.device, cfg.eval.dtype, tokenizer=tokenizer,
+                       threads=cfg.inference.threads)
 
 
 def _trained_on(model_dir: str) -> Optional[str]:
@@ -190,15 +186,15 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     from threadsum.evaluate.report import write_report
 
     prepared, sequences, records = _read_split(cfg, split, model_dir)
-    model, tokenizer, device, dtype = _load(model_dir, cfg, prepared.tokenizer_dir)
+    engine = _load(model_dir, cfg, prepared.tokenizer_dir)
     trained_on = _trained_on(model_dir)
     check_tokenizer_matches(
-        prepared.root, tokenizer, model_tokenizer=str(model_dir),
+        prepared.root, engine.tokenizer, model_tokenizer=str(model_dir),
         fix=("Fix: point data.prepared_dir at the data the model was trained on"
              + (f" (its config.yaml says data.prepared_dir={trained_on})" if trained_on else "")
              + f", or prepare this data again for it with model.tokenizer={model_dir}"),
     )
-    vocab = model.get_input_embeddings().weight.shape[0]
+    vocab = engine.vocab_size
     top = max((max(s) for s in sequences if s), default=0)
     if top >= vocab:
         raise EvaluationError(
@@ -213,16 +209,12 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     pred_tokens: list[int] = [0] * n
     t0 = time.perf_counter()
     done = 0
-    for idx, texts, counts in generate_batches(model, tokenizer, sequences, gen, device):
+    for idx, texts, counts in engine.generate_batches(sequences, gen):
         for i, text, c in zip(idx, texts, counts):
             predictions[i] = text
             pred_tokens[i] = c
         done += len(idx)
         log.info("generated %d/%d threads", done, n)
-    if device.type == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
 
     references = [r.get("summary") or "" for r in records]
@@ -256,8 +248,9 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
             "threads_per_s": n / seconds if seconds > 0 else float("inf"),
             "generated_tokens_per_s": sum(pred_tokens) / seconds if seconds > 0 else float("inf"),
         },
-        "device": str(device),
-        "dtype": str(dtype).replace("torch.", ""),
+        "engine": engine.name,
+        "device": str(engine.device),
+        "dtype": engine.describe()["dtype"],
         "generation": gen.model_dump(),
         "bootstrap_samples": B,
         "lead_k": cfg.eval.lead_k,

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from threadsum.config import Config, ConfigError, load_config
+from threadsum.data.types import Thread
 from threadsum.deps import require
-from threadsum.devices import resolve_device, resolve_dtype
 from threadsum.errors import ThreadsumError
 from threadsum.inference.inputs import (  # noqa: F401 - re-exported: the input API of this module
     InputError,
@@ -43,8 +43,10 @@ from threadsum.inference.inputs import (  # noqa: F401 - re-exported: the input 
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from threadsum.inference.engine import Engine
+
 
 class EmptySummaryError(ThreadsumError):
     """The model produced an empty summary (a broken model, e.g. non-finite weights, does this).
@@ -123,14 +125,18 @@ def claims_of(prepared: PreparedInput, summary: str) -> list[dict[str, Any]]:
 class Summarizer:
     """A loaded model + tokenizer + the threadsum config it was trained with."""
 
-    def __init__(self, model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase", cfg: Config,
-                 device: "torch.device", name: str = "model"):
-        self.model = model.eval()
+    def __init__(self, model: Optional["PreTrainedModel"], tokenizer: "PreTrainedTokenizerBase", cfg: Config,
+                 device: Any, name: str = "model", engine: Optional["Engine"] = None):
+        """``engine`` generates the summaries; None wraps ``model`` in a :class:`TorchEngine` on ``device``."""
+        from threadsum.inference.engine import TorchEngine
+
+        self.engine = engine if engine is not None else TorchEngine(model, tokenizer, device)
+        self.model = self.engine.model
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.device = device
         self.name = name
-        max_pos = getattr(model.config, "max_position_embeddings", None) or cfg.data.max_source_tokens
+        max_pos = self.engine.source_limit or cfg.data.max_source_tokens
         self.max_source_tokens = min(cfg.data.max_source_tokens, int(max_pos))
 
     # ---- loading
@@ -140,22 +146,19 @@ class Summarizer:
         """Load model and tokenizer once; read ``config.yaml`` in the folder (defaults when absent).
 
         ``config`` replaces the saved config (e.g. to change generation settings); a hub id has no
-        saved config, so the defaults (BART's window, 4 beams, 128 new tokens) apply.
+        saved config, so the defaults (BART's window, 4 beams, 128 new tokens) apply. The engine is
+        ``inference.engine`` of that config (auto: ctranslate2 for a ``threadsum export`` folder).
         """
         require("torch", "serve")
         require("transformers", "serve")
-        from threadsum.model import load_pretrained_model, load_tokenizer
+        from threadsum.inference.engine import load_engine
 
         name = str(dir_or_hub_id)
         if config is None:
             config = load_saved_config(name)
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        tokenizer = load_tokenizer(name)
-        attn = config.model.attn_implementation
-        model = load_pretrained_model(name, attn, dtype=torch_dtype)
-        model.to(dev)
-        return cls(model, tokenizer, config, dev, name=name)
+        engine = load_engine(name, config.inference.engine, device, dtype,
+                             attn_implementation=config.model.attn_implementation, threads=config.inference.threads)
+        return cls(engine.model, engine.tokenizer, config, engine.device, name=name, engine=engine)
 
     # ---- the shared clean/render path
     def prepare(self, item: ThreadLike, index: int = 0) -> PreparedInput:
@@ -192,16 +195,14 @@ class Summarizer:
     def generate(self, texts: Sequence[str], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of already rendered texts, in input order.
 
-        Each text is tokenized (cut at ``data.max_source_tokens``) and decoded by
-        :func:`threadsum.generation.generate_texts`: the same length-sorted batches (``batch_size``,
-        default ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``.
+        Each text is tokenized (cut at ``data.max_source_tokens``) and decoded by the engine
+        (:mod:`threadsum.inference.engine`): the same length-sorted batches (``batch_size``, default
+        ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``.
         """
-        from threadsum.generation import generate_texts
-
         if not texts:
             return []
         ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)["input_ids"]
-        return generate_texts(self.model, self.tokenizer, ids, self.cfg.eval.generation, self.device, batch_size)
+        return self.engine.generate_texts(ids, self.cfg.eval.generation, batch_size)
 
     def summarize_batch(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of many threads, in input order (batched by length).
@@ -232,19 +233,14 @@ class Summarizer:
         return time.perf_counter() - t0
 
     def info(self) -> dict[str, Any]:
-        import torch
-
-        dtype = next(self.model.parameters()).dtype
+        """Model, engine, device, dtype (compute type), parameters and decoding limits."""
         g = self.cfg.eval.generation
         return {
             "model": self.name,
-            "device": str(self.device),
-            "dtype": str(dtype).replace("torch.", ""),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            **self.engine.describe(),
             "max_source_tokens": self.max_source_tokens,
             "num_beams": g.num_beams,
             "max_new_tokens": g.max_new_tokens,
-            "torch": torch.__version__,
         }
 
 

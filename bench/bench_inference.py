@@ -1,0 +1,253 @@
+"""Summaries per second: Hugging Face ``generate`` (torch fp32) against the CTranslate2 engine (float32, int8).
+
+BART-base and BART-large shapes, random init with BART's real 50,265-token vocabulary, exported with
+``threadsum export`` (the code users run). Every summary is forced to the same length
+(min = max new tokens) so every engine does the same work; sources are email-like lengths (median
+about 600 tokens, seeded). For each shape and engine, in a fresh process (so peak RSS is its own):
+
+- batched throughput: all threads in one call, ``batch_size`` = number of threads (threads/s);
+- batch-1 latency: the first ``--latency-threads`` threads one at a time (seconds per thread);
+
+at beams 4 and greedy. Both engines get the same number of CPU threads (``--cpu-threads``).
+
+    python bench/bench_inference.py --out bench/results_inference.md
+
+Never a timed test: run it by hand, alone if possible (the load average is recorded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    "base": dict(d_model=768, encoder_layers=6, decoder_layers=6, attention_heads=12, ffn_dim=3072),
+    "large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, attention_heads=16, ffn_dim=4096),
+}
+VOCAB = 50265
+ENGINES = ("torch-fp32", "ct2-float32", "ct2-int8")
+
+
+def source_lengths(n: int, seed: int = 0) -> list[int]:
+    """Email-like source lengths: log-normal around 600 tokens, cut to [80, 1024]."""
+    rng = random.Random(seed)
+    return [max(80, min(1024, int(rng.lognormvariate(6.4, 0.45)))) for _ in range(n)]
+
+
+def sources(n: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed + 1)
+    return [[0] + [rng.randrange(5, VOCAB) for _ in range(k - 2)] + [2] for k in source_lengths(n, seed)]
+
+
+def build_model(shape: str, root: Path) -> Path:
+    """A random-init BART of ``shape`` with a 50,265-entry word-level tokenizer, saved for from_pretrained."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        PreTrainedTokenizerFast,
+    )
+
+    from threadsum.config import Config
+
+    out = root / f"bart-{shape}"
+    if (out / "config.json").is_file():
+        return out
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"w{i}": i for i in range(len(specials), VOCAB - 1)})
+    vocab["<mask>"] = VOCAB - 1
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")),
+                                  bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+                                  mask_token="<mask>")
+    s = SHAPES[shape]
+    cfg = BartConfig(vocab_size=VOCAB, d_model=s["d_model"], encoder_layers=s["encoder_layers"],
+                     decoder_layers=s["decoder_layers"], encoder_attention_heads=s["attention_heads"],
+                     decoder_attention_heads=s["attention_heads"], encoder_ffn_dim=s["ffn_dim"],
+                     decoder_ffn_dim=s["ffn_dim"], max_position_embeddings=1024, pad_token_id=1, bos_token_id=0,
+                     eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(cfg)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    Config().save(out)
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    """One engine on one model folder: prints a JSON line with the timings and this process's peak RSS."""
+    import torch
+
+    from threadsum.config import GenerationConfig
+    from threadsum.inference.engine import load_engine
+
+    torch.set_num_threads(args.cpu_threads)
+    engine = load_engine(args.model, "ctranslate2" if args.engine.startswith("ct2") else "torch", "cpu", "fp32"
+                         if args.engine == "torch-fp32" else None, threads=args.cpu_threads)
+    seqs = sources(args.threads)
+    out = {"engine": args.engine, "shape": args.shape, "describe": engine.describe(),
+           "loadavg_start": os.getloadavg()}
+    for beams in (4, 1):
+        gen = GenerationConfig(num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
+                               no_repeat_ngram_size=0, batch_size=len(seqs))
+        engine.generate_texts(seqs[:1], gen, batch_size=1)  # warm-up (lazy initialisation, allocator)
+        t0, c0 = time.perf_counter(), time.process_time()
+        tokens = sum(sum(b.n_tokens) for b in engine.generate_batches(seqs, gen))
+        batched, batched_cpu = time.perf_counter() - t0, time.process_time() - c0
+        lat = []
+        c0 = time.process_time()
+        for s in seqs[: args.latency_threads]:
+            t0 = time.perf_counter()
+            engine.generate_texts([s], gen, batch_size=1)
+            lat.append(time.perf_counter() - t0)
+        lat_cpu = (time.process_time() - c0) / max(1, len(lat))
+        out[f"beams{beams}"] = {"batched_s": batched, "threads_per_s": len(seqs) / batched,
+                                "generated_tokens": tokens, "latency_s": lat, "batched_cpu_s": batched_cpu,
+                                "latency_cpu_s_per_thread": lat_cpu,
+                                "latency_mean_s": sum(lat) / len(lat)}
+    out["peak_rss_gb"] = peak_rss_gb()
+    out["loadavg_end"] = os.getloadavg()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would carry the parent's peak across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_child(engine: str, shape: str, model: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--engine", engine, "--shape", shape, "--model", str(model),
+           "--threads", str(args.threads), "--latency-threads", str(args.latency[shape]),
+           "--new-tokens", str(args.new_tokens), "--cpu-threads", str(args.cpu_threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"{engine} {shape} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT "):])
+    print(f"{shape} {engine}: beams4 {res['beams4']['threads_per_s']:.3f} thr/s, lat {res['beams4']['latency_mean_s']:.2f} s; "
+          f"greedy {res['beams1']['threads_per_s']:.3f} thr/s, lat {res['beams1']['latency_mean_s']:.2f} s; "
+          f"rss {res['peak_rss_gb']:.2f} GB", flush=True)
+    return res
+
+
+def versions() -> str:
+    import ctranslate2
+    import torch
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, ctranslate2 {ctranslate2.__version__}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        model = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                     if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{os.cpu_count()} vCPU {model} ({isa}), {platform.system()} {platform.release()}"
+
+
+def _load(r: dict) -> str:
+    if "loadavg_start" not in r:
+        return "n/a"
+    return f"{r['loadavg_start'][0]:.1f}-{r['loadavg_end'][0]:.1f}"
+
+
+def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: float) -> None:
+    by = {(r["shape"], r["engine"]): r for r in results}
+    lines = ["# Inference: torch generate vs the CTranslate2 engine (CPU)", "",
+             f"Command: `python bench/bench_inference.py {' '.join(sys.argv[1:])}`", "",
+             f"Machine: {machine()}; {args.cpu_threads} CPU threads per engine. Versions: {versions()}.", "",
+             f"Load average (1/5/15 min) before: {load[0][0]:.2f} {load[0][1]:.2f} {load[0][2]:.2f}; after: "
+             f"{load[1][0]:.2f} {load[1][1]:.2f} {load[1][2]:.2f} (the machine is shared). Wall time {seconds / 60:.1f} min.", "",
+             f"Work: {args.threads} threads, source lengths median {sorted(source_lengths(args.threads))[args.threads // 2]} "
+             f"tokens (min {min(source_lengths(args.threads))}, max {max(source_lengths(args.threads))}); every summary "
+             f"forced to {args.new_tokens} new tokens (min = max). Random-init weights, vocabulary {VOCAB}. Batched: all "
+             f"threads in one call. Batch-1 latency: mean over the first N threads one at a time "
+             f"(N = {args.latency['base']} base, {args.latency['large']} large). Peak RSS: the engine's own process "
+             f"(model load included).", "",
+             "| shape | engine | beams | batched threads/s | speed-up | batch-1 latency s | speed-up | peak RSS GB | load avg start-end |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for shape in args.shapes:
+        for beams in (4, 1):
+            ref = by.get((shape, "torch-fp32"))
+            for engine in ENGINES:
+                r = by.get((shape, engine))
+                if r is None:
+                    continue
+                b = r[f"beams{beams}"]
+                sp = b["threads_per_s"] / ref[f"beams{beams}"]["threads_per_s"] if ref else float("nan")
+                sl = ref[f"beams{beams}"]["latency_mean_s"] / b["latency_mean_s"] if ref else float("nan")
+                lines.append(f"| {shape} | {engine} | {beams} | {b['threads_per_s']:.3f} | {sp:.2f}x | "
+                             f"{b['latency_mean_s']:.2f} | {sl:.2f}x | {r['peak_rss_gb']:.2f} | {_load(r)} |")
+    big, ref = by.get(("large", "ct2-int8")), by.get(("large", "torch-fp32"))
+    if big and ref:
+        thr = big["beams4"]["threads_per_s"] / ref["beams4"]["threads_per_s"]
+        lat = ref["beams4"]["latency_mean_s"] / big["beams4"]["latency_mean_s"]
+        lines += ["", f"CT2 int8 vs torch fp32 (BART-large shape, CPU, beams 4, batched): {thr:.2f}x", "",
+                  f"CT2 int8 vs torch fp32 (BART-large shape, CPU, beams 4, batch-1 latency): {lat:.2f}x", "",
+                  f"Goals (>= 5x batched, >= 3x batch-1 latency, lower peak memory): batched "
+                  f"{'met' if thr >= 5 else 'NOT met'}, latency {'met' if lat >= 3 else 'NOT met'}, memory "
+                  f"{'lower' if big['peak_rss_gb'] < ref['peak_rss_gb'] else 'NOT lower'} "
+                  f"({big['peak_rss_gb']:.2f} vs {ref['peak_rss_gb']:.2f} GB)."]
+    lines += ["", "Raw results:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    Path(args.out).write_text("\n".join(lines))
+    print("\n".join(lines[-8:-6]), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--engine", default="torch-fp32")
+    p.add_argument("--shape", default="base")
+    p.add_argument("--model", default="")
+    p.add_argument("--shapes", default="large,base", help="Comma-separated: base, large.")
+    p.add_argument("--threads", type=int, default=32, help="Threads summarized per measurement.")
+    p.add_argument("--latency-threads", default="8,4", help="Threads timed one at a time: base,large.")
+    p.add_argument("--new-tokens", type=int, default=32, help="Every summary's length in tokens.")
+    p.add_argument("--cpu-threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench_inference"))
+    p.add_argument("--out", default="bench/results_inference.md")
+    args = p.parse_args()
+    if args.child:
+        args.latency_threads = int(args.latency_threads)
+        return child(args)
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    base_l, large_l = (int(x) for x in args.latency_threads.split(","))
+    args.latency = {"base": base_l, "large": large_l}
+    from threadsum.inference.export import export_model
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    results = []
+    for shape in args.shapes:
+        model = build_model(shape, work)
+        folders = {"torch-fp32": model}
+        for q in ("float32", "int8"):
+            folders[f"ct2-{q}"] = work / f"bart-{shape}-ct2-{q}"
+            if not (folders[f"ct2-{q}"] / "model.bin").is_file():
+                export_model(str(model), str(folders[f"ct2-{q}"]), "ctranslate2", q, force=True)
+        for engine in ENGINES:
+            results.append(run_child(engine, shape, folders[engine], args))
+            write(results, args, (load0, os.getloadavg()), time.perf_counter() - t0)  # partial results survive
+
+
+if __name__ == "__main__":
+    main()
