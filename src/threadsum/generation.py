@@ -13,8 +13,9 @@ Rules (and why):
   and ``generate`` would raise mid-run.
 - ``early_stopping`` is on for beam search: a beam stops when ``num_beams`` finished candidates
   exist (Hugging Face's meaning), as BART's summarization checkpoints do.
-- The model's own ``min_length``/``max_length`` are reset so that only the token counts above
-  bound the summary (BART-CNN ships ``min_length=56``, which would otherwise apply as well).
+- Only the token counts above bound the summary: the model's own ``max_length`` is reset, and
+  ``min_new_tokens`` takes precedence over a model's ``min_length`` (transformers' rule; BART-CNN
+  ships ``min_length=56``).
 - Greedy or beam search, never sampling: summaries are reproducible.
 - Beam scores are renormalized after the n-gram and length rules (``renormalize_logits``): a banned
   token's probability mass goes to the allowed ones, so a beam's score stays a log-probability. This
@@ -48,7 +49,6 @@ def decoding_settings(gen: DecodingConfig) -> dict[str, Any]:
         "no_repeat_ngram_size": gen.no_repeat_ngram_size,
         "min_new_tokens": min(gen.min_new_tokens, gen.max_new_tokens),
         "max_new_tokens": gen.max_new_tokens,
-        "min_length": 0,
         "renormalize_logits": True,
         # scores/logits of every step would be batch x beams x steps x vocab floats: never keep them
         "output_scores": False,
