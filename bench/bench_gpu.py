@@ -135,6 +135,7 @@ ANCHOR_MATCH = {
     "lora_r16_16k_gc": ["LoRA r16 all-linear amp-bf16 token-budget 16k"],
     "generate_bs32_beams4/anchor_settings": ["generate bf16 beams=4 128 new tokens bs32"],
     "generate_bs32_beams4/threadsum_settings": ["generate bf16 beams=4 128 new tokens bs32"],
+    "generate_bs32_beams4/ctranslate2_anchor_settings": ["generate bf16 beams=4 128 new tokens bs32"],
 }
 
 
@@ -597,9 +598,49 @@ def child_generate(spec: dict[str, Any], work: Path, result_path: Path) -> None:
         except Exception as exc:  # noqa: BLE001 - recorded, the other setting still runs
             traceback.print_exc()
             runs.append({"name": f"{spec['name']}/{name}", "error": f"{type(exc).__name__}: {exc}"[:400]})
+    runs += _generate_ctranslate2(spec, model_dir, warm, timed, batch, settings["anchor_settings"], budget_end)
     out["runs"] = runs
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     _write_json(result_path, out)
+
+
+def _generate_ctranslate2(spec: dict[str, Any], model_dir: Path, warm: list[str], timed: list[str], batch: int,
+                          gen: dict[str, Any], budget_end: float) -> list[dict[str, Any]]:
+    """The same model through ``threadsum export`` (float16 on CUDA, int8 on CPU) and the CTranslate2
+    engine, with the anchor's settings: the fast engine's threads/s beside torch's. Skipped (and said
+    so) when ctranslate2 is not installed."""
+    import importlib.util
+
+    import torch
+
+    from threadsum.config import config_from_dict
+    from threadsum.inference.export import export_model
+    from threadsum.inference.summarizer import Summarizer
+
+    name = f"{spec['name']}/ctranslate2_anchor_settings"
+    if importlib.util.find_spec("ctranslate2") is None:
+        return [{"name": name, "error": "ctranslate2 is not installed (pip install 'threadsum[fast]')"}]
+    quant = "float16" if torch.cuda.is_available() else "int8"
+    try:
+        ct2_dir = export_model(str(model_dir), str(model_dir.parent / f"gen-model-ct2-{quant}"), "ctranslate2",
+                               quant, force=True)
+        summ = Summarizer.from_pretrained(str(ct2_dir), device="auto")
+        summ.cfg = config_from_dict({"data": {"max_source_tokens": MAX_SRC}, "eval": {"generation": gen}})
+        summ.generate(warm, batch_size=batch)
+        n, words, dt = 0, 0, 0.0
+        for i in range(0, len(timed), batch):
+            if time.perf_counter() > budget_end + 30 and n:
+                break
+            t = time.perf_counter()
+            summaries = summ.generate(timed[i:i + batch], batch_size=batch)
+            dt += time.perf_counter() - t
+            n += len(summaries)
+            words += sum(len(s.split()) for s in summaries)
+        return [{"name": name, "threads_per_s": round(n / dt, 2), "threads": n, "compute_type": quant,
+                 "mean_new_tokens": round(words / max(n, 1), 1), "settings": gen}]
+    except Exception as exc:  # noqa: BLE001 - recorded; the torch rows stand on their own
+        traceback.print_exc()
+        return [{"name": name, "error": f"{type(exc).__name__}: {exc}"[:400]}]
 
 
 def child_matmul(spec: dict[str, Any], work: Path, result_path: Path) -> None:
