@@ -234,7 +234,7 @@ def segment_body(body: str) -> list[Segment]:
 
 
 def join_segments(segs: list[Segment]) -> str:
-    """Join the non-empty segments' text with newlines (the inverse of splitting a body into segments)."""
+    """The text of the segments that have any lines, joined with newlines."""
     return "\n".join(s.text() for s in segs if s.marker or s.header or s.content)
 
 
