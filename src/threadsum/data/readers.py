@@ -499,13 +499,13 @@ def read_kaggle(details: Path, summaries: Path, fmt: str = "csv", max_body_chars
                 require_summary: bool = True) -> ReadResult:
     """Read the Kaggle corpus: the details file (one email per row) and the summaries file.
 
-    Bad rows and missing or empty files become rejects, never exceptions.
+    Bad rows and a missing or empty file become rejects; a body over ``max_body_chars`` is cut, with a warning.
 
     Args:
         details: ``email_thread_details.csv`` (or ``.json``).
         summaries: ``email_thread_summaries.csv`` (or ``.json``).
         fmt: ``"csv"`` or ``"json"`` (any other value reads JSON).
-        max_body_chars: longest email body kept, in characters.
+        max_body_chars: longest email body kept, in characters (longer ones are cut, with a warning).
         require_summary: reject threads that have no summary.
 
     Returns:
@@ -937,7 +937,7 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
 
     Args:
         path: the .jsonl file.
-        max_body_chars: longest email body kept, in characters.
+        max_body_chars: longest email body kept, in characters (longer ones are cut, with a warning).
         require_summary: reject threads that have no summary.
 
     Raises:
