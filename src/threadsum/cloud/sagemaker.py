@@ -88,7 +88,7 @@ def validate_job_name(name: str) -> str:
 
 
 def validate_role(role: Optional[str]) -> str:
-    """Return ``role`` if it is an IAM role ARN (``arn:aws:iam::<12-digit account>:role/<name>``).
+    """Return ``role`` if it is an IAM role ARN (``arn:<partition>:iam::<12-digit account>:role/<name>``).
 
     Raises:
         LaunchValidationError: ``role`` is missing (no --role, no sagemaker.role) or is not a role ARN.
