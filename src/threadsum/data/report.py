@@ -103,8 +103,8 @@ def _audit_lines(steps: dict[str, Any]) -> list[str]:
 def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: list[int], raw_sample: list[int],
                  target_lengths: list[int], rejects: list[dict]) -> None:
     """Write ``report.md`` into ``out``: counts (input = kept + rejected), rejects by reason, repaired
-    rows, per-step cleaning figures, token lengths, truncation and provenance, with length plots when
-    matplotlib is installed.
+    rows, per-step cleaning figures, token lengths, truncation and provenance, with plots (emails per
+    thread, source and target tokens, rejects) when matplotlib is installed.
 
     Args:
         out: the prepared folder.
