@@ -378,6 +378,7 @@ class SageMakerConfig(_Section):
 
 
 class InferenceConfig(_Section):
+    """Which generation engine summarize, serve and evaluate use, and its CPU threads (``inference``)."""
     engine: Literal["auto", "torch", "ctranslate2"] = "auto"
     """Engine for summarize, serve and evaluate: auto (ctranslate2 for a `threadsum export` folder, else torch)."""
     threads: int = Field(0, ge=0)

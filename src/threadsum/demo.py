@@ -27,6 +27,15 @@ def packaged_config(name: str) -> Path:
 
 
 def demo_config(out_dir: Path, overrides: list[str]) -> Config:
+    """The packaged ``tiny`` config with the corpus, prepared data and run placed under ``out_dir``.
+
+    Args:
+        out_dir: the demo's output folder (raw/, prepared/, run/ go under it).
+        overrides: ``section.key=value`` strings applied after those three paths.
+
+    Raises:
+        ConfigError: an override is malformed or names an unknown setting (from ``load_config``).
+    """
     out_dir = Path(out_dir)
     base = [
         f"data.source={out_dir / 'raw'}",
@@ -37,6 +46,17 @@ def demo_config(out_dir: Path, overrides: list[str]) -> Config:
 
 
 def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[list[str]] = None) -> int:
+    """Run the whole demo (synthetic corpus, prepare, train, evaluate, summarize one test thread),
+    print the ROUGE table next to the baselines and write ``demo.json`` under ``out_dir``.
+
+    Args:
+        out_dir: the output folder.
+        threads: number of synthetic threads (default ``DEMO_THREADS``).
+        overrides: config overrides (``section.key=value``) for ``demo_config``.
+
+    Returns:
+        0, the CLI exit code; the steps' own errors propagate.
+    """
     from threadsum.data.prepare import prepare
     from threadsum.data.synth import write_kaggle_csv
     from threadsum.evaluate.report import grounding_line

@@ -71,6 +71,14 @@ class LaunchValidationError(SageMakerError, ValueError):
 
 # ------------------------------------------------------------------------------ validation
 def validate_job_name(name: str) -> str:
+    """Return ``name`` if it is a valid SageMaker training job name.
+
+    The rule (1-63 letters, digits and hyphens, starting and ending with a letter or digit) is
+    SageMaker's TrainingJobName constraint.
+
+    Raises:
+        LaunchValidationError: ``name`` is empty or breaks the rule; the message gives an example.
+    """
     if not _JOB_NAME.match(name or ""):
         raise LaunchValidationError(
             f"job name '{name}' is invalid: use 1-63 letters, digits and hyphens, starting and ending "
@@ -80,6 +88,11 @@ def validate_job_name(name: str) -> str:
 
 
 def validate_role(role: Optional[str]) -> str:
+    """Return ``role`` if it is an IAM role ARN (``arn:<partition>:iam::<12-digit account>:role/<name>``).
+
+    Raises:
+        LaunchValidationError: ``role`` is missing (no --role, no sagemaker.role) or is not a role ARN.
+    """
     if not role:
         raise LaunchValidationError(
             "no IAM role: pass --role arn:aws:iam::<account>:role/<SageMakerExecutionRole> or set sagemaker.role"
@@ -106,6 +119,13 @@ def parse_s3_uri(uri: Optional[str], what: str = "--s3-prefix") -> tuple[str, st
 
 
 def validate_instance_type(instance_type: str) -> str:
+    """Return ``instance_type`` if it looks like a SageMaker instance type name (``ml.<family>.<size>``).
+
+    Only the form is checked, not whether the type exists in a region or the account's quota.
+
+    Raises:
+        LaunchValidationError: the name does not have the ``ml.<family>.<size>`` form (e.g. ml.g5.2xlarge).
+    """
     if not _INSTANCE.match(instance_type or ""):
         raise LaunchValidationError(
             f"instance type '{instance_type}' is not a SageMaker instance type name; expected e.g. "
@@ -115,6 +135,11 @@ def validate_instance_type(instance_type: str) -> str:
 
 
 def validate_region(region: Optional[str]) -> str:
+    """Return ``region`` if it has the form of an AWS region name (e.g. us-east-1, us-gov-west-1).
+
+    Raises:
+        LaunchValidationError: no region was given or configured, or it is not a region name.
+    """
     if not region:
         raise LaunchValidationError(
             "no AWS region: pass --region (e.g. us-east-1), set sagemaker.region, or configure a default "
@@ -166,6 +191,13 @@ def default_instance_type(cfg: Config) -> tuple[str, str]:
 
 
 def default_job_name(cfg: Config, now: Optional[datetime] = None) -> str:
+    """A job name ``threadsum-<cfg.name>-YYYYmmdd-HHMMSS`` (UTC) that fits SageMaker's 63-character limit.
+
+    Args:
+        cfg: the run config; ``cfg.name`` is reduced to letters, digits and hyphens and cut so the
+            timestamp always fits.
+        now: the time to stamp (default: the current UTC time).
+    """
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
     base = re.sub(r"[^a-zA-Z0-9]+", "-", f"threadsum-{cfg.name}").strip("-")
     return f"{base[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"

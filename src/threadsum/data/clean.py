@@ -91,6 +91,11 @@ _AMPM_LINE = re.compile(r"^\s*[AP]M\s*$")
 
 @dataclass
 class Segment:
+    """One part of an email body: the sender's own text or a quoted/forwarded block.
+
+    ``kind`` is own, original, forward, wrote, lotus or quote (">" lines); ``marker`` holds the lines
+    that introduced the block, ``header`` its From/Sent/To lines, ``content`` the rest.
+    """
     kind: str  # own | original | forward | wrote | lotus | quote (">" lines)
     marker: list[str] = field(default_factory=list)
     header: list[str] = field(default_factory=list)
@@ -98,9 +103,11 @@ class Segment:
 
     @property
     def quoted(self) -> bool:
+        """True for every kind but ``own`` (text the sender quoted or forwarded)."""
         return self.kind != "own"
 
     def text(self) -> str:
+        """The segment's lines (marker, header, content) joined with newlines."""
         return "\n".join(self.marker + self.header + self.content)
 
 
@@ -227,6 +234,7 @@ def segment_body(body: str) -> list[Segment]:
 
 
 def join_segments(segs: list[Segment]) -> str:
+    """The text of the segments that have any lines, joined with newlines."""
     return "\n".join(s.text() for s in segs if s.marker or s.header or s.content)
 
 
@@ -290,6 +298,7 @@ class _Pool:
 
 # --------------------------------------------------------------------------- header collapsing
 def shorten_names(names: list[str], keep: int) -> list[str]:
+    """The first ``keep`` names plus ``'(+N more)'`` when there are more than ``keep``; a new list."""
     if len(names) <= keep:
         return list(names)
     return list(names[:keep]) + [f"(+{len(names) - keep} more)"]
@@ -1008,6 +1017,15 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
 
 
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
+    """Clean every thread (see ``clean_thread``) with fresh counts.
+
+    Args:
+        threads: the parsed threads; they are not modified.
+        clean_cfg: the ``data.clean`` section (``CleanConfig``).
+
+    Returns:
+        The cleaned threads, in input order, and the cleaning counts (``new_stats`` layout).
+    """
     stats = new_stats()
     return [clean_thread(t, clean_cfg, stats) for t in threads], stats
 

@@ -77,6 +77,12 @@ def _dir_fingerprint(directory: Path) -> str:
 
 
 def resolve_source(cfg: Config) -> Path:
+    """The input path of ``prepare``: ``data.source``, or the Kaggle download when ``data.kaggle`` is set.
+
+    Raises:
+        PrepareError: neither ``data.source`` nor ``data.kaggle`` is set.
+        DataError: the Kaggle download failed (from ``download_kaggle``).
+    """
     d = cfg.data
     if d.source:
         return Path(d.source).expanduser()
@@ -88,6 +94,20 @@ def resolve_source(cfg: Config) -> Path:
 
 
 def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, dict[str, Any]]:
+    """The key of the prepared-data cache and the inputs it hashes.
+
+    The key changes when any input file's bytes (sha256), the reader format, the clean/render
+    settings, the token and length limits, the split fractions and seed, the tokenizer or
+    ``CACHE_VERSION`` changes.
+
+    Args:
+        cfg: the run config (its ``data`` section is used).
+        files: the input files.
+        tokenizer_fp: a fingerprint of the tokenizer.
+
+    Returns:
+        The first 24 hex digits of the sha256 of the inputs (as sorted JSON), and those inputs.
+    """
     d = cfg.data
     parts = {
         "version": CACHE_VERSION,

@@ -31,17 +31,21 @@ class PreparedDataError(UserError):
 
 @dataclass
 class Prepared:
+    """A folder written by ``prepare``: the tokenizer, the tokenized splits and the cleaned threads per split."""
     root: Path
 
     @property
     def tokenizer_dir(self) -> Path:
+        """The folder of the tokenizer saved with the data."""
         return self.root / "tokenizer"
 
     @property
     def tokenized_dir(self) -> Path:
+        """The folder of the tokenized DatasetDict (one split per name in ``SPLITS``)."""
         return self.root / "tokenized"
 
     def threads_file(self, split: str) -> Path:
+        """The JSONL file of the cleaned threads of ``split`` (one of ``SPLITS``); it may not exist."""
         return self.root / "threads" / f"{split}.jsonl"
 
     def datasets(self):
@@ -51,6 +55,11 @@ class Prepared:
         return load_from_disk(str(self.tokenized_dir))
 
     def threads(self, split: str) -> Iterator[dict[str, Any]]:
+        """Yield the cleaned threads of ``split`` as dicts, one per non-blank JSONL line.
+
+        Raises:
+            FileNotFoundError: the split's threads file does not exist.
+        """
         with self.threads_file(split).open(encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
@@ -58,6 +67,11 @@ class Prepared:
 
 
 def open_prepared(path: str | Path) -> Prepared:
+    """Open the prepared folder at ``path`` after checking it has tokenizer/, tokenized/ and threads/.
+
+    Raises:
+        PreparedDataError: any of the three is missing; the message says to run ``threadsum prepare``.
+    """
     root = Path(path)
     missing = [p for p in ("tokenizer", "tokenized", "threads") if not (root / p).exists()]
     if missing:

@@ -88,6 +88,10 @@ class DataError(UserError):
 
 @dataclass
 class ReadResult:
+    """What a reader returns: the kept threads, the rejected rows/threads/files with their reasons, the
+    counts per level (``emails``/``threads``/``summaries``: input = kept + rejected), the repaired-row
+    warnings and the files read.
+    """
     threads: list[Thread] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     counts: dict[str, Any] = field(default_factory=dict)
@@ -493,6 +497,20 @@ def _id_sort_key(tid: str) -> tuple:
 
 def read_kaggle(details: Path, summaries: Path, fmt: str = "csv", max_body_chars: int = DEFAULT_MAX_BODY_CHARS,
                 require_summary: bool = True) -> ReadResult:
+    """Read the Kaggle corpus: the details file (one email per row) and the summaries file.
+
+    Bad rows and a missing or empty file become rejects; a body over ``max_body_chars`` is cut, with a warning.
+
+    Args:
+        details: ``email_thread_details.csv`` (or ``.json``).
+        summaries: ``email_thread_summaries.csv`` (or ``.json``).
+        fmt: ``"csv"`` or ``"json"`` (any other value reads JSON).
+        max_body_chars: longest email body kept, in characters (longer ones are cut, with a warning).
+        require_summary: reject threads that have no summary.
+
+    Returns:
+        The threads grouped by thread_id, with rejects, counts and warnings.
+    """
     led = _Ledger()
     read = _csv_records if fmt == "csv" else _json_records
     rows = read(details, DETAIL_COLUMNS, led, "email")
@@ -670,6 +688,9 @@ _SUBJ_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*(\[\d+\])?\s*:\s*)+", re
 
 
 def normalize_subject(subject: str) -> str:
+    """The subject without reply/forward prefixes (Re:, Fw:, Fwd:, AW:, WG:, SV:, repeated), with
+    whitespace collapsed and lower-cased; the key for threading mail that lacks threading headers.
+    """
     return re.sub(r"\s+", " ", _SUBJ_PREFIX.sub("", subject or "")).strip().lower()
 
 
@@ -909,6 +930,19 @@ def read_mbox(path: Path, require_summary: bool = True) -> ReadResult:
 
 # --------------------------------------------------------------------------------------- JSONL
 def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require_summary: bool = True) -> ReadResult:
+    """Read a JSONL file with one thread per line (``thread_id``, ``subject``, ``emails``, ``summary``).
+
+    An empty file, lines that are not JSON or not a thread, bad or repeated thread ids and bad
+    emails become rejects (the first of a repeated thread id is kept).
+
+    Args:
+        path: the .jsonl file.
+        max_body_chars: longest email body kept, in characters (longer ones are cut, with a warning).
+        require_summary: reject threads that have no summary.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (``read_source`` checks this first).
+    """
     led = _Ledger()
     data = path.read_bytes()
     if not data.strip():
@@ -966,6 +1000,13 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
 
 # -------------------------------------------------------------------------------------- dispatch
 def detect_format(path: Path) -> str:
+    """The reader for ``path``: kaggle_csv, kaggle_json, eml, mbox or jsonl.
+
+    A folder is judged by the files in it (the Kaggle details file first), a file by its extension.
+
+    Raises:
+        DataError: the folder holds none of those files, or the file name has no known extension.
+    """
     if path.is_dir():
         if (path / DETAILS_CSV).exists():
             return "kaggle_csv"
@@ -1054,6 +1095,12 @@ def _with_unread_files(folder: Path, result: ReadResult) -> ReadResult:
 
 
 def read_eml_files(files: list[Path], require_summary: bool = False) -> ReadResult:
+    """Read single-message ``.eml`` files and group them into threads (see ``thread_emails``).
+
+    Args:
+        files: the .eml files.
+        require_summary: reject threads that have no summary (mail carries none, so all are rejected).
+    """
     led = _Ledger()
     emails = _eml_emails(files, led)
     threads = _mail_threads(emails, led, {}, require_summary, files[0] if files else None)

@@ -32,6 +32,9 @@ RENDER_BATCH = 256  # threads per batched tokenizer call: enough to keep every c
 
 @dataclass
 class RenderResult:
+    """One rendered thread: the model input text, whether and how much it was cut to the token budget,
+    its token count and ids (with a tokenizer), and how many emails were dropped to fit.
+    """
     text: str
     truncated: bool
     kept_fraction: float

@@ -102,6 +102,19 @@ def _audit_lines(steps: dict[str, Any]) -> list[str]:
 
 def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: list[int], raw_sample: list[int],
                  target_lengths: list[int], rejects: list[dict]) -> None:
+    """Write ``report.md`` into ``out``: counts (input = kept + rejected), rejects by reason, repaired
+    rows, per-step cleaning figures, token lengths, truncation and provenance, with plots (emails per
+    thread, source and target tokens, rejects) when matplotlib is installed.
+
+    Args:
+        out: the prepared folder.
+        info: the prepare summary (counts, truncation limits, cleaning stats, splits, warnings).
+        records: per split, one record per thread with its token counts.
+        final_tokens: source length of each thread after cleaning and truncation, in tokens.
+        raw_sample: source lengths of a sample of threads before cleaning, in tokens.
+        target_lengths: summary lengths, in tokens.
+        rejects: the reject records (``level``, ``reason``, ...).
+    """
     clean_tokens = [r["clean_tokens"] for recs in records.values() for r in recs]
     reasons = Counter(f"{r['level']}: {r['reason']}" for r in rejects)
     tr = info["truncation"]

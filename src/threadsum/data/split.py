@@ -19,6 +19,9 @@ def split_unit(thread_id: str, salt: str) -> float:
 
 
 def assign_split(thread_id: str, validation_fraction: float, test_fraction: float, salt: str) -> str:
+    """The split of ``thread_id``: test when ``split_unit(thread_id, salt) < test_fraction``, validation
+    below ``test_fraction + validation_fraction``, else train (see the module docstring for why).
+    """
     u = split_unit(str(thread_id), salt)
     if u < test_fraction:
         return "test"
@@ -28,4 +31,5 @@ def assign_split(thread_id: str, validation_fraction: float, test_fraction: floa
 
 
 def split_ids(thread_ids: Iterable[str], validation_fraction: float, test_fraction: float, salt: str) -> dict[str, str]:
+    """``{thread_id: split}`` for every id, by ``assign_split``."""
     return {t: assign_split(t, validation_fraction, test_fraction, salt) for t in thread_ids}

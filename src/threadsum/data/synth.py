@@ -152,6 +152,9 @@ from threadsum.errors import ConfigError
 # -------------------------------------------------------------------------------------- people
 @dataclass(frozen=True)
 class Person:
+    """A synthetic sender or recipient: name parts, whether Enron-style display names are used, and
+    the e-mail domain of people outside Enron.
+    """
     first: str
     last: str
     middle: str = ""
@@ -165,6 +168,7 @@ class Person:
 
     @property
     def userid(self) -> str:
+        """The Enron-style user id: first initial and last name, upper-cased, at most 8 characters."""
         return (self.first[0] + self.last).upper()[:8]
 
     @property
@@ -219,6 +223,7 @@ class _Mail:
 
 @dataclass
 class SynthThread:
+    """A synthetic thread: its emails, its reference summary and the facts the summary states."""
     thread_id: int
     subject: str
     mails: list[_Mail] = field(default_factory=list)
@@ -412,6 +417,7 @@ def make_thread(thread_id: int, rng: random.Random) -> SynthThread:
 
 
 def generate(n_threads: int, seed: int = 0) -> list[SynthThread]:
+    """``n_threads`` synthetic threads with ids 1..n; the same ``seed`` gives the same threads."""
     rng = random.Random(seed)
     return [make_thread(i + 1, random.Random(rng.getrandbits(64))) for i in range(n_threads)]
 

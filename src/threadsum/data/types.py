@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 @dataclass
 class Email:
+    """One email of a thread as the readers produce it (addresses and names are free text)."""
     sender: str
     """Display name and/or address of the author."""
     recipients: list[str] = field(default_factory=list)
@@ -21,6 +22,9 @@ class Email:
     references: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``from``, ``to``, ``cc``, ``date`` as ``YYYY-MM-DD HH:MM:SS[...]`` or None,
+        ``subject``, ``body``); the message ids are not included.
+        """
         return {
             "from": self.sender,
             "to": list(self.recipients),
@@ -33,12 +37,14 @@ class Email:
 
 @dataclass
 class Thread:
+    """An email thread: its id, subject, emails in reading order and reference summary (None if absent)."""
     thread_id: str
     subject: str = ""
     emails: list[Email] = field(default_factory=list)
     summary: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``thread_id``, ``subject``, ``emails`` (``Email.to_dict``) and ``summary``."""
         return {
             "thread_id": self.thread_id,
             "subject": self.subject,

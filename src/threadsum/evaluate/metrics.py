@@ -95,6 +95,7 @@ class UnicodeTokenizer:
         self._split = regex.compile(f"(?={_PER_CHARACTER})|(?<={_PER_CHARACTER})")
 
     def tokenize(self, text: str) -> list[str]:
+        """The tokens of ``text`` by the rules in the class docstring (None or empty text: no tokens)."""
         text = unicodedata.normalize("NFKC", text or "").lower()
         tokens: list[str] = []
         for run in self._token.findall(text):
@@ -175,6 +176,7 @@ def length_stats(values: Iterable[float]) -> dict[str, float]:
 
 
 def word_count(text: str) -> int:
+    """Number of whitespace-separated words in ``text``."""
     return len(text.split())
 
 

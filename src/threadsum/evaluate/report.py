@@ -51,6 +51,23 @@ def read_loss_curves(metrics_file: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_rouge_by_length(rows: Sequence[dict], path: Path, baseline: str, buckets: int = 5) -> Optional[Path]:
+    """Bar chart of mean ROUGE-L F1 (x100) of the model and one baseline per source-length bucket.
+
+    Buckets are quantiles of the source length in tokens (at most ``buckets``, fewer when
+    lengths repeat); each bar label gives its thread count.
+
+    Args:
+        rows: per-thread records with ``source_tokens``, ``rougeL`` and ``<baseline>.rougeL`` (F1 in [0, 1]).
+        path: the PNG to write.
+        baseline: the baseline's name, e.g. ``lead3``.
+        buckets: the number of length buckets wanted.
+
+    Returns:
+        ``path``, or None when ``rows`` is empty (nothing is written).
+
+    Raises:
+        MissingExtraError: matplotlib (the ``train`` extra) is not installed.
+    """
     if not rows:
         return None
     plt = _plt()
@@ -84,6 +101,18 @@ def plot_rouge_by_length(rows: Sequence[dict], path: Path, baseline: str, bucket
 
 
 def plot_lengths(rows: Sequence[dict], path: Path) -> Optional[Path]:
+    """Scatter plot and histograms of prediction vs reference length, in words.
+
+    Args:
+        rows: per-thread records with ``prediction_words`` and ``reference_words``.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when ``rows`` is empty (nothing is written).
+
+    Raises:
+        MissingExtraError: matplotlib (the ``train`` extra) is not installed.
+    """
     if not rows:
         return None
     plt = _plt()
@@ -111,6 +140,18 @@ def plot_lengths(rows: Sequence[dict], path: Path) -> Optional[Path]:
 
 
 def plot_loss_curves(curves: dict[str, list[tuple[int, float]]], path: Path) -> Optional[Path]:
+    """Training and validation loss against optimizer step.
+
+    Args:
+        curves: ``{"loss": [(step, loss), ...], "val_loss": [...]}`` as ``read_loss_curves`` returns.
+        path: the PNG to write.
+
+    Returns:
+        ``path``, or None when both curves are empty (nothing is written).
+
+    Raises:
+        MissingExtraError: matplotlib (the ``train`` extra) is not installed.
+    """
     if not curves.get("loss") and not curves.get("val_loss"):
         return None
     plt = _plt()

@@ -59,6 +59,9 @@ def grounding(records: Sequence[dict], systems: dict[str, Sequence[str]]) -> tup
 
 # -------------------------------------------------------------------------------------- main
 def default_output_dir(model_dir: str, split: str) -> Path:
+    """Where ``evaluate`` writes when no output folder is given: ``eval-<split>`` next to an existing
+    model folder, else ``outputs/eval-<model name>-<split>`` (for a hub id).
+    """
     p = Path(model_dir)
     if p.exists():
         return p.resolve().parent / f"eval-{split}"

@@ -137,16 +137,20 @@ class TorchEngine(Engine):
 
     @property
     def source_limit(self) -> Optional[int]:
+        """The model config's ``max_position_embeddings`` (see ``generation.source_limit``)."""
         return source_limit(self.model)
 
     @property
     def vocab_size(self) -> int:
+        """Rows of the model's input embedding matrix."""
         return int(self.model.get_input_embeddings().weight.shape[0])
 
     def generate_batches(self, sequences, gen, batch_size=None):
+        """Decode with the model's ``generate`` (see ``generation.generate_batches``)."""
         return generate_batches(self.model, self.tokenizer, sequences, gen, self.device, batch_size)
 
     def describe(self) -> dict[str, Any]:
+        """engine, device, parameter dtype, parameter count and torch version."""
         import torch
 
         dtype = next(self.model.parameters()).dtype
@@ -170,17 +174,21 @@ class CTranslate2Engine(Engine):
 
     @property
     def source_limit(self) -> Optional[int]:
+        """``max_source_positions`` recorded in the export manifest (None if absent)."""
         return self.manifest.get("max_source_positions")
 
     @property
     def vocab_size(self) -> int:
+        """``vocab_size`` from the export manifest, else the tokenizer's length."""
         return int(self.manifest.get("vocab_size") or len(self.tokenizer))
 
     def generate_batches(self, sequences, gen, batch_size=None):
+        """Decode with ``ctranslate2.Translator`` (see ``generation.translate_batches``)."""
         return translate_batches(self.translator, self.tokenizer, sequences, gen, self.special,
                                  self.source_limit, batch_size)
 
     def describe(self) -> dict[str, Any]:
+        """engine, device, compute type, parameter count and quantization from the manifest, ctranslate2 version."""
         import ctranslate2
 
         return {"engine": self.name, "device": self.device, "dtype": self.compute_type,

@@ -81,6 +81,7 @@ _ONE_OF = {"oneOf": [{"required": ["emails"]}, {"required": ["text"]}]}
 
 
 class EmailIn(BaseModel):
+    """One email of a request thread; unknown fields are ignored and ``from`` may be sent as ``sender``."""
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
     sender: str = Field("", alias="from", description="Author: display name and/or address.")
@@ -158,6 +159,7 @@ class ClaimOut(BaseModel):
 
 
 class SummaryOut(BaseModel):
+    """The answer to one summarized thread."""
     thread_id: str
     subject: str
     summary: str = Field(description="Never empty: an empty model output is a 500.")
@@ -184,6 +186,9 @@ class BatchItemOut(BaseModel):
 
 
 class BatchOut(BaseModel):
+    """The answer to a batch: one result per thread in request order, the counts of successes and
+    failures, and the server time in milliseconds.
+    """
     results: list[BatchItemOut]
     n_ok: int
     n_failed: int
@@ -191,10 +196,12 @@ class BatchOut(BaseModel):
 
 
 class ErrorOut(BaseModel):
+    """An error answer: ``detail`` names the problem and the fix."""
     detail: str
 
 
 class StatusOut(BaseModel):
+    """A health check answer (``ok`` for liveness, ``ready`` for readiness)."""
     status: str
 
 
@@ -202,6 +209,7 @@ class SafeJSONResponse(JSONResponse):
     """JSON that never fails to encode: text that is not valid Unicode is written as '?'."""
 
     def render(self, content: Any) -> bytes:
+        """Compact UTF-8 JSON; NaN and infinity raise ValueError (``allow_nan=False``)."""
         return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None,
                           separators=(",", ":")).encode("utf-8", "replace")
 

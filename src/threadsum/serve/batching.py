@@ -59,6 +59,9 @@ class _Item:
 
 @dataclass
 class BatcherStats:
+    """Running counts of the batch worker: batches and threads generated, failed batches, the largest
+    batch, busy time in seconds and a moving average of the seconds per batch (for Retry-After).
+    """
     batches: int = 0
     threads: int = 0
     failed_batches: int = 0
@@ -67,6 +70,9 @@ class BatcherStats:
     busy_s: float = 0.0
 
     def record(self, size: int, seconds: float) -> None:
+        """Count one generated batch of ``size`` threads that took ``seconds`` (wall-clock) and update the
+        exponential moving average of batch time (weight 0.3 on the newest batch).
+        """
         self.batches += 1
         self.threads += size
         self.busy_s += seconds
@@ -75,6 +81,9 @@ class BatcherStats:
         self.ewma_batch_s = seconds if self.batches == 1 else 0.7 * self.ewma_batch_s + 0.3 * seconds
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts ``/v1/status`` reports: batches, threads, failed batches, mean and largest
+        batch size, mean seconds per batch (means are 0.0 before the first batch).
+        """
         return {
             "batches": self.batches,
             "threads": self.threads,
@@ -108,18 +117,24 @@ class MicroBatcher:
     # ---- lifecycle
     @property
     def running(self) -> bool:
+        """True while the worker task has been started and has not finished."""
         return self._task is not None and not self._task.done()
 
     @property
     def pending(self) -> int:
+        """Texts accepted and not yet answered (queued plus being generated)."""
         return self._pending
 
     async def start(self) -> None:
+        """Start the worker task on the running event loop; ``submit`` refuses texts until then."""
         self._has_items = asyncio.Event()
         self._arrival = asyncio.Event()
         self._task = asyncio.create_task(self._worker(), name="threadsum-batcher")
 
     async def stop(self) -> None:
+        """Cancel the worker, fail every queued text with BatcherStoppedError and shut down the
+        generation thread without waiting for a batch in progress.
+        """
         if self._task is not None:
             self._task.cancel()
             try:
@@ -138,6 +153,11 @@ class MicroBatcher:
 
     # ---- admission
     def retry_after(self) -> int:
+        """Seconds a refused client should wait (the Retry-After header), in [1, 60].
+
+        Estimated as the moving-average batch time (1 s before the first batch) times the number of
+        batches needed to clear the pending texts plus one.
+        """
         batches_ahead = math.ceil((self._pending + 1) / self.max_batch_size)
         estimate = (self.stats.ewma_batch_s or 1.0) * batches_ahead
         return int(min(60, max(1, math.ceil(estimate))))

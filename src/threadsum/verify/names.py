@@ -38,6 +38,7 @@ class Name:
 
     @property
     def tokens(self) -> tuple[str, ...]:
+        """The non-empty parts among (first, last), in that order."""
         return tuple(t for t in (self.first, self.last) if t)
 
 
