@@ -126,3 +126,22 @@ def test_strict_lists_problems_and_exits_nonzero(tmp_path, corpus, capsys):
     assert info["threads"]["by_reason"] == {"thread_without_valid_emails": 1}
     rej = [json.loads(x) for x in (tmp_path / "prepared" / "rejects.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in rej} == {"bad_timestamp", "thread_without_valid_emails"}
+
+
+@pytest.mark.parametrize("body", ["— — ...", "&nbsp; &amp; <br>", "<p> </p> ***"])
+def test_a_thread_with_nothing_to_summarize_is_rejected_by_the_summarizers_rule(tmp_path, corpus, body):
+    """prepare and the Summarizer/CLI/service share one rule (data.clean.has_body_text): punctuation,
+    entities or tags alone are nothing to summarize, here as at inference time."""
+    from threadsum.data.clean import has_body_text
+
+    assert not has_body_text(body)
+    src = tmp_path / "src"
+    src.mkdir()
+    details = (corpus / "email_thread_details.csv").read_text()
+    (src / "email_thread_details.csv").write_text(details + f'999,Empty,2001-01-01 10:00:00,A,"[\'B\']","{body}"\n')
+    (src / "email_thread_summaries.csv").write_text((corpus / "email_thread_summaries.csv").read_text()
+                                                     + "999,The thread discusses nothing.\n")
+    info = prepare(_cfg(tmp_path, src))
+    rejects = [json.loads(x) for x in (tmp_path / "prepared" / "rejects.jsonl").read_text().splitlines()]
+    assert any(r["thread_id"] == "999" and r["reason"] in ("empty_after_cleaning", "empty_body") for r in rejects)
+    assert info["threads"]["input"] == info["threads"]["kept"] + info["threads"]["rejected"]

@@ -32,6 +32,7 @@ with the config saved next to the model), so what the model saw in training is w
 from __future__ import annotations
 
 import copy
+import html
 import re
 from bisect import bisect_left
 from collections import Counter
@@ -49,6 +50,20 @@ SHINGLE = 5  # words per shingle: long enough to be specific, short enough to su
 # its words lies in such a shingle (``_covered``): the share alone let up to a fifth of a paragraph
 # that was found nowhere else go (issue 14).
 DUPLICATE_SHARE = 0.8
+
+# ------------------------------------------------------------------ nothing to summarize
+_TAG = re.compile(r"<[^<>]*>")
+_WORD = re.compile(r"\w")
+
+
+def has_body_text(body: str) -> bool:
+    """True when ``body`` holds a word character once HTML tags and entities are taken out: the one
+    rule for "this email has something to summarize", used by prepare (``empty_after_cleaning``) and
+    by the Summarizer, the CLI and the service (``inference.inputs.check_has_body_text``)."""
+    if not _WORD.search(body):
+        return False
+    return bool(_WORD.search(html.unescape(_TAG.sub(" ", body)).replace("_", " ")))
+
 
 
 # ------------------------------------------------------------------------------ 1. QP artifacts

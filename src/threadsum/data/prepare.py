@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from threadsum.config import Config
-from threadsum.data.clean import clean_threads, merge_stats, new_stats
+from threadsum.data.clean import clean_threads, has_body_text, merge_stats, new_stats
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
@@ -238,9 +238,9 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
     raw_by_id = {}
     cleaned_all, stats = clean_all(rr.threads, d.clean, d.num_proc)
     for th, c in zip(rr.threads, cleaned_all):
-        if not any(e.body.strip() for e in c.emails):
+        if not any(has_body_text(e.body) for e in c.emails):
             rejects.append({"level": "thread", "reason": R_EMPTY_AFTER_CLEANING, "thread_id": th.thread_id,
-                            "detail": "no text left after cleaning (every body was quoted history or signature)",
+                            "detail": "no text left after cleaning (every body was whitespace, tags, quoted history or signature)",
                             "source": str(source), "line": None, "n_emails": len(c.emails)})
             counts["threads"]["rejected"] += 1
             counts["threads"]["kept"] -= 1

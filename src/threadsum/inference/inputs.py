@@ -23,7 +23,6 @@ from __future__ import annotations
 import email.message
 import email.policy
 import hashlib
-import html
 import json
 import re
 from dataclasses import replace
@@ -31,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from threadsum.data.clean import has_body_text
 from threadsum.data.readers import parse_pasted_thread
 from threadsum.data.types import Email, Thread
 from threadsum.errors import InputError
@@ -101,17 +101,8 @@ def repair_thread(thread: Thread, warnings: Optional[list[str]] = None) -> Threa
 
 
 # ------------------------------------------------------------------ nothing to summarize
-_TAG = re.compile(r"<[^<>]*>")
-_WORD = re.compile(r"\w")
 TEXT_PATTERN = r"[^\W_]"
 """A letter or digit: what every email body and pasted text must hold (the service's schema states it)."""
-
-
-def has_body_text(body: str) -> bool:
-    """True when ``body`` holds a word character once HTML tags and entities are taken out."""
-    if not _WORD.search(body):
-        return False
-    return bool(_WORD.search(html.unescape(_TAG.sub(" ", body)).replace("_", " ")))
 
 
 def check_has_body_text(cleaned: Thread) -> None:
