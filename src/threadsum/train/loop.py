@@ -68,7 +68,7 @@ from threadsum.train.distributed import (
 from threadsum.train.distributed import finish as finish_distributed
 from threadsum.train.evaluation import Validator
 from threadsum.train.export import consolidated_model, export_model
-from threadsum.train.loss import chunkable_head
+from threadsum.train.loss import chunkable_head, loss_chunk_tokens
 from threadsum.train.metrics import (
     METRICS_FILE,
     Window,
@@ -270,10 +270,7 @@ def _build_model(run: Run) -> None:
 
 def _compile(run: Run, model) -> None:
     """train.compile: compile the module the step calls (train/compiling.py), before accelerate wraps it."""
-    from accelerate.utils import DistributedType
-
-    chunked = run.cfg.train.loss_chunk_tokens and run.accelerator.distributed_type == DistributedType.NO
-    head = chunkable_head(model) if chunked else None
+    head = chunkable_head(model) if loss_chunk_tokens(run.cfg.train.loss_chunk_tokens, run.accelerator) else None
     compile_model(model, head[0] if head else model, run.cfg.train)
 
 

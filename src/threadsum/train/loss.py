@@ -117,6 +117,15 @@ CHUNKED_MODEL_TYPES = ("bart", "mbart")
 transformers' modeling_bart/modeling_mbart), so the chunked loss computes the same function."""
 
 
+def loss_chunk_tokens(configured: int, accelerator: Any) -> int:
+    """``train.loss_chunk_tokens`` for this run, or 0 (the full-logits path) under DDP/FSDP: their
+    hooks live on the model's own forward (gradient sync, parameter unsharding), which the chunked
+    path bypasses. The one place this rule is decided."""
+    from accelerate.utils import DistributedType
+
+    return configured if accelerator.distributed_type == DistributedType.NO else 0
+
+
 def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor]]]:
     """``(inner seq2seq model, lm_head weight [vocab, d_model], bias [vocab] or None)`` when the
     chunked loss can replace the model's head for ``model`` (a plain or peft-wrapped BART/mBART in

@@ -33,7 +33,7 @@ from threadsum.train.batching import BatchFetcher, padded_cost, split_micro_batc
 from threadsum.train.checkpoint.state import Counters
 from threadsum.train.compiling import mark_batch_dynamic
 from threadsum.train.distributed import sync_step
-from threadsum.train.loss import seq2seq_loss_sum
+from threadsum.train.loss import loss_chunk_tokens, seq2seq_loss_sum
 from threadsum.train.progress import current_rss_gb
 
 log = logging.getLogger("threadsum.train")
@@ -116,6 +116,9 @@ class StepRunner:
     on_oom: Callable[[dict[str, Any]], None]
     oom_steps: set[int] = field(default_factory=injected_oom_steps)
 
+    def __post_init__(self) -> None:
+        self.loss_chunk_tokens = loss_chunk_tokens(self.tc.loss_chunk_tokens, self.accelerator)  # once per run
+
     def run(self, counters: Counters, micro_batches: list[list[int]], step_global: list[list[int]],
             stop_requested: Callable[[], bool]) -> StepResult:
         """One optimizer step over this rank's ``micro_batches`` (row indices); ``step_global`` holds all
@@ -185,17 +188,13 @@ class StepRunner:
         step's label tokens, is accumulated into ``.grad``. One process: the LM head and loss run in
         chunks of ``train.loss_chunk_tokens`` target tokens (no full fp32 logits, see train/loss.py);
         DDP/FSDP keep the model's own forward, which their gradient synchronisation hooks."""
-        from accelerate.utils import DistributedType
-
         device, tc = self.accelerator.device, self.tc
-        # DDP/FSDP hook the model's own forward (gradient sync, parameter unsharding): plain path there
-        chunk = tc.loss_chunk_tokens if self.accelerator.distributed_type == DistributedType.NO else 0
         names = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
         tensors = [b[k].to(device, non_blocking=True) for k in names]
         if tc.compile:
             mark_batch_dynamic(*tensors)  # lengths are bucketed (static); batch size varies freely
         with self.autocast():
-            loss_sum = seq2seq_loss_sum(self.model, *tensors, tc.label_smoothing, chunk)
+            loss_sum = seq2seq_loss_sum(self.model, *tensors, tc.label_smoothing, self.loss_chunk_tokens)
         if tc.memory_limit_gb and current_rss_gb() > tc.memory_limit_gb:
             raise SimulatedOOM(f"RSS {current_rss_gb():.2f} GB above train.memory_limit_gb={tc.memory_limit_gb}")
         self.scaler.scale(loss_sum / label_tokens).backward()
