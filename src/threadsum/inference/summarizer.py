@@ -209,17 +209,20 @@ class Summarizer:
 
         Raises InputError (bad input, nothing to summarize) or EmptySummaryError.
         """
-        return [r.summary for r in self.summarize_detailed(items, batch_size)]
+        return [r.summary for r in self.summarize_detailed(items, batch_size, check_claims=False)]
 
     def summarize(self, item: ThreadLike) -> str:
         """Summary of one thread (raises InputError or EmptySummaryError)."""
         return self.summarize_batch([item])[0]
 
-    def summarize_detailed(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None) -> list[Summary]:
-        """Like summarize_batch, with thread id, subject, email count, truncation and input warnings."""
+    def summarize_detailed(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None,
+                           check_claims: bool = True) -> list[Summary]:
+        """Like summarize_batch, with thread id, subject, email count, truncation, input warnings and
+        (``check_claims``, a few ms per summary) the summary's claims checked against its thread."""
         prepared = [self.prepare(item, i) for i, item in enumerate(items)]
         texts = self.generate([p.text for p in prepared], batch_size)
-        results = [Summary(p.thread_id, p.subject, t, p.n_emails, p.truncated, p.warnings, claims_of(p, t))
+        results = [Summary(p.thread_id, p.subject, t, p.n_emails, p.truncated, p.warnings,
+                           claims_of(p, t) if check_claims else [])
                    for p, t in zip(prepared, texts)]
         empty = [r.thread_id for r in results if not r.summary.strip()]
         if empty:
