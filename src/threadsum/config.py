@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import (
@@ -186,7 +186,7 @@ class TrainConfig(_Section):
     """Upper bound on threads per micro-batch."""
     pad_to_multiple_of: int = Field(8, ge=1)
     """Round padded lengths up to this multiple to limit distinct shapes."""
-    pad_buckets: list[int] = []
+    pad_buckets: list[Annotated[int, Field(ge=1)]] = []
     """Pad source and target lengths up to the next of these (tokens, ascending): a bounded set of shapes for train.compile; [] with compile: 64,128,256,512,768,1024; [] without: pad_to_multiple_of only."""
     compile: bool = False
     """torch.compile the model (CPU and CUDA; compiled once per padded shape, see pad_buckets); pays off over long runs (docs/training.md)."""

@@ -35,7 +35,7 @@ def compile_model(model: Any, target: Any, tc: TrainConfig) -> None:
     body under the chunked loss) in place with ``train.compile_backend``.
 
     Raises:
-        ConfigError: torch has no ``nn.Module.compile`` (torch < 2.2).
+        ConfigError: torch has no ``nn.Module.compile`` (torch < 2.2), or an unknown backend.
     """
     import torch
     import torch._dynamo
@@ -44,6 +44,10 @@ def compile_model(model: Any, target: Any, tc: TrainConfig) -> None:
 
     if not hasattr(target, "compile"):
         raise ConfigError("train.compile=true needs torch >= 2.2 (nn.Module.compile); set train.compile=false")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if tc.compile_backend not in backends:
+        raise ConfigError(f"train.compile_backend={tc.compile_backend!r} is not a torch.compile backend here; "
+                          f"use inductor (or aot_eager to check tracing only); available: {', '.join(backends)}")
     rule = pad_rule(tc)
     graphs = (len(rule.buckets) or 8) ** 2 + 8
     torch._dynamo.config.automatic_dynamic_shapes = False
