@@ -63,6 +63,30 @@ class RenderConfig(_Section):
     """'smart' keeps the first and latest emails and shortens long bodies proportionally; 'head' cuts the end."""
 
 
+class PromptConfig(_Section):
+    """How a decoder-only (causal) model is asked for a summary (``data.prompt``); seq2seq models ignore it.
+
+    The rendered thread becomes the user message of the tokenizer's chat template (generation prompt
+    added) or, without one, ``template``; the summary plus the end-of-turn token is the completion.
+    """
+
+    chat_template: Literal["auto", "none"] = "auto"
+    """'auto': the tokenizer's chat template when it has one, else ``template``; 'none': always ``template``."""
+    system: str = "You summarize email threads in a few sentences: who asked or decided what, and what happens next."
+    """System message of the chat template ('' for none)."""
+    instruction: str = "Summarize this email thread."
+    """First line of the user message, before the thread."""
+    template: str = "{instruction}\n\n{thread}\n\nSummary:\n"
+    """Plain prompt for tokenizers without a chat template; must contain {thread} (and may {instruction}, {system})."""
+
+    @field_validator("template")
+    @classmethod
+    def _has_thread(cls, value: str) -> str:
+        if "{thread}" not in value:
+            raise ValueError("data.prompt.template must contain {thread} (where the rendered thread goes)")
+        return value
+
+
 class DataConfig(_Section):
     """``prepare``: input readers, token budgets, splits, cleaning and rendering (``data``)."""
 
@@ -96,6 +120,8 @@ class DataConfig(_Section):
     """Cleaning steps, each switchable."""
     render: RenderConfig = RenderConfig()
     """How a thread becomes model input text."""
+    prompt: PromptConfig = PromptConfig()
+    """How a causal model is prompted (chat template or plain template); part of the prepared data's cache key."""
 
     @model_validator(mode="after")
     def _fractions(self) -> "DataConfig":
@@ -106,16 +132,21 @@ class DataConfig(_Section):
 
 # -------------------------------------------------------------------------------------- model
 class TinyModelConfig(_Section):
-    """Architecture of the random-init BART model used when ``model.init='random'`` (``model.tiny``)."""
+    """Architecture of the random-init model used when ``model.init='random'`` (``model.tiny``)."""
 
+    architecture: Literal["bart", "llama", "qwen2"] = "bart"
+    """'bart': an encoder-decoder (family seq2seq); 'llama' or 'qwen2': a decoder-only LM (family causal)
+    with a ChatML chat template on its trained tokenizer."""
     d_model: int = 128
     """Hidden size of the random-init model."""
     encoder_layers: int = 2
-    """Encoder layers."""
+    """Encoder layers (bart only)."""
     decoder_layers: int = 2
-    """Decoder layers."""
+    """Decoder layers (the only stack of a decoder-only model)."""
     attention_heads: int = 4
     """Attention heads (encoder and decoder)."""
+    kv_heads: int = Field(0, ge=0)
+    """Key/value heads of a decoder-only model (grouped-query attention); 0: as many as attention_heads."""
     ffn_dim: int = 512
     """Feed-forward width."""
     vocab_size: int = 4000
@@ -139,17 +170,20 @@ class LoraConfig(_Section):
     """LoRA scaling numerator (scale = alpha / r)."""
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     """Dropout on the adapter input."""
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-    """Module names that receive adapters."""
+    target_modules: list[str] = []
+    """Module names that receive adapters; empty: the model family's attention and MLP projections
+    (seq2seq: q/k/v/out_proj, fc1, fc2; causal: q/k/v/o_proj, gate/up/down_proj)."""
     merge_on_export: bool = True
     """Export a merged full model (True) or only the adapter (False)."""
 
 
 class ModelConfig(_Section):
-    """Which seq2seq model and tokenizer to load and how to adapt it (``model``)."""
+    """Which model and tokenizer to load and how to adapt it (``model``)."""
 
     name_or_path: Optional[str] = "facebook/bart-large"
-    """Hub id or local directory of a pretrained seq2seq model (ignored when init='random')."""
+    """Hub id or local directory of a pretrained seq2seq or causal LM (ignored when init='random')."""
+    family: Literal["auto", "seq2seq", "causal"] = "auto"
+    """'auto': from the model's config (``is_encoder_decoder``), or model.tiny.architecture with init='random'."""
     init: Literal["pretrained", "random"] = "pretrained"
     """'pretrained' loads weights with from_pretrained; 'random' builds a model from 'tiny'."""
     tokenizer: Optional[str] = None
@@ -206,6 +240,8 @@ class TrainConfig(_Section):
     """Decay after warmup."""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     """Label smoothing of the cross-entropy."""
+    train_on_prompt: bool = False
+    """Causal models: also score the prompt tokens (default: only the summary and its end token are labels)."""
     loss_chunk_tokens: int = Field(1024, ge=0)
     """Target tokens per chunk of the LM-head loss: never builds the full fp32 logits (train/loss.py); 0: plain full-logits path (always used with several processes)."""
     max_grad_norm: float = Field(1.0, ge=0)
