@@ -20,8 +20,14 @@ Rules (and why):
 - Beam scores are renormalized after the n-gram and length rules (``renormalize_logits``): a banned
   token's probability mass goes to the allowed ones, so a beam's score stays a log-probability. This
   is also how CTranslate2 scores beams, which keeps both engines' summaries equal (a test holds this).
-- Inputs longer than the model's position table are cut to it (``max_position_embeddings``);
-  padding is on the right with the tokenizer's pad id.
+- Inputs longer than the model's window are cut to it (:meth:`threadsum.family.Family.source_limit`:
+  the encoder's positions, or a causal model's context minus ``max_new_tokens``); padding is where
+  the family needs it (right for seq2seq, left for decoder-only models, whose new tokens must follow
+  the prompt directly), with the family's pad id (a decoder-only tokenizer without one pads with EOS;
+  the attention mask, built from lengths, hides it).
+- Decoder-only models: the prompt is cut from the output, and ``no_repeat_ngram_size`` applies to the
+  summary only (:class:`NoRepeatNGramAfter`); Hugging Face's own rule would also ban every n-gram of
+  the thread, so the summary could not repeat a name or phrase it read.
 """
 from __future__ import annotations
 
@@ -89,22 +95,43 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Right-padded ``input_ids`` and ``attention_mask``, both int64 ``[batch, max_len]`` on the CPU."""
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``input_ids`` and ``attention_mask``, both int64 ``[batch, max_len]`` on the CPU, padded on
+    ``side`` ('right' or 'left')."""
     import torch
 
     width = max((len(r) for r in rows), default=0)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.as_tensor(list(r), dtype=torch.long)
-        mask[j, : len(r)] = 1
+        n = len(r)
+        cols = slice(0, n) if side == "right" else slice(width - n, width)
+        ids[j, cols] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[j, cols] = 1
     return ids, mask
 
 
-def source_limit(model: Any) -> Optional[int]:
-    """Longest input the model can read, in tokens (``max_position_embeddings``), or None if unbounded."""
-    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+def source_limit(model: Any, max_new_tokens: int = 0) -> Optional[int]:
+    """Longest input the model can read, in tokens, or None if unbounded
+    (:meth:`threadsum.family.Family.source_limit`: a causal model keeps ``max_new_tokens`` of its context)."""
+    from threadsum.family import family_of
+
+    config = getattr(model, "config", None)
+    return family_of(model).source_limit(config, max_new_tokens) if config is not None else None
+
+
+def no_repeat_processor(prompt_width: int, ngram_size: int):
+    """A :class:`NoRepeatNGramAfter` for a decoder-only batch whose prompts fill ``prompt_width`` columns."""
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    class NoRepeatNGramAfter(NoRepeatNGramLogitsProcessor):
+        """Hugging Face's no-repeat-n-gram rule over the generated tokens only (columns from
+        ``prompt_width`` on), not over the prompt."""
+
+        def __call__(self, input_ids, scores):
+            return super().__call__(input_ids[:, prompt_width:], scores)
+
+    return NoRepeatNGramAfter(ngram_size)
 
 
 class GeneratedBatch(NamedTuple):
@@ -135,15 +162,25 @@ def generate_batches(model: Any, tokenizer: Any, sequences: Sequence[Sequence[in
     Yields: :class:`GeneratedBatch` per batch; nothing but strings and ints leaves this function.
     """
     import torch
+    from transformers import LogitsProcessorList
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 1
+    from threadsum.family import family_of
+
+    family = family_of(model)
+    pad = family.pad_id(tokenizer)
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), device=device)
     config = build_generation_config(gen, model)
-    limit = source_limit(model) or 1 << 30
+    no_repeat = config.no_repeat_ngram_size if family.prompt_in_output else 0
+    if no_repeat:
+        config.no_repeat_ngram_size = 0  # applied to the summary only, below
+    limit = source_limit(model, gen.max_new_tokens) or 1 << 30
     for idx in length_sorted_batches([len(s) for s in sequences], batch_size or gen.batch_size):
-        ids, mask = pad_batch([list(sequences[i])[:limit] for i in idx], pad)
+        ids, mask = pad_batch([family.fit_source(list(sequences[i]), limit) for i in idx], pad, family.padding_side)
+        processors = LogitsProcessorList([no_repeat_processor(ids.shape[1], no_repeat)] if no_repeat else [])
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                                 logits_processor=processors)
+            out = family.new_tokens(out, ids.shape[1])
             n_tokens = (~torch.isin(out, special)).sum(dim=1).tolist()
             out = out.cpu()
         texts = decode(tokenizer, out)

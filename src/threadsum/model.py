@@ -10,7 +10,7 @@ import inspect
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from threadsum.config import Config, ModelConfig
 from threadsum.deps import require
@@ -18,6 +18,8 @@ from threadsum.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from threadsum.family import Family
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # BART's ids 0..4, in BART's order
 
@@ -36,24 +38,31 @@ def _offline() -> bool:
     ).lower() in {"1", "true", "yes"}
 
 
-def _hub_failure(name: str, what: str, exc: Exception) -> ModelLoadError:
+def _hub_failure(name: str, what: str, exc: Exception, auto_class: str = "AutoModelForSeq2SeqLM") -> ModelLoadError:
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if _is_local(name):
+        return ModelLoadError(
+            f"could not load the {what} in folder '{name}' ({reason}). It must be a folder written by "
+            f"save_pretrained (config.json, weights, tokenizer files) of a seq2seq or causal LM that "
+            f"transformers knows; set model.family=seq2seq|causal if its config.json is ambiguous.")
     if name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name):
         return ModelLoadError(
             f"{what} directory '{name}' does not exist. Point model.name_or_path at a folder written by "
             f"save_pretrained (it holds config.json and the weights), or at a hub id such as facebook/bart-large."
         )
     mode = "offline (HF_HUB_OFFLINE=1)" if _offline() else "without network access to huggingface.co"
+    short = name.split('/')[-1]
     return ModelLoadError(
         f"could not load {what} '{name}': it is not in the local Hugging Face cache and this machine is {mode}.\n"
         f"Fix one of:\n"
         f"  - on a machine with network: `huggingface-cli download {name}` (fills ~/.cache/huggingface), "
         f"then copy that cache here or set HF_HOME to it;\n"
-        f"  - or save a local copy: `python -c \"from transformers import AutoModelForSeq2SeqLM as M, AutoTokenizer as T; "
-        f"M.from_pretrained('{name}').save_pretrained('models/{name.split('/')[-1]}'); "
-        f"T.from_pretrained('{name}').save_pretrained('models/{name.split('/')[-1]}')\"` "
-        f"and set model.name_or_path=models/{name.split('/')[-1]};\n"
+        f"  - or save a local copy: `python -c \"from transformers import {auto_class} as M, AutoTokenizer as T; "
+        f"M.from_pretrained('{name}').save_pretrained('models/{short}'); "
+        f"T.from_pretrained('{name}').save_pretrained('models/{short}')\"` "
+        f"and set model.name_or_path=models/{short};\n"
         f"  - or train from scratch with model.init=random (see configs/tiny.yaml).\n"
-        f"(underlying error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        f"(underlying error: {reason})"
     )
 
 
@@ -125,15 +134,15 @@ _MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def model_positions(config) -> Optional[int]:
-    """Longest input (tokens) the model's encoder accepts: its learned position table, or None.
+    """Longest input (tokens) the model's encoder (or a decoder-only model's context) accepts, or None.
 
-    ``config`` is a model config (or a model: its ``.config`` is used). BART, mBART, Pegasus and Marian
+    ``config`` is a model config, a dict of config.json, or a model (its ``.config`` is used). BART, mBART, Pegasus and Marian
     name it ``max_position_embeddings``, LED ``max_encoder_position_embeddings``; T5's relative
     positions have no limit (None).
     """
     config = getattr(config, "config", config)
     for name in ("max_encoder_position_embeddings", "max_position_embeddings"):
-        value = getattr(config, name, None)
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
@@ -239,8 +248,10 @@ def tokenizer_source(cfg: ModelConfig) -> Optional[str]:
 
 
 def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
-    """Build a randomly initialised ``BartForConditionalGeneration`` from ``cfg.tiny``.
+    """Build a randomly initialised model from ``cfg.tiny``: BART, or a decoder-only Llama/Qwen2
+    (:func:`build_random_causal_model`) for ``tiny.architecture`` llama/qwen2.
 
+    BART: ``BartForConditionalGeneration``.
     The vocabulary is ``len(tokenizer)``; pad/bos/eos ids come from the tokenizer, and decoding
     starts with eos and forces bos first and eos last, as BART's pretrained configs do. Weights
     are drawn by transformers' init (normal, std ``tiny.init_std``); seed torch first for a
@@ -252,6 +263,8 @@ def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -
     require("transformers", "train")
     from transformers import BartConfig, BartForConditionalGeneration
 
+    if cfg.tiny.architecture != "bart":
+        return build_random_causal_model(cfg, tokenizer)
     t = cfg.tiny
     bart_cfg = BartConfig(
         vocab_size=len(tokenizer),
@@ -276,32 +289,117 @@ def build_random_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -
     return BartForConditionalGeneration(bart_cfg, **kwargs) if not kwargs else BartForConditionalGeneration._from_config(bart_cfg, **kwargs)
 
 
-def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] = None, dtype=None) -> "PreTrainedModel":
-    """Load a seq2seq model with ``AutoModelForSeq2SeqLM.from_pretrained`` by hub id or local folder.
+def build_random_causal_model(cfg: ModelConfig, tokenizer: "PreTrainedTokenizerBase") -> "PreTrainedModel":
+    """A randomly initialised ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` from ``cfg.tiny``.
+
+    hidden = ``d_model``, layers = ``decoder_layers``, MLP width = ``ffn_dim``, grouped-query
+    attention with ``kv_heads`` key/value heads (0: ``attention_heads``), tied input/output
+    embeddings (as Qwen2.5-0.5B and Llama-3.2-1B), RoPE over ``max_position_embeddings``; pad and
+    EOS ids from the tokenizer. Raises MissingExtraError without transformers.
+    """
+    require("transformers", "train")
+    import transformers
+
+    t = cfg.tiny
+    cls_config, cls_model = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                             "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[t.architecture]
+    config = getattr(transformers, cls_config)(
+        vocab_size=len(tokenizer), hidden_size=t.d_model, intermediate_size=t.ffn_dim,
+        num_hidden_layers=t.decoder_layers, num_attention_heads=t.attention_heads,
+        num_key_value_heads=t.kv_heads or t.attention_heads, max_position_embeddings=t.max_position_embeddings,
+        attention_dropout=t.dropout, initializer_range=t.init_std, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    kwargs = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+    return getattr(transformers, cls_model)._from_config(config, **kwargs)
+
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+"""The ChatML chat template (Qwen's format) given to trained causal tokenizers."""
+CAUSAL_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+"""Special tokens of a trained causal tokenizer (ids 0..2): padding, turn start, turn end (= EOS)."""
+
+
+def train_causal_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path,
+                           max_positions: Optional[int] = None) -> "PreTrainedTokenizerBase":
+    """Train a byte-level BPE for a decoder-only model (Qwen-style), save it, reload it.
+
+    No special tokens are added to encoded text; ``<|im_end|>`` is EOS (it ends each chat turn),
+    ``<|endoftext|>`` pads, and the tokenizer carries :data:`CHATML_TEMPLATE`. ``vocab_size`` and
+    ``max_positions`` as in :func:`train_tokenizer`. Raises MissingExtraError without tokenizers.
+    """
+    require("tokenizers", "train")
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=CAUSAL_SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = CHATML_TEMPLATE
+    save_tokenizer(fast, out_dir, max_positions)
+    return load_tokenizer(str(out_dir))
+
+
+def train_tokenizer_for(cfg: ModelConfig, texts: Iterable[str], out_dir: str | Path) -> "PreTrainedTokenizerBase":
+    """The tokenizer a random-init model of ``cfg.tiny`` is trained with: BART's byte-level BPE
+    (:func:`train_tokenizer`) or the causal one with a chat template (:func:`train_causal_tokenizer`)."""
+    t = cfg.tiny
+    train = train_tokenizer if t.architecture == "bart" else train_causal_tokenizer
+    return train(texts, t.vocab_size, out_dir, max_positions=t.max_position_embeddings)
+
+
+def load_model_config(name_or_path: str):
+    """The model's ``transformers`` config (``AutoConfig``) by hub id or folder, without weights.
+
+    Raises:
+        ModelLoadError: not a folder with a config.json, or a hub id not cached while offline.
+    """
+    require("transformers", "train")
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise _hub_failure(name_or_path, "model", exc) from exc
+
+
+def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] = None, dtype=None,
+                          family: Optional["Family"] = None) -> "PreTrainedModel":
+    """Load a model with its family's auto class (``AutoModelForSeq2SeqLM`` or ``AutoModelForCausalLM``).
 
     Args:
         name_or_path: hub id (from the local cache when offline) or a folder written by
             ``save_pretrained``.
         attn_implementation: 'eager' or 'sdpa'; None: transformers' default.
         dtype: torch dtype of the weights; None: transformers' default.
+        family: the model family; None: read from the model's config (``is_encoder_decoder``).
 
     Raises:
         MissingExtraError: transformers is not installed (``threadsum[train]``).
         ModelLoadError: loading fails with ``OSError``/``ValueError`` (missing folder, not cached
-            while offline); the message lists the fixes.
+            while offline, not a model of that family); the message lists the fixes.
     """
     require("transformers", "train")
-    from transformers import AutoModelForSeq2SeqLM
+    import transformers
 
+    from threadsum.family import family_of, family_of_folder
+
+    if family is None:
+        family = family_of_folder(name_or_path) if _is_local(name_or_path) else family_of(load_model_config(name_or_path))
     kwargs = {}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(name_or_path, **kwargs)
+        return getattr(transformers, family.auto_class).from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _hub_failure(name_or_path, "model", exc) from exc
+        raise _hub_failure(name_or_path, "model", exc, family.auto_class) from exc
 
 
 def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Optional[str] = None) -> "PreTrainedModel":
@@ -314,28 +412,54 @@ def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Opti
         ModelLoadError: ``model.name_or_path`` is empty with ``init='pretrained'``, or loading fails.
         MissingExtraError: transformers is not installed (``threadsum[train]``).
     """
+    from threadsum.family import family_for
+
     m = cfg.model
+    if init_dir is None and m.init != "random" and not m.name_or_path:
+        raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
+    family = family_for(m)
     if init_dir is not None:
-        model = load_pretrained_model(init_dir, m.attn_implementation)
+        model = load_pretrained_model(init_dir, m.attn_implementation, family=family)
     elif m.init == "random":
         import torch
 
         torch.manual_seed(cfg.train.seed)
         model = build_random_model(m, tokenizer)
     else:
-        if not m.name_or_path:
-            raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
-        model = load_pretrained_model(m.name_or_path, m.attn_implementation)
+        model = load_pretrained_model(m.name_or_path, m.attn_implementation, family=family)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
+    set_stop_tokens(model, family.source_tokenizer(tokenizer, cfg.data.prompt), family.pad_id(tokenizer))
     return model
+
+
+def set_stop_tokens(model: "PreTrainedModel", source_tokenizer: Any, pad_id: int) -> None:
+    """Make ``model.generation_config`` stop at the token that ends a completion.
+
+    A causal model trained on a chat template ends its summary with the end-of-turn token
+    (``<|im_end|>``), which a base model's generation config need not list; it is added to
+    ``eos_token_id`` (a list), and ``pad_token_id`` is set when missing (Llama 3 has none). A
+    seq2seq model's source tokenizer is the plain tokenizer: nothing changes.
+    """
+    end_id = getattr(source_tokenizer, "end_id", None)
+    gc = getattr(model, "generation_config", None)
+    if end_id is None or gc is None:
+        return
+    current = gc.eos_token_id if gc.eos_token_id is not None else model.config.eos_token_id
+    ids = list(current) if isinstance(current, (list, tuple)) else ([current] if current is not None else [])
+    if end_id not in ids:
+        ids = [end_id] + ids
+    gc.eos_token_id = ids if len(ids) > 1 else ids[0]
+    if gc.pad_token_id is None:
+        gc.pad_token_id = pad_id
 
 
 def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrainedModel":
     """Apply the memory/adaptation levers of the model section: checkpointing, frozen embeddings, LoRA.
 
     Gradient checkpointing runs non-reentrant and turns off the KV cache; with LoRA, peft wraps
-    the model (``get_peft_model``, task SEQ_2_SEQ_LM) and the returned object is the wrapper.
+    the model (``get_peft_model`` with the family's task and, unless ``lora.target_modules`` names
+    them, its attention and MLP projections) and the returned object is the wrapper.
     Memory effects are what ``threadsum plan`` predicts (:mod:`threadsum.train.memory`).
 
     Raises:
@@ -356,12 +480,15 @@ def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrai
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
+        from threadsum.family import family_of
+
+        family = family_of(model)
         lcfg = PeftLoraConfig(
             r=cfg.lora.r,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.target_modules),
-            task_type="SEQ_2_SEQ_LM",
+            target_modules=list(cfg.lora.target_modules or family.lora_targets),
+            task_type=family.peft_task,
         )
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()

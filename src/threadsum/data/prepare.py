@@ -24,9 +24,10 @@ from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
 from threadsum.errors import UserError
+from threadsum.family import Family, family_for
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
-CACHE_VERSION = 1  # bump when the prepared format or the meaning of a setting changes
+CACHE_VERSION = 2  # bump when the prepared format or the meaning of a setting changes
 RAW_TOKEN_SAMPLE = 300  # raw (uncleaned) renders tokenized for the report: a sample keeps this cheap
 R_EMPTY_AFTER_CLEANING = "empty_after_cleaning"
 R_DUPLICATE_EMAIL = "duplicate_email"
@@ -118,6 +119,8 @@ def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, d
         "lengths": [d.max_source_tokens, d.max_target_tokens, d.max_body_chars],
         "split": [d.validation_fraction, d.test_fraction, d.split_seed],
         "tokenizer": tokenizer_fp,
+        "family": family_for(cfg.model).name,
+        "prompt": d.prompt.model_dump(mode="json"),
     }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
     return key, parts
@@ -183,7 +186,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         load_tokenizer,
         save_tokenizer,
         tokenizer_source,
-        train_tokenizer,
+        train_tokenizer_for,
     )
 
     d = cfg.data
@@ -206,6 +209,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
     files = _input_files(source)
     out = Path(d.prepared_dir)
 
+    family = family_for(cfg.model)  # offline without the model's config: the loader's actionable error
     tok_src = tokenizer_source(cfg.model)
     tokenizer = None
     if tok_src is not None:
@@ -216,7 +220,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             tokenizer.save_pretrained(td)
             tok_fp = "files:" + _dir_fingerprint(Path(td))
     else:
-        tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}"
+        tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}:{cfg.model.tiny.architecture}"
     key, key_parts = cache_key(cfg, files, tok_fp)
     lap("hash_inputs")
 
@@ -285,8 +289,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         if tokenizer is None:
             train_ids = [c for c in cleaned if split_of[c.thread_id] == "train"] or cleaned
             texts = [plain[c.thread_id] for c in train_ids] + [c.summary or "" for c in train_ids]
-            tokenizer = train_tokenizer(texts, cfg.model.tiny.vocab_size, tok_dir,
-                                        max_positions=cfg.model.tiny.max_position_embeddings)
+            tokenizer = train_tokenizer_for(cfg.model, texts, tok_dir)
         else:
             save_tokenizer(tokenizer, tok_dir)
         lap("tokenizer")
@@ -297,7 +300,9 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         trunc = Counter()
         kept_tokens = full_tokens = 0
         final_tokens: list[int] = []
-        for c, res in zip(cleaned, render_threads(cleaned, d.render, tokenizer, d.max_source_tokens)):
+        source_tok = family.source_tokenizer(tokenizer, d.prompt)
+        budget = source_budget(cfg, family)
+        for c, res in zip(cleaned, render_threads(cleaned, d.render, source_tok, budget)):
             n_tok = res.n_tokens or 0
             final_tokens.append(n_tok)
             full = n_tok if not res.truncated else max(n_tok, round(n_tok / max(res.kept_fraction, 1e-9)))
@@ -317,7 +322,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         lap("render")
 
         # ---- tokenize (datasets, Arrow): the source ids come from render, the summaries are encoded here
-        dsd, target_stats = _tokenize(records, source_ids, tokenizer, d)
+        dsd, target_stats = _tokenize(records, source_ids, tokenizer, source_tok, family, d, budget)
         dsd.save_to_disk(str(tmp / "tokenized"))
         lap("tokenize")
 
@@ -328,7 +333,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
         cfg.save(tmp)
 
-        raw_sample = _raw_token_sample(raw_by_id, d.render, tokenizer)
+        raw_sample = _raw_token_sample(raw_by_id, d.render, source_tok)
         sample_ids = set(_raw_ids(raw_by_id))
         n_threads = len(cleaned)
         info: dict[str, Any] = {
@@ -343,8 +348,10 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             "files_rejected": counts["files"],
             "warnings": counts["warnings"],
             "splits": {s: len(records[s]) for s in SPLITS},
+            "family": family.name,
+            "prompt": source_tok.describe() if hasattr(source_tok, "describe") else None,
             "truncation": {
-                "max_source_tokens": d.max_source_tokens,
+                "max_source_tokens": budget,
                 "policy": d.render.truncation,
                 "threads_truncated": trunc["threads"],
                 "share_truncated": round(trunc["threads"] / n_threads, 4),
@@ -360,7 +367,8 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
                        "source_clean_sample_total": sum(
                            r["clean_tokens"] for s in SPLITS for r in records[s] if r["thread_id"] in sample_ids)},
             "cleaning": stats,
-            "tokenizer": {"source": tok_src or f"trained byte-level BPE, vocab {cfg.model.tiny.vocab_size}",
+            "tokenizer": {"source": tok_src or f"trained byte-level BPE, vocab {cfg.model.tiny.vocab_size}"
+                                    f" ({cfg.model.tiny.architecture})",
                           "vocab_size": len(tokenizer)},
             "cache": {"key": key, "hit": False},
             "timings_s": timings,
@@ -446,41 +454,54 @@ def _raw_token_sample(raw_by_id: dict, render_cfg, tokenizer) -> list[int]:
     return [len(x) for x in encode_ids(tokenizer, texts)]
 
 
-def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[int]]], tokenizer, d
-              ) -> tuple[Any, dict[str, Any]]:
-    """The Arrow datasets: render's source ids (already within the budget) and the summaries' labels.
+def source_budget(cfg: Config, family: Family) -> int:
+    """Source tokens of a prepared example: ``data.max_source_tokens``, and for a causal model at most
+    its context minus ``data.max_target_tokens`` (prompt and completion share the window).
 
-    The same ids as ``tokenizer(source, max_length=..., truncation=True)`` and
-    ``tokenizer(text_target=summary, max_length=..., truncation=True)`` per row, with each text
-    encoded once: every summary in one batched call, re-encoded with truncation only when too long.
+    The context is ``model.tiny.max_position_embeddings`` for a random init, else the model config's
+    (read without weights); a model without a position limit leaves the setting as is.
+    """
+    d = cfg.data
+    if cfg.model.init == "random":
+        positions = cfg.model.tiny.max_position_embeddings
+        limit = family.source_limit({"max_position_embeddings": positions}, d.max_target_tokens)
+    elif family.prompt_in_output:
+        from threadsum.model import load_model_config
+
+        limit = family.source_limit(load_model_config(cfg.model.name_or_path), d.max_target_tokens)
+    else:
+        limit = None  # seq2seq: the encoder's window is checked against the model when training starts
+    return min(d.max_source_tokens, limit) if limit else d.max_source_tokens
+
+
+def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[int]]], tokenizer, source_tok,
+              family: Family, d, budget: int) -> tuple[Any, dict[str, Any]]:
+    """The Arrow datasets: render's source ids (already within ``budget``) and the summaries' labels.
+
+    Sources: the ids of ``source_tok`` (the family's source tokenizer: BART's ``<s> .. </s>``, or a
+    causal model's prompt around the thread). Labels: :meth:`Family.target_ids` (seq2seq: the same ids
+    as ``tokenizer(text_target=summary, max_length=..., truncation=True)``; causal: summary + end token).
     """
     from datasets import Dataset, DatasetDict, Features, Sequence, Value
 
     features = Features({"thread_id": Value("string"), "input_ids": Sequence(Value("int32")),
                          "labels": Sequence(Value("int32"))})
     summaries = [r["summary"] for s in SPLITS for r in records[s]]
-    full = tokenizer(text_target=summaries)["input_ids"] if summaries else []
-    too_long = [i for i, ids in enumerate(full) if len(ids) > d.max_target_tokens]
-    labels = list(full)
-    if too_long:  # truncation keeps the closing special token, so a slice of the full ids is not the same
-        cut = tokenizer(text_target=[summaries[i] for i in too_long], max_length=d.max_target_tokens,
-                        truncation=True)["input_ids"]
-        for i, ids in zip(too_long, cut):
-            labels[i] = ids
+    labels = family.target_ids(tokenizer, d.prompt, summaries, d.max_target_tokens)
+    uncut = family.target_ids(tokenizer, d.prompt, summaries, 1 << 30)
     out = {}
     pos = 0
     for s in SPLITS:
         n = len(records[s])
         src = source_ids[s]
         for k, ids in enumerate(src):
-            if ids is None or len(ids) > d.max_source_tokens:  # not produced by a budgeted render
-                src[k] = tokenizer(records[s][k]["source"], max_length=d.max_source_tokens,
-                                   truncation=True)["input_ids"]
+            if ids is None or len(ids) > budget:  # not produced by a budgeted render
+                src[k] = source_tok(records[s][k]["source"], max_length=budget, truncation=True)["input_ids"]
         out[s] = Dataset.from_dict({"thread_id": [r["thread_id"] for r in records[s]], "input_ids": src,
                                     "labels": labels[pos:pos + n]}, features=features)
         pos += n
-    lengths = [len(ids) for ids in full]
-    return DatasetDict(out), {"truncated": len(too_long),
+    lengths = [len(ids) for ids in uncut]
+    return DatasetDict(out), {"truncated": sum(1 for n in lengths if n > d.max_target_tokens),
                               "total": sum(min(n, d.max_target_tokens) for n in lengths), "lengths": lengths}
 
 

@@ -77,6 +77,10 @@ _SPECIAL_CACHE: dict[int, int] = {}
 
 
 def _n_special(tokenizer) -> int:
+    """Tokens the tokenizer adds around any text (BART: <s> and </s>; a causal prompt: its template)."""
+    fixed = getattr(tokenizer, "n_special_tokens", None)
+    if isinstance(fixed, int):
+        return fixed
     key = id(tokenizer)
     if key not in _SPECIAL_CACHE:
         _SPECIAL_CACHE[key] = len(tokenizer("", add_special_tokens=True)["input_ids"])

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 from threadsum.config import Config
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.tokenizer_check import check_tokenizer_matches
+from threadsum.family import check_prepared_family
 from threadsum.data.types import Email, Thread
 from threadsum.deps import require
 from threadsum.errors import UserError
@@ -190,6 +191,7 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
 
     prepared, sequences, records = _read_split(cfg, split, model_dir)
     engine = _load(model_dir, cfg, prepared.tokenizer_dir)
+    check_prepared_family(prepared.root, engine.family)  # prompts for a causal model, sources for seq2seq
     trained_on = _trained_on(model_dir)
     check_tokenizer_matches(
         prepared.root, engine.tokenizer, model_tokenizer=str(model_dir),

@@ -95,6 +95,8 @@ class Engine(ABC):
     device: Any
     model: Any = None
     """The torch model (torch engine only)."""
+    family: Any = None
+    """The model's :class:`threadsum.family.Family` (seq2seq or causal)."""
 
     @property
     @abstractmethod
@@ -131,13 +133,16 @@ class TorchEngine(Engine):
     name = "torch"
 
     def __init__(self, model: Any, tokenizer: Any, device: "torch.device"):
+        from threadsum.family import family_of
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
+        self.family = family_of(model)
 
     @property
     def source_limit(self) -> Optional[int]:
-        """The model config's ``max_position_embeddings`` (see ``generation.source_limit``)."""
+        """The model's positions (``generation.source_limit`` with no room kept for new tokens)."""
         return source_limit(self.model)
 
     @property
@@ -171,6 +176,9 @@ class CTranslate2Engine(Engine):
         self.manifest = manifest
         self.device = device
         self.compute_type = compute_type
+        from threadsum.family import get_family
+
+        self.family = get_family(manifest.get("family") or "seq2seq")
 
     @property
     def source_limit(self) -> Optional[int]:

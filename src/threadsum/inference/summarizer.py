@@ -136,8 +136,11 @@ class Summarizer:
         self.cfg = cfg
         self.device = device
         self.name = name
-        max_pos = self.engine.source_limit or cfg.data.max_source_tokens
-        self.max_source_tokens = min(cfg.data.max_source_tokens, int(max_pos))
+        self.family = self.engine.family
+        # how sources are tokenized for this model: BART's <s> .. </s>, or a causal model's prompt
+        self.source_tokenizer = self.family.source_tokenizer(tokenizer, cfg.data.prompt)
+        max_pos = self.family.source_window(self.engine.source_limit, cfg.eval.generation.max_new_tokens)
+        self.max_source_tokens = min(cfg.data.max_source_tokens, int(max_pos or cfg.data.max_source_tokens))
 
     # ---- loading
     @classmethod
@@ -179,7 +182,7 @@ class Summarizer:
                                              for e in thread.emails])
         cleaned = clean_thread(thread, self.cfg.data.clean)
         check_has_body_text(cleaned)
-        rendered = render_thread(cleaned, self.cfg.data.render, self.tokenizer, self.max_source_tokens)
+        rendered = render_thread(cleaned, self.cfg.data.render, self.source_tokenizer, self.max_source_tokens)
         return PreparedInput(
             thread_id=thread.thread_id,
             subject=thread.subject,
@@ -195,13 +198,14 @@ class Summarizer:
     def generate(self, texts: Sequence[str], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of already rendered texts, in input order.
 
-        Each text is tokenized (cut at ``data.max_source_tokens``) and decoded by the engine
+        Each text is tokenized by the family's source tokenizer (a causal model's prompt around it),
+        cut at ``data.max_source_tokens``, and decoded by the engine
         (:mod:`threadsum.inference.engine`): the same length-sorted batches (``batch_size``, default
         ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``.
         """
         if not texts:
             return []
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)["input_ids"]
+        ids = self.source_tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)["input_ids"]
         return self.engine.generate_texts(ids, self.cfg.eval.generation, batch_size)
 
     def summarize_batch(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None) -> list[str]:

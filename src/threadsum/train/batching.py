@@ -3,6 +3,9 @@
 A micro-batch holds as many threads as fit ``max_tokens`` *padded* tokens (source + target, each
 padded to the longest member rounded up to ``pad_to_multiple_of``), so short threads travel in big
 batches and long ones in small batches, and padding stays small because members have similar lengths.
+The two lengths per row come from the model family (:meth:`threadsum.family.Family.budget_lengths`):
+(source, target) for seq2seq, (prompt + completion, 0) for a causal model, whose batch is one padded
+sequence; nothing here knows which.
 
 Order per epoch (deterministic from ``seed`` and the epoch number, so it can be rebuilt on resume):
 shuffle all indices, stable-sort them by padded length (the shuffle breaks ties randomly), cut the
@@ -45,7 +48,10 @@ class PadRule:
     buckets: tuple[int, ...] = ()
 
     def __call__(self, n: int) -> int:
-        """Padded length of a dimension whose longest member has ``n`` tokens."""
+        """Padded length of a dimension whose longest member has ``n`` tokens (0 stays 0: a causal
+        batch has no second dimension)."""
+        if n <= 0:
+            return 0
         for b in self.buckets:
             if n <= b:
                 return b
@@ -208,52 +214,6 @@ class TokenBudgetSampler:
         self.cursor = int(state[SAMPLER_CURSOR])
 
 
-def collate(
-    input_ids: list[list[int]],
-    labels: list[list[int]],
-    pad_id: int,
-    decoder_start_id: int,
-    multiple: "int | PadRule",
-) -> dict[str, Any]:
-    """Pad a micro-batch to lengths rounded up to ``multiple``; build BART's shifted decoder input.
-
-    ``input_ids``/``labels``: token ids per thread. Returns int64 tensors ``input_ids`` and
-    ``attention_mask`` [batch, src_len], ``decoder_input_ids`` ([start] + labels[:-1], pad elsewhere)
-    and ``labels`` (-100 on padding) [batch, tgt_len], plus ``n_label_tokens`` (the loss denominator),
-    ``n_real_tokens`` (source + target tokens that are not padding: the honest throughput numerator)
-    and ``n_padded_tokens`` (batch x (src_len + tgt_len)).
-    """
-    import torch
-
-    b = len(input_ids)
-    ls = pad_length(max(len(x) for x in input_ids), multiple)
-    lt = pad_length(max(len(y) for y in labels), multiple)
-    src = torch.full((b, ls), pad_id, dtype=torch.long)
-    att = torch.zeros((b, ls), dtype=torch.long)
-    lab = torch.full((b, lt), -100, dtype=torch.long)
-    dec = torch.full((b, lt), pad_id, dtype=torch.long)
-    n_src = n_lab = 0
-    for i, (x, y) in enumerate(zip(input_ids, labels)):
-        src[i, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-        att[i, : len(x)] = 1
-        lab[i, : len(y)] = torch.as_tensor(y, dtype=torch.long)
-        # teacher forcing: decoder sees [start] + labels[:-1]
-        dec[i, 0] = decoder_start_id
-        if len(y) > 1:
-            dec[i, 1 : len(y)] = torch.as_tensor(y[:-1], dtype=torch.long)
-        n_src += len(x)
-        n_lab += len(y)
-    return {
-        "input_ids": src,
-        "attention_mask": att,
-        "decoder_input_ids": dec,
-        "labels": lab,
-        "n_label_tokens": n_lab,
-        "n_real_tokens": n_src + n_lab,
-        "n_padded_tokens": b * (ls + lt),
-    }
-
-
 def token_lengths(ds) -> tuple[np.ndarray, np.ndarray]:
     """Source and target lengths in tokens of every row of a tokenized split: two int64 arrays [rows],
     read from Arrow's list lengths without materialising the tokens."""
@@ -267,11 +227,15 @@ def token_lengths(ds) -> tuple[np.ndarray, np.ndarray]:
 
 class BatchFetcher:
     """Collation by index: ``fetcher(indices)`` reads those rows from a (memory-mapped) tokenized
-    split and returns :func:`collate`'s padded batch; tokens stay in Arrow, not in Python lists."""
+    split and returns the family's padded batch (:meth:`threadsum.family.Family.collate`); tokens
+    stay in Arrow, not in Python lists."""
 
-    def __init__(self, ds, pad_id: int, decoder_start_id: int, multiple: "int | PadRule"):
-        self.ds, self.pad_id, self.decoder_start_id, self.multiple = ds, pad_id, decoder_start_id, multiple
+    def __init__(self, ds, family, pad_id: int, decoder_start_id: "int | None", multiple: "int | PadRule",
+                 train_on_prompt: bool = False):
+        self.ds, self.family, self.pad_id = ds, family, pad_id
+        self.decoder_start_id, self.multiple, self.train_on_prompt = decoder_start_id, multiple, train_on_prompt
 
     def __call__(self, indices: list[int]) -> dict[str, Any]:
         rows = self.ds[indices]
-        return collate(rows["input_ids"], rows["labels"], self.pad_id, self.decoder_start_id, self.multiple)
+        return self.family.collate(rows["input_ids"], rows["labels"], self.pad_id, self.multiple,
+                                   self.decoder_start_id, self.train_on_prompt)

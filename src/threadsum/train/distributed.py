@@ -13,7 +13,8 @@ Strategies (``train.strategy``; see docs/distributed.md):
                per optimizer step (the other micro-batches run under ``no_sync``)
     fsdp       FSDP2 (``torch.distributed.fsdp.fully_shard``) through accelerate's
                FullyShardedDataParallelPlugin: parameters, gradients and optimizer state are
-               sharded; each BartEncoderLayer/BartDecoderLayer is its own unit.
+               sharded; each layer the model lists in ``_no_split_modules`` (BART: encoder and
+               decoder layers; Llama/Qwen: decoder layers) is its own unit.
                ``train.fsdp_sharding=full_shard`` re-gathers a layer's parameters for the backward
                pass (least memory, ZeRO-3-like); ``shard_grad_op`` keeps them gathered between
                forward and backward (less communication, ZeRO-2-like); ``train.fsdp_cpu_offload``
@@ -48,8 +49,10 @@ from threadsum.config import Config, ConfigError
 
 log = logging.getLogger("threadsum.train")
 
-# the layers FSDP shards as units: each is gathered just before it runs and freed after
-FSDP_WRAP_CLASSES = ["BartEncoderLayer", "BartDecoderLayer"]
+# the layers FSDP shards as units (each gathered just before it runs and freed after) are the model's
+# own ``_no_split_modules`` (BART: BartEncoderLayer/BartDecoderLayer, Llama: LlamaDecoderLayer...),
+# which accelerate reads when no class names are given: one rule for every model family
+FSDP_WRAP_CLASSES = None
 
 
 # ----------------------------------------------------------------------------------- ranks

@@ -15,23 +15,24 @@ from threadsum.config import Config
 from threadsum.train.batching import BatchFetcher
 
 
-def validation_loss(model, fetch: BatchFetcher, batches: list[list[int]], device, autocast: Callable[[], Any]) -> float:
+def validation_loss(model, fetch: BatchFetcher, batches: list[list[int]], device, autocast: Callable[[], Any],
+                    chunk_tokens: int = 0) -> float:
     """Mean token cross-entropy in nats (no label smoothing) over ``batches`` (lists of row indices
-    of the validation split), computed in ``autocast()``; the model is back in train mode after."""
+    of the validation split), computed in ``autocast()`` by the training loss's own function
+    (:func:`threadsum.train.loss.lm_loss_sum`, chunked head with ``chunk_tokens`` > 0); the model is
+    back in train mode after."""
     import torch
-    import torch.nn.functional as F
+
+    from threadsum.train.loss import lm_loss_sum
 
     total, n = 0.0, 0
     model.eval()
     with torch.no_grad():
         for indices in batches:
             b = fetch(indices)
+            inputs = {k: b[k].to(device) for k in fetch.family.model_inputs}
             with autocast():
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device),
-                               decoder_input_ids=b["decoder_input_ids"].to(device)).logits
-            labels = b["labels"].to(device)
-            total += F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
-                                     ignore_index=-100, reduction="sum").item()
+                total += lm_loss_sum(model, inputs, b["labels"].to(device), 0.0, chunk_tokens).item()
             n += b["n_label_tokens"]
     model.train()
     return total / max(1, n)
@@ -76,13 +77,16 @@ class Validator:
     cfg: Config
     device: Any
     autocast: Callable[[], Any]
+    chunk_tokens: int = 0
+    """The run's chunked-head setting (:func:`threadsum.train.loss.loss_chunk_tokens`); 0: full logits."""
 
     def __call__(self, model, unwrapped_model, step: int) -> dict[str, Any]:
         """Metrics record ``{step, val_loss[, val_rougeL], eval_seconds}``; ``unwrapped_model`` is the
         plain Hugging Face model (generation cannot run through DDP/FSDP wrappers)."""
         t0 = time.perf_counter()
         m: dict[str, Any] = {"step": step}
-        m["val_loss"] = validation_loss(model, self.fetch, self.batches, self.device, self.autocast)
+        m["val_loss"] = validation_loss(model, self.fetch, self.batches, self.device, self.autocast,
+                                        self.chunk_tokens)
         samples = self.cfg.train.eval_rouge_samples
         if samples:
             m["val_rougeL"] = validation_rouge(unwrapped_model, self.tokenizer, self.ds, samples, self.cfg, self.device)

@@ -68,6 +68,7 @@ from threadsum.train.distributed import (
 from threadsum.train.distributed import finish as finish_distributed
 from threadsum.train.evaluation import Validator
 from threadsum.train.export import consolidated_model, export_model
+from threadsum.family import check_prepared_family, family_for
 from threadsum.train.loss import chunkable_head, loss_chunk_tokens
 from threadsum.train.metrics import (
     METRICS_FILE,
@@ -98,6 +99,7 @@ class Run:
     scaler: Any = None
     tokenizer: Any = None
     splits: dict[str, Any] = field(default_factory=dict)
+    family: Any = None
     sampler: Optional[TokenBudgetSampler] = None
     total_steps: int = 0
     model: Any = None
@@ -228,13 +230,15 @@ def _load_data(run: Run) -> None:
     tc, acc = run.cfg.train, run.accelerator
     prepared = open_prepared(run.cfg.data.prepared_dir)
     check_prepared_for_model(run.cfg)  # data tokenized for another model is refused (exit 2)
+    run.family = family_for(run.cfg.model)
+    check_prepared_family(run.cfg.data.prepared_dir, run.family)  # a causal run on seq2seq data: exit 2
     run.tokenizer = load_tokenizer(str(prepared.tokenizer_dir))
     run.splits = prepared.datasets()
     if len(run.splits["train"]) == 0:
         raise PreparedDataError(f"the train split of '{run.cfg.data.prepared_dir}' is empty; prepare more data")
     run.sampler = TokenBudgetSampler(
-        *token_lengths(run.splits["train"]), tc.max_tokens, tc.max_batch_size, pad_rule(tc), tc.seed,
-        accumulation=run.accumulation, rank=acc.process_index, world_size=acc.num_processes,
+        *run.family.budget_lengths(*token_lengths(run.splits["train"])), tc.max_tokens, tc.max_batch_size,
+        pad_rule(tc), tc.seed, accumulation=run.accumulation, rank=acc.process_index, world_size=acc.num_processes,
     )
     run.total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * run.sampler.steps_per_epoch()))
 
@@ -251,21 +255,27 @@ def _build_model(run: Run) -> None:
     model.train()
     if tc.compile:
         _compile(run, model)
-    start_id = model.config.decoder_start_token_id
+    start_id = getattr(model.config, "decoder_start_token_id", None)
+    pad_id = run.family.pad_id(run.tokenizer)
     optimizer = build_optimizer(model, tc, acc.device.type)
     run.scheduler = build_scheduler(optimizer, tc, run.total_steps)
     run.model, run.optimizer = acc.prepare(model, optimizer)
     run.n_params = sum(p.numel() for p in run.model.parameters())
     run.n_trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
-    fetch = BatchFetcher(run.splits["train"], run.tokenizer.pad_token_id, start_id, pad_rule(tc))
-    run.stepper = StepRunner(acc, run.model, run.optimizer, run.scheduler, run.scaler, fetch,
-                             run.sampler.src_lens, run.sampler.tgt_lens, tc, run.autocast, lambda e: _on_oom(run, e))
+    fetch = BatchFetcher(run.splits["train"], run.family, pad_id, start_id, pad_rule(tc), tc.train_on_prompt)
+    label_lens = run.family.label_lengths(*token_lengths(run.splits["train"]), tc.train_on_prompt)
+    run.stepper = StepRunner(accelerator=acc, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+                             scaler=run.scaler, fetch=fetch, src_lens=run.sampler.src_lens,
+                             tgt_lens=run.sampler.tgt_lens, label_lens=label_lens, tc=tc, autocast=run.autocast,
+                             on_oom=lambda e: _on_oom(run, e))
     val_ds = run.splits.get("validation")
     if val_ds is not None and len(val_ds):
-        batches = plan_micro_batches(*token_lengths(val_ds), tc.max_tokens, tc.max_batch_size,
-                                     pad_rule(tc), tc.seed, 0, shuffle=False)
-        run.validator = Validator(val_ds, BatchFetcher(val_ds, run.tokenizer.pad_token_id, start_id, pad_rule(tc)),
-                                  batches, run.tokenizer, cfg, acc.device, run.autocast)
+        batches = plan_micro_batches(*run.family.budget_lengths(*token_lengths(val_ds)), tc.max_tokens,
+                                     tc.max_batch_size, pad_rule(tc), tc.seed, 0, shuffle=False)
+        run.validator = Validator(val_ds, BatchFetcher(val_ds, run.family, pad_id, start_id, pad_rule(tc),
+                                                       tc.train_on_prompt),
+                                  batches, run.tokenizer, cfg, acc.device, run.autocast,
+                                  run.stepper.loss_chunk_tokens)
 
 
 def _compile(run: Run, model) -> None:

@@ -1,4 +1,11 @@
-"""Token cross-entropy of a seq2seq LM head without materialising the full fp32 logits.
+"""Token cross-entropy of an LM head without materialising the full fp32 logits, for both model families.
+
+The collated batch's labels are aligned with the positions of the model's last hidden state
+(:meth:`threadsum.family.Family.collate`: a seq2seq decoder position scores its own target token, a
+causal position scores the next token), so one function, :func:`lm_loss_sum`, is the training loss,
+the validation loss and the chunked head of both families. Only labelled positions reach the head:
+a causal example with a 1,000-token prompt and a 110-token summary computes 110 rows of logits, not
+1,110 (``bench/bench_loss_memory.py`` measures it).
 
 The plain path builds ``logits.float()`` for every target token: ``4 B x vocab`` per token (BART:
 50,265 x 4 B = 201 kB per target token, 103 MB for two 256-token summaries, plus the bf16 copy and
@@ -21,8 +28,26 @@ from typing import Any, Optional
 
 import torch
 
-IGNORE_INDEX = -100
-"""Label of positions that are not scored (padding), as in Hugging Face and ``F.cross_entropy``."""
+from threadsum.family import IGNORE_INDEX  # noqa: F401 - re-exported: the one definition lives there
+
+
+def _chunked_loss_only(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                       labels: torch.Tensor, label_smoothing: float, chunk_tokens: int) -> torch.Tensor:
+    """The forward of :class:`_ChunkedLinearCrossEntropy` without its gradients (validation)."""
+    vocab, eps = weight.shape[0], float(label_smoothing)
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        y = labels[start:start + chunk_tokens]
+        keep = y != IGNORE_INDEX
+        if not bool(keep.any()):
+            continue
+        logits = hidden[start:start + chunk_tokens][keep] @ weight.t()
+        if bias is not None:
+            logits = logits + bias
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        nll = -log_probs.gather(1, y[keep][:, None]).squeeze(1)
+        loss += ((1.0 - eps) * nll - (eps / vocab) * log_probs.sum(dim=-1)).sum()
+    return loss
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -109,34 +134,45 @@ def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                          f"and {tuple(labels.shape)}")
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight {tuple(weight.shape)} does not match d_model {hidden.shape[1]}")
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+        return _chunked_loss_only(hidden, weight, bias, labels, label_smoothing, chunk_tokens)
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, label_smoothing, chunk_tokens)
 
 
-CHUNKED_MODEL_TYPES = ("bart", "mbart")
-"""Model types whose logits are exactly ``lm_head(decoder_output) + final_logits_bias`` (checked in
-transformers' modeling_bart/modeling_mbart), so the chunked loss computes the same function."""
+CHUNKED_MODEL_TYPES = ("bart", "mbart", "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3")
+"""Model types whose logits are exactly ``lm_head(inner_model(...).last_hidden_state)`` (+ BART's
+``final_logits_bias``), checked in each modeling file of transformers, so the chunked loss computes the
+same function. Gemma 2/3 (final logit soft-capping) and Cohere (a logit scale) are not; they take the
+full-logits path."""
 
 
 def loss_chunk_tokens(configured: int, accelerator: Any) -> int:
     """``train.loss_chunk_tokens`` for this run, or 0 (the full-logits path) under DDP/FSDP: their
     hooks live on the model's own forward (gradient sync, parameter unsharding), which the chunked
-    path bypasses. The one place this rule is decided."""
+    path bypasses. The one place this rule is decided (:func:`chunking_applies` is its pure form)."""
     from accelerate.utils import DistributedType
 
-    return configured if accelerator.distributed_type == DistributedType.NO else 0
+    return configured if chunking_applies(accelerator.distributed_type != DistributedType.NO) else 0
+
+
+def chunking_applies(distributed: bool) -> bool:
+    """Whether the chunked head can run: only in one process (no DDP/FSDP wrapper around the model)."""
+    return not distributed
 
 
 def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor]]]:
-    """``(inner seq2seq model, lm_head weight [vocab, d_model], bias [vocab] or None)`` when the
-    chunked loss can replace the model's head for ``model`` (a plain or peft-wrapped BART/mBART in
-    one process), else None (the plain path is used; several processes wrap the model and need its
-    own forward for gradient synchronisation)."""
+    """``(inner model, lm_head weight [vocab, d_model], bias [vocab] or None)`` when the chunked loss
+    can replace the model's head for ``model`` (a plain or peft-wrapped model of
+    :data:`CHUNKED_MODEL_TYPES` in one process), else None (the plain path is used; several processes
+    wrap the model and need its own forward for gradient synchronisation)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     head = getattr(base, "lm_head", None)
     if getattr(config, "model_type", None) not in CHUNKED_MODEL_TYPES or not isinstance(head, torch.nn.Linear):
         return None
     if type(head) is not torch.nn.Linear or not hasattr(base, "model"):  # e.g. a LoRA-wrapped head
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
         return None
     bias = getattr(base, "final_logits_bias", None)
     bias = bias.reshape(-1) if bias is not None else None
@@ -145,28 +181,31 @@ def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor
     return base.model, head.weight, bias
 
 
-def seq2seq_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     decoder_input_ids: torch.Tensor, labels: torch.Tensor, label_smoothing: float,
-                     chunk_tokens: int) -> torch.Tensor:
-    """Summed token cross-entropy of a seq2seq model on one micro-batch.
+def lm_loss_sum(model: Any, inputs: dict[str, torch.Tensor], labels: torch.Tensor, label_smoothing: float,
+                chunk_tokens: int) -> torch.Tensor:
+    """Summed token cross-entropy of one micro-batch, for either model family.
 
     Args:
-        input_ids, attention_mask: ``[batch, src_len]``; decoder_input_ids, labels: ``[batch, tgt_len]``
-            (labels ``-100`` where not scored).
-        chunk_tokens: > 0 uses :func:`chunked_lm_loss` when :func:`chunkable_head` allows it; 0 (or a
-            model it does not cover) computes the full fp32 logits and ``F.cross_entropy``.
-    Returns: a float32 scalar, the sum over scored target tokens.
+        inputs: the model's forward inputs (:attr:`threadsum.family.Family.model_inputs` of a collated
+            batch: ``input_ids``, ``attention_mask`` ``[batch, len]``, seq2seq also ``decoder_input_ids``).
+        labels: ``[batch, out_len]`` aligned with the output positions (``-100`` where not scored).
+        chunk_tokens: > 0 uses :func:`chunked_lm_loss` on the labelled positions only when
+            :func:`chunkable_head` allows it; 0 (or a model it does not cover) computes the full
+            fp32 logits and ``F.cross_entropy``.
+    Returns: a float32 scalar, the sum over scored tokens.
     """
     import torch.nn.functional as F
 
     head = chunkable_head(model) if chunk_tokens else None
     if head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
+        logits = model(**inputs).logits
         # backward needs only the log-softmax: the logits are not held past this expression
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="sum", label_smoothing=label_smoothing)
     inner, weight, bias = head
-    hidden = inner(input_ids=input_ids, attention_mask=attention_mask,
-                   decoder_input_ids=decoder_input_ids).last_hidden_state
-    return chunked_lm_loss(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
-                           label_smoothing, chunk_tokens)
+    hidden = inner(**inputs).last_hidden_state
+    flat, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    keep = (y != IGNORE_INDEX).nonzero().squeeze(1)
+    if keep.numel() < y.numel():  # the head and its gradient only where there is a label
+        flat, y = flat.index_select(0, keep), y.index_select(0, keep)
+    return chunked_lm_loss(flat, weight, bias, y, label_smoothing, chunk_tokens)

@@ -33,7 +33,7 @@ from threadsum.train.batching import BatchFetcher, padded_cost, split_micro_batc
 from threadsum.train.checkpoint.state import Counters
 from threadsum.train.compiling import mark_batch_dynamic
 from threadsum.train.distributed import sync_step
-from threadsum.train.loss import loss_chunk_tokens, seq2seq_loss_sum
+from threadsum.train.loss import lm_loss_sum, loss_chunk_tokens
 from threadsum.train.progress import current_rss_gb
 
 log = logging.getLogger("threadsum.train")
@@ -98,8 +98,9 @@ class StepResult:
 class StepRunner:
     """Runs optimizer steps on the prepared model; holds what every step needs.
 
-    ``fetch`` collates rows by index; ``src_lens``/``tgt_lens`` are token lengths [rows] of the train
-    split; ``autocast()`` returns the precision's autocast context; ``on_oom(event)`` is told about
+    ``fetch`` collates rows by index; ``src_lens``/``tgt_lens`` are the two padded lengths [rows] of
+    the train split the token budget counts (the family's ``budget_lengths``), ``label_lens`` the
+    scored tokens [rows] (the family's ``label_lengths``); ``autocast()`` returns the precision's autocast context; ``on_oom(event)`` is told about
     every recovered out-of-memory event (for metrics and progress).
     """
 
@@ -111,6 +112,7 @@ class StepRunner:
     fetch: BatchFetcher
     src_lens: np.ndarray
     tgt_lens: np.ndarray
+    label_lens: np.ndarray
     tc: TrainConfig
     autocast: Callable[[], Any]
     on_oom: Callable[[dict[str, Any]], None]
@@ -129,7 +131,7 @@ class StepRunner:
         # the step's gradient is the mean over all its label tokens, however it is split; distributed:
         # over all ranks' label tokens (averaging gradients across ranks divides by world size)
         n = self.accelerator.num_processes
-        label_tokens = sum(int(self.tgt_lens[i]) for mb in step_global for i in mb) / n
+        label_tokens = sum(int(self.label_lens[i]) for mb in step_global for i in mb) / n
         rng_at_start = torch.get_rng_state()
         budget = counters.compute_max_tokens
         t0 = time.perf_counter()
@@ -189,12 +191,12 @@ class StepRunner:
         chunks of ``train.loss_chunk_tokens`` target tokens (no full fp32 logits, see train/loss.py);
         DDP/FSDP keep the model's own forward, which their gradient synchronisation hooks."""
         device, tc = self.accelerator.device, self.tc
-        names = ("input_ids", "attention_mask", "decoder_input_ids", "labels")
-        tensors = [b[k].to(device, non_blocking=True) for k in names]
+        inputs = {k: b[k].to(device, non_blocking=True) for k in self.fetch.family.model_inputs}
+        labels = b["labels"].to(device, non_blocking=True)
         if tc.compile:
-            mark_batch_dynamic(*tensors)  # lengths are bucketed (static); batch size varies freely
+            mark_batch_dynamic(*inputs.values(), labels)  # lengths are bucketed (static); batch size varies freely
         with self.autocast():
-            loss_sum = seq2seq_loss_sum(self.model, *tensors, tc.label_smoothing, self.loss_chunk_tokens)
+            loss_sum = lm_loss_sum(self.model, inputs, labels, tc.label_smoothing, self.loss_chunk_tokens)
         if tc.memory_limit_gb and current_rss_gb() > tc.memory_limit_gb:
             raise SimulatedOOM(f"RSS {current_rss_gb():.2f} GB above train.memory_limit_gb={tc.memory_limit_gb}")
         self.scaler.scale(loss_sum / label_tokens).backward()
