@@ -9,7 +9,7 @@ threadsum trains and serves two kinds of Hugging Face models:
   plus the end-of-turn token its *completion*; one sequence ``prompt + completion`` is fed, and only
   the completion is scored unless ``train.train_on_prompt``.
 
-The family is resolved once (:func:`family_for` from a config, :func:`family_of` from a model or its
+The family is resolved once (:func:`threadsum.model.family_for` from a config, :func:`family_of` from a model or its
 config: ``is_encoder_decoder``) and the rest of the pipeline asks it, never branches on it:
 
 ============================  ====================================  ===========================================
@@ -45,10 +45,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from threadsum.errors import ConfigError, UserError
+from threadsum.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from threadsum.config import Config, ModelConfig, PromptConfig
+    from threadsum.config import PromptConfig
 
 FAMILIES = ("seq2seq", "causal")
 """Values ``model.family`` resolves to."""
@@ -178,6 +178,21 @@ def prompt_tokenizer(tokenizer: Any, prompt: "PromptConfig") -> PromptTokenizer:
     return PromptTokenizer(tokenizer, prefix, suffix, end_id, kind, shown)
 
 
+def model_positions(config: Any) -> Optional[int]:
+    """Longest input (tokens) the model's encoder (or a decoder-only model's context) accepts, or None.
+
+    ``config`` is a model config, a dict of config.json, or a model (its ``.config`` is used).
+    BART, mBART, Pegasus, Marian, Llama and Qwen name it ``max_position_embeddings``, LED
+    ``max_encoder_position_embeddings``; T5's relative positions have no limit (None).
+    """
+    config = getattr(config, "config", config)
+    for name in ("max_encoder_position_embeddings", "max_position_embeddings"):
+        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 # ------------------------------------------------------------------------------------- families
 @dataclass(frozen=True)
 class Family:
@@ -237,8 +252,6 @@ class Family:
     def source_limit(self, model_config: Any, max_new_tokens: int = 0) -> Optional[int]:
         """Longest source a model reads, in tokens, or None if unbounded: :meth:`source_window` of the
         model's positions (:func:`threadsum.model.model_positions`)."""
-        from threadsum.model import model_positions
-
         return self.source_window(model_positions(model_config), max_new_tokens)
 
     def source_window(self, positions: Optional[int], max_new_tokens: int = 0) -> Optional[int]:
@@ -429,29 +442,6 @@ def family_of_folder(path: str | Path) -> Family:
             if data.get(key) in _BY_NAME:
                 return _BY_NAME[data[key]]
     return SEQ2SEQ
-
-
-def family_for(model_cfg: "ModelConfig") -> Family:
-    """The family a run's ``model`` section means: ``model.family`` when set, else
-    ``model.tiny.architecture`` for a random init, else the pretrained model's config (read with
-    ``AutoConfig``; offline without a cached copy this raises the loader's actionable ModelLoadError)."""
-    if model_cfg.family != "auto":
-        return get_family(model_cfg.family)
-    if model_cfg.init == "random":
-        return CAUSAL if model_cfg.tiny.architecture in CAUSAL_ARCHITECTURES else SEQ2SEQ
-    if not model_cfg.name_or_path:
-        raise ConfigError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
-    path = Path(model_cfg.name_or_path).expanduser()
-    if (path / "config.json").is_file() or (path / "threadsum-export.json").is_file():
-        return family_of_folder(path)
-    from threadsum.model import load_model_config
-
-    return family_of(load_model_config(model_cfg.name_or_path))
-
-
-def family_of_config(cfg: "Config") -> Family:
-    """:func:`family_for` of ``cfg.model``."""
-    return family_for(cfg.model)
 
 
 def check_prepared_family(prepared_dir: str | Path, family: Family) -> None:

@@ -15,11 +15,20 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 from threadsum.config import Config, ModelConfig
 from threadsum.deps import require
 from threadsum.errors import UserError
+from threadsum.family import (  # noqa: F401 - model_positions is re-exported
+    CAUSAL,
+    CAUSAL_ARCHITECTURES,
+    SEQ2SEQ,
+    Family,
+    family_of,
+    family_of_folder,
+    get_family,
+    model_positions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-    from threadsum.family import Family
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # BART's ids 0..4, in BART's order
 
@@ -131,21 +140,6 @@ _TOKENIZER_CONFIG = "tokenizer_config.json"
 # arguments of the from_pretrained call that loaded the tokenizer, which transformers 5 saves back
 _LOADER_ARGUMENTS = ("is_local", "local_files_only", "_commit_hash")
 _MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
-
-
-def model_positions(config) -> Optional[int]:
-    """Longest input (tokens) the model's encoder (or a decoder-only model's context) accepts, or None.
-
-    ``config`` is a model config, a dict of config.json, or a model (its ``.config`` is used). BART, mBART, Pegasus and Marian
-    name it ``max_position_embeddings``, LED ``max_encoder_position_embeddings``; T5's relative
-    positions have no limit (None).
-    """
-    config = getattr(config, "config", config)
-    for name in ("max_encoder_position_embeddings", "max_position_embeddings"):
-        value = config.get(name) if isinstance(config, dict) else getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def save_tokenizer(tokenizer: "PreTrainedTokenizerBase", out_dir: str | Path, max_positions: Optional[int] = None,
@@ -387,8 +381,6 @@ def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] 
     require("transformers", "train")
     import transformers
 
-    from threadsum.family import family_of, family_of_folder
-
     if family is None:
         family = family_of_folder(name_or_path) if _is_local(name_or_path) else family_of(load_model_config(name_or_path))
     kwargs = {}
@@ -412,8 +404,6 @@ def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Opti
         ModelLoadError: ``model.name_or_path`` is empty with ``init='pretrained'``, or loading fails.
         MissingExtraError: transformers is not installed (``threadsum[train]``).
     """
-    from threadsum.family import family_for
-
     m = cfg.model
     if init_dir is None and m.init != "random" and not m.name_or_path:
         raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
@@ -454,6 +444,22 @@ def set_stop_tokens(model: "PreTrainedModel", source_tokenizer: Any, pad_id: int
         gc.pad_token_id = pad_id
 
 
+def family_for(model_cfg: "ModelConfig") -> Family:
+    """The family a run's ``model`` section means: ``model.family`` when set, else
+    ``model.tiny.architecture`` for a random init, else the pretrained model's config (read with
+    ``AutoConfig``; offline without a cached copy this raises the loader's actionable ModelLoadError)."""
+    if model_cfg.family != "auto":
+        return get_family(model_cfg.family)
+    if model_cfg.init == "random":
+        return CAUSAL if model_cfg.tiny.architecture in CAUSAL_ARCHITECTURES else SEQ2SEQ
+    if not model_cfg.name_or_path:
+        raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
+    path = Path(model_cfg.name_or_path).expanduser()
+    if (path / "config.json").is_file() or (path / "threadsum-export.json").is_file():
+        return family_of_folder(path)
+    return family_of(load_model_config(model_cfg.name_or_path))
+
+
 def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrainedModel":
     """Apply the memory/adaptation levers of the model section: checkpointing, frozen embeddings, LoRA.
 
@@ -479,8 +485,6 @@ def prepare_for_training(model: "PreTrainedModel", cfg: ModelConfig) -> "PreTrai
         require("peft", "train")
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
-
-        from threadsum.family import family_of
 
         family = family_of(model)
         lcfg = PeftLoraConfig(

@@ -4,7 +4,6 @@ import pytest
 
 from threadsum.train.batching import (
     TokenBudgetSampler,
-    collate,
     padded_cost,
     plan_micro_batches,
     round_up,
@@ -78,7 +77,9 @@ def test_split_pieces_fit_smaller_budget_and_keep_members():
 
 def test_collate_pads_to_multiple_and_shifts_decoder_input():
     torch = pytest.importorskip("torch")
-    b = collate([[0, 5, 6, 2], [0, 7, 2]], [[0, 9, 10, 2], [0, 11, 2]], pad_id=1, decoder_start_id=2, multiple=8)
+    from threadsum.family import SEQ2SEQ
+
+    b = SEQ2SEQ.collate([[0, 5, 6, 2], [0, 7, 2]], [[0, 9, 10, 2], [0, 11, 2]], pad_id=1, pad=8, decoder_start_id=2)
     assert b["input_ids"].shape == (2, 8) and b["labels"].shape == (2, 8)
     assert b["attention_mask"].sum().item() == 7
     assert b["decoder_input_ids"][0, :4].tolist() == [2, 0, 9, 10]

@@ -62,7 +62,7 @@ def test_bad_shapes_are_refused():
 def test_model_loss_and_parameter_gradients_match_plain_path(lora):
     from transformers import BartConfig, BartForConditionalGeneration
 
-    from threadsum.train.loss import chunkable_head, seq2seq_loss_sum
+    from threadsum.train.loss import chunkable_head, lm_loss_sum
 
     torch.manual_seed(0)
     cfg = BartConfig(vocab_size=97, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
@@ -85,7 +85,8 @@ def test_model_loss_and_parameter_gradients_match_plain_path(lora):
 
     def run(chunk):
         model.zero_grad(set_to_none=True)
-        loss = seq2seq_loss_sum(model, src, mask, dec, labels, 0.1, chunk)
+        inputs = {"input_ids": src, "attention_mask": mask, "decoder_input_ids": dec}
+        loss = lm_loss_sum(model, inputs, labels, 0.1, chunk)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -95,3 +96,48 @@ def test_model_loss_and_parameter_gradients_match_plain_path(lora):
     assert grads.keys() == plain_grads.keys() and grads
     for name in grads:
         assert torch.allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch,lora", [("llama", False), ("qwen2", False), ("llama", True)])
+def test_causal_label_only_head_matches_full_logits(arch, lora):
+    """A causal batch (prompt ignored, completion scored, right padding): the chunked head over the
+    labelled rows only gives the full-logits loss and gradients; so does validation (no grad)."""
+    import transformers
+
+    from threadsum.family import CAUSAL
+    from threadsum.train.loss import chunkable_head, lm_loss_sum
+
+    torch.manual_seed(0)
+    cls_cfg, cls_model = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[arch]
+    cfg = getattr(transformers, cls_cfg)(vocab_size=101, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         tie_word_embeddings=True)
+    model = getattr(transformers, cls_model)(cfg)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(CAUSAL.lora_targets),
+                                                 task_type=CAUSAL.peft_task))
+    assert chunkable_head(model) is not None
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 101, (n,), generator=g).tolist() for n in (17, 9, 12)]
+    completions = [torch.randint(3, 101, (n,), generator=g).tolist() + [2] for n in (4, 6, 1)]
+    b = CAUSAL.collate(prompts, completions, pad_id=2, pad=8)  # pad == eos: the eos labels must survive
+    assert b["n_label_tokens"] == sum(len(c) for c in completions)
+    assert int((b["labels"] != -100).sum()) == b["n_label_tokens"]
+    inputs = {k: b[k] for k in CAUSAL.model_inputs}
+
+    def run(chunk):
+        model.zero_grad(set_to_none=True)
+        loss = lm_loss_sum(model, inputs, b["labels"], 0.1, chunk)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = run(0)
+    loss, grads = run(3)
+    assert torch.allclose(loss, plain_loss, rtol=1e-5)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name in grads:
+        assert torch.allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6), name
+    with torch.no_grad():
+        assert torch.allclose(lm_loss_sum(model, inputs, b["labels"], 0.1, 3), plain_loss, rtol=1e-5)

@@ -24,7 +24,8 @@ from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
 from threadsum.errors import UserError
-from threadsum.family import Family, family_for
+from threadsum.family import Family
+from threadsum.model import family_for
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
 CACHE_VERSION = 2  # bump when the prepared format or the meaning of a setting changes

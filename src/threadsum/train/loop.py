@@ -68,7 +68,8 @@ from threadsum.train.distributed import (
 from threadsum.train.distributed import finish as finish_distributed
 from threadsum.train.evaluation import Validator
 from threadsum.train.export import consolidated_model, export_model
-from threadsum.family import check_prepared_family, family_for
+from threadsum.family import check_prepared_family
+from threadsum.model import family_for
 from threadsum.train.loss import chunkable_head, loss_chunk_tokens
 from threadsum.train.metrics import (
     METRICS_FILE,
