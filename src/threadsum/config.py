@@ -183,7 +183,7 @@ class ModelConfig(_Section):
     name_or_path: Optional[str] = "facebook/bart-large"
     """Hub id or local directory of a pretrained seq2seq or causal LM (ignored when init='random')."""
     family: Literal["auto", "seq2seq", "causal"] = "auto"
-    """'auto': from the model's config (``is_encoder_decoder``), or model.tiny.architecture with init='random'."""
+    """'auto': from the model's config (encoder-decoder or not), or model.tiny.architecture with init='random'."""
     init: Literal["pretrained", "random"] = "pretrained"
     """'pretrained' loads weights with from_pretrained; 'random' builds a model from 'tiny'."""
     tokenizer: Optional[str] = None

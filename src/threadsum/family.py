@@ -258,6 +258,14 @@ class Family:
         """Source tokens a window of ``positions`` leaves (None: unbounded)."""
         raise NotImplementedError
 
+    def source_budget(self, positions: Optional[int], max_source_tokens: int, max_target_tokens: int,
+                      max_new_tokens: int) -> int:
+        """Source tokens of an example, the same in ``prepare`` and at generation so that a model sees
+        the prompts it was trained on: ``max_source_tokens`` within :meth:`source_window`, keeping room
+        for the longer of the training target and the generated summary (causal models)."""
+        window = self.source_window(positions, max(max_target_tokens, max_new_tokens))
+        return min(max_source_tokens, window) if window else max_source_tokens
+
     def pad_id(self, tokenizer: Any) -> int:
         """Padding id: the tokenizer's pad token; tokenizers without one (Llama 3) pad with EOS.
 

@@ -371,7 +371,7 @@ def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] 
             ``save_pretrained``.
         attn_implementation: 'eager' or 'sdpa'; None: transformers' default.
         dtype: torch dtype of the weights; None: transformers' default.
-        family: the model family; None: read from the model's config (``is_encoder_decoder``).
+        family: the model family; None: read from the model's config (:func:`threadsum.family.family_of`).
 
     Raises:
         MissingExtraError: transformers is not installed (``threadsum[train]``).

@@ -95,7 +95,8 @@ def resolve_source(cfg: Config) -> Path:
                        "data.kaggle=true to download it; or make a synthetic corpus with `threadsum synth data/synth`.")
 
 
-def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, dict[str, Any]]:
+def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str, budget: Optional[int] = None
+              ) -> tuple[str, dict[str, Any]]:
     """The key of the prepared-data cache and the inputs it hashes.
 
     The key changes when any input file's bytes (sha256), the reader format, the clean/render
@@ -106,6 +107,7 @@ def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, d
         cfg: the run config (its ``data`` section is used).
         files: the input files.
         tokenizer_fp: a fingerprint of the tokenizer.
+        budget: the source budget actually applied (tokens; :func:`source_budget`).
 
     Returns:
         The first 24 hex digits of the sha256 of the inputs (as sorted JSON), and those inputs.
@@ -121,6 +123,7 @@ def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str) -> tuple[str, d
         "split": [d.validation_fraction, d.test_fraction, d.split_seed],
         "tokenizer": tokenizer_fp,
         "family": family_for(cfg.model).name,
+        "source_budget": budget,
         "prompt": d.prompt.model_dump(mode="json"),
     }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
@@ -222,7 +225,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             tok_fp = "files:" + _dir_fingerprint(Path(td))
     else:
         tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}:{cfg.model.tiny.architecture}"
-    key, key_parts = cache_key(cfg, files, tok_fp)
+    key, key_parts = cache_key(cfg, files, tok_fp, source_budget(cfg, family))
     lap("hash_inputs")
 
     if not force:
@@ -456,23 +459,25 @@ def _raw_token_sample(raw_by_id: dict, render_cfg, tokenizer) -> list[int]:
 
 
 def source_budget(cfg: Config, family: Family) -> int:
-    """Source tokens of a prepared example: ``data.max_source_tokens``, and for a causal model at most
-    its context minus ``data.max_target_tokens`` (prompt and completion share the window).
+    """Source tokens of a prepared example (:meth:`Family.source_budget`): ``data.max_source_tokens``,
+    and for a causal model at most its context minus the longer of ``data.max_target_tokens`` and
+    ``eval.generation.max_new_tokens`` (prompt and summary share the window; the Summarizer applies
+    the same rule, so generation sees the prompts training saw).
 
     The context is ``model.tiny.max_position_embeddings`` for a random init, else the model config's
-    (read without weights); a model without a position limit leaves the setting as is.
+    (read without weights, causal models only: a seq2seq encoder's window is checked when training starts).
     """
     d = cfg.data
     if cfg.model.init == "random":
         positions = cfg.model.tiny.max_position_embeddings
-        limit = family.source_limit({"max_position_embeddings": positions}, d.max_target_tokens)
     elif family.prompt_in_output:
-        from threadsum.model import load_model_config
+        from threadsum.model import load_model_config, model_positions
 
-        limit = family.source_limit(load_model_config(cfg.model.name_or_path), d.max_target_tokens)
+        positions = model_positions(load_model_config(cfg.model.name_or_path))
     else:
-        limit = None  # seq2seq: the encoder's window is checked against the model when training starts
-    return min(d.max_source_tokens, limit) if limit else d.max_source_tokens
+        return d.max_source_tokens
+    return family.source_budget(positions, d.max_source_tokens, d.max_target_tokens,
+                                cfg.eval.generation.max_new_tokens)
 
 
 def _tokenize(records: dict[str, list[dict]], source_ids: dict[str, list[list[int]]], tokenizer, source_tok,

@@ -139,8 +139,10 @@ class Summarizer:
         self.family = self.engine.family
         # how sources are tokenized for this model: BART's <s> .. </s>, or a causal model's prompt
         self.source_tokenizer = self.family.source_tokenizer(tokenizer, cfg.data.prompt)
-        max_pos = self.family.source_window(self.engine.source_limit, cfg.eval.generation.max_new_tokens)
-        self.max_source_tokens = min(cfg.data.max_source_tokens, int(max_pos or cfg.data.max_source_tokens))
+        # the budget prepare used for the training data (family.source_budget), so prompts match
+        self.max_source_tokens = self.family.source_budget(self.engine.source_limit, cfg.data.max_source_tokens,
+                                                           cfg.data.max_target_tokens,
+                                                           cfg.eval.generation.max_new_tokens)
 
     # ---- loading
     @classmethod
