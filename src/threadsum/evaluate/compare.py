@@ -140,7 +140,8 @@ def find_eval_dir(run_dir: str | Path, split: str = "test") -> tuple[Path, Path]
     """(run folder, evaluation folder) for a training output folder or an evaluation folder itself.
 
     Looks for predictions.jsonl and metrics.json in: ``run_dir`` itself (then the run folder is its
-    parent), the ``output_dir`` that run.json recorded for ``split``, then ``<run_dir>/eval-<split>``.
+    parent), ``<run_dir>/eval-<split>``, then the ``output_dir`` that run.json recorded for ``split``
+    (an evaluation written elsewhere with ``--output``).
 
     Raises:
         CompareError: ``run_dir`` does not exist, or none of those holds an evaluation of ``split``
@@ -156,7 +157,8 @@ def find_eval_dir(run_dir: str | Path, split: str = "test") -> tuple[Path, Path]
 
     if holds_eval(run_dir) and not (run_dir / "model").is_dir():
         return run_dir.parent, run_dir
-    candidates = []
+    # the default folder first: run.json keeps only the latest evaluation of a split, wherever it went
+    candidates = [run_dir / f"eval-{split}"]
     record = run_dir / "run.json"
     if record.is_file():
         try:
@@ -165,7 +167,6 @@ def find_eval_dir(run_dir: str | Path, split: str = "test") -> tuple[Path, Path]
                 candidates.append(Path(recorded["output_dir"]))
         except (OSError, ValueError, AttributeError):
             pass
-    candidates.append(run_dir / f"eval-{split}")
     for d in candidates:
         if holds_eval(d):
             return run_dir, d
@@ -420,14 +421,13 @@ def check_instance(instance: str) -> str:
     """``instance`` when the planner's catalogue prices it.
 
     Raises:
-        CompareError: an unknown instance type (the message lists a few known ones).
+        CompareError: an unknown instance type (the message lists the known ones).
     """
     from threadsum.train.cost import instance_catalog
 
     known = list(instance_catalog()["instances"])
     if instance not in known:
-        raise CompareError(f"--instance {instance} is not in the planner's catalogue; pass one of: "
-                           f"{', '.join(sorted(known)[:8])}, ... (`threadsum plan --cost` lists them all)")
+        raise CompareError(f"--instance {instance} is not in the planner's catalogue; pass one of: {', '.join(known)}")
     return instance
 
 
@@ -695,8 +695,8 @@ def render_markdown(table: dict[str, Any]) -> str:
     if speeds:
         s = speeds[0]
         lines.append(f"- latency and throughput measured now on this machine ({s['device']}, {s['engine']} engine, "
-                     f"{s['torch_threads']} torch threads) over {s['threads']} {table['split']} threads, each run with "
-                     f"its saved decoding settings")
+                     f"torch threads: {s['torch_threads']}) over {s['threads']} {table['split']} threads, each run "
+                     f"with its saved decoding settings")
     lines += ["", "| | " + " | ".join(_md(c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for name, cells in rows:
         lines.append(f"| {_md(name)} | " + " | ".join(_md(c) for c in cells) + " |")
@@ -781,7 +781,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: Optional[str | Path] =
     if latency_threads < 0:
         raise CompareError(f"--latency-threads must be 0 (no measurement) or more, got {latency_threads}")
     check_instance(instance)
-    labels = unique_labels(run_dirs)
+    # an eval folder given directly is named after its run folder
+    labels = unique_labels([find_eval_dir(d, split)[0] for d in run_dirs])
     runs = [load_run(d, split, label) for d, label in zip(run_dirs, labels)]
     ids = check_same_threads(runs)
 
