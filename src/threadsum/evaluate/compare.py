@@ -390,22 +390,24 @@ def planner_cost(config: dict[str, Any], instance: str) -> dict[str, Any]:
 
     Returns:
         ``{"instance", "usd_per_epoch", "usd_per_epoch_spot" (USD), "epoch_hours", "tokens_per_s",
-        "basis", "levers", "reason"}``; the numbers are None and ``reason`` says why when the config
-        cannot be planned or does not fit the instance.
+        "basis", "levers", "planned_as" (the planner's name of the architecture), "reason"}``; the
+        numbers are None and ``reason`` says why when the config cannot be planned or does not fit
+        the instance.
     """
     from threadsum.config import config_from_dict
     from threadsum.train.cost import cost_table
 
     out: dict[str, Any] = {"instance": instance, "usd_per_epoch": None, "usd_per_epoch_spot": None, "epoch_hours": None,
-                           "tokens_per_s": None, "basis": None, "levers": None, "reason": None}
+                           "tokens_per_s": None, "basis": None, "levers": None, "planned_as": None, "reason": None}
     if not config:
         out["reason"] = "the run has no config.yaml"
         return out
     try:
-        rows, _ = cost_table(config_from_dict(config, origin="the run's config.yaml"))
+        rows, meta = cost_table(config_from_dict(config, origin="the run's config.yaml"))
     except ThreadsumError as exc:
         out["reason"] = f"the planner cannot plan this model: {str(exc).splitlines()[0]}"
         return out
+    out["planned_as"] = meta.get("model")  # the architecture the planner read from the config
     row = next((r for r in rows if r.instance == instance), None)
     if row is None:
         out["reason"] = f"{instance} is not in the planner's catalogue"
@@ -509,7 +511,9 @@ def build_table(runs: Sequence[EvaluatedRun], ids: Sequence[str], *, instance: s
         rouge = {}
         for k in M.ROUGE_KEYS:
             stored = (run.metrics.get("model") or {}).get(k)
-            rouge[k] = stored if isinstance(stored, dict) and "ci95" in stored else M.summarize_scores({k: scores[i][k]}, B, seed)[k]
+            if not (isinstance(stored, dict) and "ci95" in stored):  # an evaluation without intervals
+                stored = M.summarize_scores({k: scores[i][k]}, B, seed)[k]
+            rouge[k] = stored
         vs = None if i == 0 else {k: M.paired_bootstrap(scores[0][k], scores[i][k], B, seed) for k in M.ROUGE_KEYS}
         ground = grounding[i] if grounding is not None else grounding_figures(run)
         if ground.get("reason"):
@@ -606,7 +610,8 @@ def render_markdown(table: dict[str, Any]) -> str:
 
     cols = [e["label"] for e in runs] + [b["label"] for b in bases]
     rows: list[tuple[str, list[str]]] = []
-    rows.append(("model", [e["model"] for e in runs] + [f"first {b['label'].split('-')[-1]} sentences of the thread" for b in bases]))
+    rows.append(("model", [e["model"] for e in runs]
+                 + [f"first {b['label'].split('-')[-1]} sentences of the thread" for b in bases]))
     rows.append(("family", [e["family"] or "?" for e in runs] + ["baseline" for _ in bases]))
     for k in M.ROUGE_KEYS:
         rows.append((f"{ROUGE_LABELS[k]} F1 x100 (95% CI)", [_score(e["rouge"].get(k)) for e in runs]
