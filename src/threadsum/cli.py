@@ -23,7 +23,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-runs_app = typer.Typer(help="List and report tracked runs (failures included).", invoke_without_command=True)
+runs_app = typer.Typer(help="List, report and compare tracked runs (failures included).", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
 
 console = Console(stderr=True)
@@ -298,6 +298,20 @@ def runs_report(
     from threadsum.runs import runs_report_command
 
     _run(runs_report_command, root, output, tracking_uri)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Training output folders (train.output_dir), each evaluated with `threadsum evaluate`; the first is the reference."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for compare.md, compare.json and compare.png (default: compare-<split> beside the first run)."),
+    split: str = typer.Option("test", "--split", help="The evaluated split to compare (the runs' eval-<split> folders)."),
+    instance: str = typer.Option("ml.g5.xlarge", "--instance", help="SageMaker instance type of the planner's $ per epoch."),
+    latency_threads: int = typer.Option(8, "--latency-threads", help="Threads timed per run for batch-1 latency and throughput on this machine (0: skip)."),
+) -> None:
+    """Compare runs evaluated on the same test threads: ROUGE with CIs, paired bootstrap, grounding, cost, speed."""
+    from threadsum.evaluate.compare import compare_command
+
+    _run(compare_command, run_dirs, out, split=split, instance=instance, latency_threads=latency_threads)
 
 
 @app.command()

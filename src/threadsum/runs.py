@@ -8,6 +8,9 @@ started/ended/updated, tags (device, instance_type, host, git_commit), config, h
 best (lowest loss / highest ROUGE logged), metrics (latest values) and summary. Summary keys the
 table understands: steps, epochs, time_per_epoch_s, train_seconds, peak_memory_gb (or
 peak_memory_mb), tokens_per_s, cost_usd (or estimated_cost_usd), eval.<split>.rougeL.
+
+`threadsum runs compare` (runs evaluated on the same test threads, side by side) reads evaluation
+outputs rather than run records and lives in :mod:`threadsum.evaluate.compare`.
 """
 from __future__ import annotations
 
@@ -188,11 +191,18 @@ def estimate_cost(rec: dict, seconds: Optional[float]) -> Optional[float]:
     return float(price) * int(sm.get("instance_count") or 1) * seconds / 3600 * factor
 
 
-def _model_name(cfg: dict) -> str:
+def model_label(cfg: dict) -> str:
+    """A short name of a run's model from its config dict: the hub id or folder, or 'random d<d_model>
+    L<encoder>/<decoder>' for a random-init BART ('random <architecture> d<d_model> L<layers>' for a
+    decoder-only one); ' +LoRA r<r>' when adapters are trained."""
     m = cfg.get("model") or {}
     if m.get("init") == "random":
         t = m.get("tiny") or {}
-        name = f"random d{t.get('d_model', '?')} L{t.get('encoder_layers', '?')}/{t.get('decoder_layers', '?')}"
+        arch = t.get("architecture") or "bart"
+        if arch == "bart":
+            name = f"random d{t.get('d_model', '?')} L{t.get('encoder_layers', '?')}/{t.get('decoder_layers', '?')}"
+        else:  # a decoder-only stack has no encoder layers to show
+            name = f"random {arch} d{t.get('d_model', '?')} L{t.get('decoder_layers', '?')}"
     else:
         name = str(m.get("name_or_path") or "?")
     if (m.get("lora") or {}).get("enabled"):
@@ -241,7 +251,7 @@ def run_row(rec: dict) -> dict[str, Any]:
         "id": rec["_id"],
         "kind": rec.get("kind", "?"),
         "name": rec.get("name", "?"),
-        "model": _model_name(cfg),
+        "model": model_label(cfg),
         "device": device,
         "status": effective_status(rec),
         "cause": failure_cause(rec),
@@ -339,7 +349,7 @@ def _config_changes(prev: dict, cur: dict, limit: int = 10) -> list[str]:
 def _setup_line(cfg: dict) -> str:
     t = cfg.get("train") or {}
     m = cfg.get("model") or {}
-    bits = [f"model {_model_name(cfg)}"]
+    bits = [f"model {model_label(cfg)}"]
     if t:
         length = f"{t.get('max_steps')} steps" if t.get("max_steps") else f"{t.get('epochs')} epochs"
         bits += [length, f"lr {t.get('lr')}", f"{t.get('batch_tokens')} tokens/step",

@@ -103,3 +103,25 @@ def test_length_stats():
     s = M.length_stats([1, 2, 3, 4, 100])
     assert s["n"] == 5 and s["median"] == 3 and s["max"] == 100 and s["mean"] == pytest.approx(22)
     assert M.length_stats([]) == {"n": 0}
+
+
+def test_paired_bootstrap_sign_interval_and_share():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.2, 0.4, size=50)
+    b = a + rng.uniform(0.05, 0.15, size=50)  # better on every example
+    d = M.paired_bootstrap(a, b, samples=1000, seed=0)
+    assert d["diff"] == pytest.approx(float((b - a).mean()))
+    assert 0 < d["ci95"][0] < d["diff"] < d["ci95"][1] and d["p"] == 0.0 and d["n"] == 50
+    back = M.paired_bootstrap(b, a, samples=1000, seed=0)
+    assert back["diff"] == pytest.approx(-d["diff"]) and back["ci95"][1] < 0 and back["p"] == 0.0
+    # no difference on average: the interval covers 0 and the share is large
+    noise = a + rng.normal(0, 0.05, size=50)
+    noise += a.mean() - noise.mean()
+    same = M.paired_bootstrap(a, noise, samples=1000, seed=0)
+    assert same["ci95"][0] < 0 < same["ci95"][1] and same["p"] > 0.5
+    assert M.paired_bootstrap(a, a, samples=100)["p"] == 1.0
+    assert M.paired_bootstrap(a, b, samples=1000, seed=0) == d  # seeded: reproducible
+    single = M.paired_bootstrap([0.1], [0.3], samples=100)
+    assert single["ci95"] == [pytest.approx(0.2)] * 2 and np.isnan(single["p"])
+    with pytest.raises(ValueError, match="same examples"):
+        M.paired_bootstrap([0.1, 0.2], [0.3], samples=10)

@@ -1,4 +1,4 @@
-"""ROUGE, baselines, length statistics and bootstrap intervals: pure functions on strings.
+"""ROUGE, baselines, length statistics, bootstrap intervals and the paired bootstrap: pure functions.
 
 Scores are F1 in [0, 1] (reports show them x100). ROUGE-Lsum needs sentences on separate lines;
 ``split_sentences`` is a small regex splitter so scoring never needs an nltk download.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -128,6 +128,19 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[
     return out
 
 
+def _bootstrap_means(v: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Means of ``samples`` resamples (with replacement) of the 1-D array ``v``: shape (samples,)."""
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples, dtype=np.float64)
+    # chunked so 10k resamples of 10k examples never hold a 100M-element index matrix
+    chunk = max(1, 2_000_000 // v.size)
+    for lo in range(0, samples, chunk):
+        hi = min(samples, lo + chunk)
+        idx = rng.integers(0, v.size, size=(hi - lo, v.size))
+        means[lo:hi] = v[idx].mean(axis=1)
+    return means
+
+
 def bootstrap_ci(values: Sequence[float] | np.ndarray, samples: int = 1000, seed: int = 0,
                  level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (resampling examples with replacement)."""
@@ -137,17 +150,54 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, samples: int = 1000, seed
     if samples <= 0 or v.size == 1:
         m = float(v.mean())
         return (m, m)
-    rng = np.random.default_rng(seed)
-    means = np.empty(samples, dtype=np.float64)
-    # chunked so 10k resamples of 10k examples never hold a 100M-element index matrix
-    chunk = max(1, 2_000_000 // v.size)
-    for lo in range(0, samples, chunk):
-        hi = min(samples, lo + chunk)
-        idx = rng.integers(0, v.size, size=(hi - lo, v.size))
-        means[lo:hi] = v[idx].mean(axis=1)
+    means = _bootstrap_means(v, samples, seed)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return (float(low), float(high))
+
+
+def paired_bootstrap(baseline: Sequence[float] | np.ndarray, other: Sequence[float] | np.ndarray,
+                     samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """Paired bootstrap of ``other - baseline`` over the same examples (resample examples, mean difference).
+
+    Args:
+        baseline: per-example scores of the reference system, shape (n,).
+        other: per-example scores of the compared system on the same n examples, in the same order.
+        samples: resamples; 0 gives the point estimate only.
+        seed: seed of the resampling (the same seed and n resample the same examples, so the
+            differences of several metrics are computed on the same resamples).
+        level: coverage of the interval.
+
+    Returns:
+        ``{"diff": mean difference, "ci95": [lo, hi] (percentile interval of the resampled mean
+        differences), "p": two-sided share (twice the share of resampled differences on the other
+        side of 0 from the observed one, at most 1; 1.0 when the observed difference is 0; nan
+        without resampling), "n": examples, "samples": resamples}``. Positive ``diff``: ``other``
+        scores higher.
+
+    Raises:
+        ValueError: the two arrays differ in length.
+    """
+    a = np.asarray(baseline, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} baseline scores but {b.size} other scores; a paired bootstrap needs the same examples")
+    d = b - a
+    if d.size == 0:
+        return {"diff": float("nan"), "ci95": [float("nan"), float("nan")], "p": float("nan"), "n": 0, "samples": samples}
+    observed = float(d.mean())
+    if samples <= 0 or d.size == 1:
+        return {"diff": observed, "ci95": [observed, observed], "p": float("nan"), "n": int(d.size), "samples": 0}
+    means = _bootstrap_means(d, samples, seed)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    if observed > 0:
+        p = min(1.0, 2.0 * float(np.mean(means <= 0)))
+    elif observed < 0:
+        p = min(1.0, 2.0 * float(np.mean(means >= 0)))
+    else:
+        p = 1.0
+    return {"diff": observed, "ci95": [float(low), float(high)], "p": p, "n": int(d.size), "samples": samples}
 
 
 def summarize_scores(per_example: dict[str, np.ndarray], samples: int = 1000, seed: int = 0) -> dict[str, dict]:
