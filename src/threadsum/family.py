@@ -434,22 +434,28 @@ def family_of(model_or_config: Any) -> Family:
     return SEQ2SEQ if value else CAUSAL
 
 
-def family_of_folder(path: str | Path) -> Family:
-    """The family of a saved model folder (its ``config.json``, or a CTranslate2 export's manifest);
-    seq2seq when neither says (a folder converted by hand from BART)."""
+def family_of_folder(path: str | Path, default: Optional[Family] = None) -> Optional[Family]:
+    """The family of a saved model folder: its export manifest's ``family`` (``threadsum export``),
+    else its transformers ``config.json`` (one with a ``model_type``; a CTranslate2 converter's
+    config.json is not one), else ``default`` (seq2seq when the argument is omitted: a folder converted
+    by hand from BART)."""
     folder = Path(path)
-    for name, key in (("threadsum-export.json", "family"), ("config.json", None)):
-        f = folder / name
-        if f.is_file():
-            try:
-                data = json.loads(f.read_text())
-            except ValueError:
-                continue
-            if key is None:
-                return family_of(data)
-            if data.get(key) in _BY_NAME:
-                return _BY_NAME[data[key]]
-    return SEQ2SEQ
+    for name in ("threadsum-export.json", "config.json"):
+        try:
+            data = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        if name == "threadsum-export.json" and data.get("family") in _BY_NAME:
+            return _BY_NAME[data["family"]]
+        if name == "config.json" and "model_type" in data:
+            return family_of(data)
+    return SEQ2SEQ if default is None else default
+
+
+UNRESOLVED = Family("unknown", "", "", (), (), "", "right", False)
+"""Sentinel ``default`` of :func:`family_of_folder` meaning 'say nothing' (never used as a family)."""
 
 
 def check_prepared_family(prepared_dir: str | Path, family: Family) -> None:

@@ -259,23 +259,25 @@ def check_same_threads(runs: Sequence[EvaluatedRun]) -> list[str]:
 def model_family(config: dict[str, Any], model_dir: Optional[Path] = None) -> Optional[str]:
     """'seq2seq' or 'causal' for a run, or None when nothing says.
 
-    Order: ``model.family`` of the run's config when not 'auto'; ``is_encoder_decoder`` of the
-    model folder's transformers config.json (absent means False, transformers' default); for a
-    random-init model ``model.tiny.architecture`` ('bart': seq2seq, else causal).
+    Order: ``model.family`` of the run's config when not 'auto'; the model folder itself
+    (:func:`threadsum.family.family_of_folder`: export manifest or transformers config.json); for a
+    random-init model ``model.tiny.architecture`` (:func:`threadsum.model.family_for`).
     """
-    m = config.get("model") or {}
-    if m.get("family") in ("seq2seq", "causal"):
-        return m["family"]
-    if model_dir is not None and (model_dir / "config.json").is_file():
-        try:
-            hf = json.loads((model_dir / "config.json").read_text())
-        except (OSError, ValueError):
-            hf = {}
-        if isinstance(hf, dict) and "model_type" in hf:  # a transformers config, not a CTranslate2 export's
-            return "seq2seq" if hf.get("is_encoder_decoder") else "causal"
-    if m.get("init") == "random":
-        return "seq2seq" if ((m.get("tiny") or {}).get("architecture") or "bart") == "bart" else "causal"
-    return None
+    from threadsum.config import ModelConfig
+    from threadsum.family import UNRESOLVED, family_of_folder
+    from threadsum.model import family_for
+
+    try:
+        m = ModelConfig.model_validate(config.get("model") or {})
+    except ValueError:
+        return None
+    if m.family != "auto":
+        return m.family
+    if model_dir is not None:
+        found = family_of_folder(model_dir, default=UNRESOLVED)
+        if found is not UNRESOLVED:
+            return found.name
+    return family_for(m).name if m.init == "random" else None
 
 
 def _num(v: Any) -> Optional[float]:
