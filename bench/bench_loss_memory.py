@@ -14,6 +14,9 @@ model's weights and gradients are in both, only the loss path differs.
   128 summary tokens, only the summary labelled). The full path computes logits for all 1,152
   positions, the label-only head for the 128 labelled ones. Goal: the step's peak (memory it adds
   above the model at rest) <= 0.5x the full-logits step's, loss and gradients equal.
+- ``qwen2.5-0.5b-head``: the LM head and loss alone at that shape (final hidden states
+  [1, 1,152, 896] and the tied [151,936, 896] embedding, both requiring gradients): the memory and
+  time the label-only head saves, without the 24 layers' activations and gradients around it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPES = ("bart-large", "qwen2.5-0.5b")
+SHAPES = ("bart-large", "qwen2.5-0.5b", "qwen2.5-0.5b-head")
 
 
 def _rss_gb() -> float:
@@ -61,12 +64,45 @@ def _model_and_batch(shape: str):
     return model, CAUSAL, batch
 
 
+class _HeadOnly:
+    """The LM head of Qwen2.5-0.5B's shape over fixed final hidden states (``qwen2.5-0.5b-head``)."""
+
+    def __init__(self):
+        import torch
+
+        from threadsum.family import CAUSAL
+
+        torch.manual_seed(0)  # the same head weights in both processes
+        g = torch.Generator().manual_seed(2)
+        self.config = type("C", (), {"model_type": "qwen2"})()
+        self.hidden = torch.nn.Parameter(torch.randn(1, 1152, 896, generator=g))
+        self.lm_head = torch.nn.Linear(896, 151936, bias=False)
+        self.model = lambda **_: type("O", (), {"last_hidden_state": self.hidden})()
+        prompt = torch.randint(4, 151000, (1, 1024), generator=g).tolist()
+        summary = [x + [151645] for x in torch.randint(4, 151000, (1, 127), generator=g).tolist()]
+        self.batch = CAUSAL.collate(prompt, summary, pad_id=151643, pad=8)
+
+    def __call__(self, **_):
+        return type("O", (), {"logits": self.lm_head(self.hidden)})()
+
+    def parameters(self):
+        return [self.hidden, self.lm_head.weight]
+
+    def train(self):
+        return self
+
+
 def child(shape: str, chunk: int) -> dict:
     import torch
 
+    from threadsum.family import CAUSAL
     from threadsum.train.loss import lm_loss_sum
 
-    model, family, b = _model_and_batch(shape)
+    if shape == "qwen2.5-0.5b-head":
+        head = _HeadOnly()
+        model, family, b = head, CAUSAL, head.batch
+    else:
+        model, family, b = _model_and_batch(shape)
     model.train()
     base_rss = _rss_gb()
     inputs = {k: b[k] for k in family.model_inputs}
@@ -81,6 +117,16 @@ def child(shape: str, chunk: int) -> dict:
             "step_gb": round(peak - base_rss, 2), "labelled": int(b["n_label_tokens"]),
             "positions": int(b["labels"].numel()),
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def _head_report(full: dict, chunked: dict) -> tuple[str, str]:
+    step_ratio = chunked["step_gb"] / max(full["step_gb"], 1e-9)
+    what = ("The LM head and loss alone at Qwen2.5-0.5B's shape: final hidden states [1, 1,152, 896] and the "
+            "tied [151,936, 896] embedding, both with gradients; 128 labelled of 1,152 positions; fp32.")
+    verdict = (f"Head memory (peak minus rest) label-only / full: **{step_ratio:.2f}x**; time "
+               f"{chunked['seconds']} s vs {full['seconds']} s. Loss equal to "
+               f"{abs(chunked['loss_sum'] - full['loss_sum']) / abs(full['loss_sum']):.1e} (relative).")
+    return what, verdict
 
 
 def _row(r: dict) -> str:
@@ -116,7 +162,9 @@ def main() -> int:
     step_ratio = chunked["step_gb"] / max(full["step_gb"], 1e-9)
     loss_rel = abs(chunked["loss_sum"] - full["loss_sum"]) / abs(full["loss_sum"])
     grad_rel = abs(chunked["grad_norm"] - full["grad_norm"]) / abs(full["grad_norm"])
-    if args.shape == "bart-large":
+    if args.shape == "qwen2.5-0.5b-head":
+        what, verdict = _head_report(full, chunked)
+    elif args.shape == "bart-large":
         what = ("Random-init BART-large (406M parameters, vocabulary 50,265), fp32, batch 2 x (1,024 + 256) tokens, "
                 "label smoothing 0.1, forward + backward, each mode in its own process.")
         verdict = f"Peak ratio chunked / full: **{ratio:.2f}x** (goal <= 0.90x: {'met' if ratio <= 0.9 else 'missed'})."
@@ -137,7 +185,7 @@ def main() -> int:
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_row(r) for r in rows), "", verdict, "",
     ]
-    suffix = "" if args.shape == "bart-large" else "_" + args.shape.replace(".", "")
+    suffix = "" if args.shape == "bart-large" else "_" + args.shape.replace(".", "").replace("-head", "_head")
     out = Path(args.out or REPO / "bench" / f"results_loss_memory{suffix}.md")
     out.write_text("\n".join(lines))
     print("\n".join(lines))

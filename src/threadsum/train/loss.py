@@ -101,10 +101,12 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         has_w, has_b = ctx.has
         w_dtype, b_dtype = ctx.dtypes
+        # scaled in place: these buffers were made by forward for this one backward (the training step
+        # never retains the graph), and a scaled copy would hold a second [vocab, d_model] gradient
         return (
-            grad_hidden * grad_loss.to(grad_hidden.dtype),
-            (grad_weight * grad_loss.to(grad_weight.dtype)).to(w_dtype) if has_w else None,
-            (grad_bias * grad_loss.to(grad_bias.dtype)).to(b_dtype) if has_b else None,
+            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype)),
+            grad_weight.mul_(grad_loss.to(grad_weight.dtype)).to(w_dtype) if has_w else None,
+            grad_bias.mul_(grad_loss.to(grad_bias.dtype)).to(b_dtype) if has_b else None,
             None, None, None,
         )
 
