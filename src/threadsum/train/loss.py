@@ -117,13 +117,19 @@ CHUNKED_MODEL_TYPES = ("bart", "mbart")
 transformers' modeling_bart/modeling_mbart), so the chunked loss computes the same function."""
 
 
+def chunk_tokens_for(configured: int, distributed: bool) -> int:
+    """``train.loss_chunk_tokens`` (tokens per chunk) as a run uses it: ``configured`` in one process,
+    0 (the full-logits path) under DDP/FSDP (``distributed``: several processes), whose hooks live on
+    the model's own forward (gradient sync, parameter unsharding), which the chunked path bypasses.
+    The one place this rule is decided; pure, so the planner applies it without an accelerator."""
+    return 0 if distributed else configured
+
+
 def loss_chunk_tokens(configured: int, accelerator: Any) -> int:
-    """``train.loss_chunk_tokens`` for this run, or 0 (the full-logits path) under DDP/FSDP: their
-    hooks live on the model's own forward (gradient sync, parameter unsharding), which the chunked
-    path bypasses. The one place this rule is decided."""
+    """``train.loss_chunk_tokens`` for this run's ``accelerator`` (see :func:`chunk_tokens_for`)."""
     from accelerate.utils import DistributedType
 
-    return configured if accelerator.distributed_type == DistributedType.NO else 0
+    return chunk_tokens_for(configured, accelerator.distributed_type != DistributedType.NO)
 
 
 def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor]]]:
