@@ -283,7 +283,9 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
     console.print(t)
     for n in plan.notes:
         console.print(f"  note: {n}")
-    result: dict[str, Any] = {"plan": plan.to_dict()}
+    kv, kv_shape = mem.generation_kv_cache(cfg, dev, plan.model)
+    console.print(f"generation KV cache: {_gib(kv)} GiB ({kv_shape}; eval.generation, beside the weights)")
+    result: dict[str, Any] = {"plan": plan.to_dict(), "kv_cache_gib": kv / mem.GiB}
     try:
         options = mem.fit_options(cfg, dev, ranks=ranks)
     except mem.PlanError as exc:

@@ -1070,6 +1070,33 @@ def kv_cache_bytes(spec: ModelSpec, batch: int, beams: int, prompt_len: int, new
     return float(batch) * beams * spec.formulas.kv_cache_elements(spec, prompt_len, new_tokens) * bytes_per_value
 
 
+def generation_kv_cache(cfg: Config, device: Device, spec: Optional[ModelSpec] = None) -> tuple[float, str]:
+    """The key/value cache of one generation batch of cfg's decoding settings on ``device``.
+
+    ``eval.generation.batch_size`` threads of ``data.max_source_tokens`` prompt tokens,
+    ``eval.generation.num_beams`` beams, ``eval.generation.max_new_tokens`` new tokens; values in
+    fp32 when ``eval.dtype`` is fp32 (or 'auto' on a CPU without native bf16), else 2 bytes.
+
+    Returns:
+        ``(bytes, explanation)`` (see :func:`kv_cache_bytes`).
+    """
+    spec = spec or model_spec(cfg)
+    g = cfg.eval.generation
+    dtype = cfg.eval.dtype
+    if dtype == "auto":
+        dtype = "bf16" if device.kind == "cuda" or device.bf16 else "fp32"
+    nbytes = 4 if dtype == "fp32" else 2
+    prompt = cfg.data.max_source_tokens
+    size = kv_cache_bytes(spec, g.batch_size, g.num_beams, prompt, g.max_new_tokens, nbytes)
+    if spec.family == CAUSAL:
+        shape = (f"{g.batch_size} threads x {g.num_beams} beams x {spec.decoder_layers} layers x 2 x {spec.kv_heads_} kv heads x "
+                 f"{spec.head_dim_} x ({prompt}+{g.max_new_tokens}) tokens x {nbytes} B")
+    else:
+        shape = (f"{g.batch_size} threads x {g.num_beams} beams x {spec.decoder_layers} decoder layers x 2 x {spec.d_model} x "
+                 f"({prompt} source + {g.max_new_tokens} new) tokens x {nbytes} B")
+    return size, shape
+
+
 def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> MemoryPlan:
     """The memory of one training step with these levers on this device (per rank).
 
