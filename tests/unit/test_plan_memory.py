@@ -101,6 +101,15 @@ def _predict_seq2seq(p: dict) -> float:
     return plan.peak / mem.MiB
 
 
+def _labelled_per_row(p: dict) -> int:
+    """Labelled positions per sequence of a measured causal batch (its padded first row loses some)."""
+    B, S, L = p["batch"], p["src_len"], p["src_len"] + p["tgt_len"]
+    first, per = (L - 1, L - 1) if p["train_on_prompt"] else (p["tgt_len"], p["tgt_len"])
+    if B > 1:  # row 0 is padded from L - L // 4 on
+        first = max(0, (L - L // 4 - 1) - (0 if p["train_on_prompt"] else S - 1))
+    return round((first + (B - 1) * per) / B)
+
+
 def _predict_causal(p: dict) -> float:
     """A causal point as bench/calibrate_memory.py measures it: one sequence of src + tgt tokens, the
     completion labelled (every position but the last with train_on_prompt), the chunked head."""
@@ -113,7 +122,7 @@ def _predict_causal(p: dict) -> float:
     lv = mem.Levers(precision=p["precision"], optimizer=p["optimizer"], gradient_checkpointing=p["checkpointing"],
                     lora=p["lora"], loss_chunk_tokens=p["chunk"])
     w = mem.Workload(p["batch"], p["src_len"], p["tgt_len"], seq_len=seq,
-                     labelled_len=seq - 1 if p["train_on_prompt"] else p["tgt_len"])
+                     labelled_len=_labelled_per_row(p))
     return mem.estimate(spec, lv, w, mem.resolve_device("cpu:64")).peak / mem.MiB
 
 

@@ -666,7 +666,10 @@ def _head_terms(spec: ModelSpec, lv: Levers, rows: float, labelled: float, logit
         chunk = min(float(lv.loss_chunk_tokens), labelled)
         trained_head = not (lv.lora or (lv.freeze_embeddings and spec.tied_embeddings))
         saved = labelled * d * 4 * (2 if selected else 1) + ((V * d + V) * 4 if trained_head else 0)
-        return saved, saved + chunk * V * (8 + lp), rows * d * 4 if selected else 0.0
+        # per chunk: its logits (matmul output, fp32 copy, log-softmax) and, for a trained head, the
+        # chunk's weight gradient (vocab x d fp32) before it is added to the running sum
+        forward = saved + chunk * V * (8 + (lp if lp < 4 else 0)) + (V * d * 4 if trained_head else 0)
+        return saved, forward, rows * d * 4 if selected else 0.0
     to_fp32 = 4 if logit_bytes < 4 else 0  # low-precision logits are copied to fp32 for the loss
     saved = rows * (d * lp + 4 * V + (logit_bytes * V if lv.hold_logits else 0))
     return saved, rows * (d * lp + (logit_bytes + to_fp32 + 4) * V), rows * 8 * V
@@ -679,6 +682,10 @@ class Seq2SeqFormulas:
 
     lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     """LoRA targets when ``model.lora.target_modules`` is empty: attention projections and the FFN."""
+    def cpu_sticky_layers(self, checkpointing: bool) -> int:
+        """CPU: layers' worth of activation memory resident beside all saved activations at the start
+        of backward (sticky RSS): the first recomputed layer with checkpointing, none without (calibrated)."""
+        return 1 if checkpointing else 0
 
     def spec_from_config(self, name: str, c: dict[str, Any]) -> ModelSpec:
         """A spec from a BART-style ``config.json`` mapping; missing optional keys take BART's
@@ -892,6 +899,14 @@ class CausalFormulas:
 
     lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     """LoRA targets when ``model.lora.target_modules`` is empty: attention and MLP projections."""
+    def cpu_sticky_layers(self, checkpointing: bool) -> int:
+        """CPU: layers' worth of activation memory resident beside all saved activations at the start
+        of backward (sticky RSS). Without checkpointing one: the last layer's backward builds the
+        gradients of its activations (about what the layer saved) before glibc hands freed pages back.
+        With checkpointing three: the two causal checkpointing points of bench/results_plan.md exceed
+        one recomputed layer by 1.9 and 2.7 layers (each recompute interleaves with the layer's weight
+        gradients, so the next one does not fit the holes the previous one left)."""
+        return 3 if checkpointing else 1
 
     def spec_from_config(self, name: str, c: dict[str, Any]) -> ModelSpec:
         """A spec from a Llama/Qwen-style ``config.json`` mapping (``hidden_size``, ``num_hidden_layers``,
@@ -1180,7 +1195,7 @@ def estimate(spec: ModelSpec, lv: Levers, w: Workload, device: Device) -> Memory
         # arenas, so the logits' gradients, the first recomputed layer and the tied-embedding
         # gradient add up instead of reusing each other's memory (this is how the CPU points were
         # calibrated; a CUDA allocator reuses the blocks)
-        first = max(full for full, _ in a.layers) if ckpt else 0.0
+        first = spec.formulas.cpu_sticky_layers(ckpt) * max(full for full, _ in a.layers)
         add("start of backward", grads + g_head, acts + first, a.head_transient)
     else:
         add("start of backward", grads, acts, a.head_transient)
