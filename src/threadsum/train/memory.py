@@ -585,7 +585,8 @@ class MemoryPlan:
             ("gradients", self.gradients, f"{self.trainable_params / 1e6:.2f}M trainable x 4 B (fp32); {grad_note}"),
             ("optimizer states", self.optimizer, f"{lv.optimizer}: {opt_note}"),
             ("activations", self.activations,
-             f"{w.batch:g} x ({w.src_len}+{w.tgt_len}) tokens, {lv.precision}"
+             (f"{w.batch:g} x {w.seq_len} tokens (prompt {w.src_len} + completion {w.tgt_len}, one sequence)" if w.seq_len
+              else f"{w.batch:g} x ({w.src_len}+{w.tgt_len}) tokens") + f", {lv.precision}"
              + (", checkpointed" if lv.gradient_checkpointing else "") + (" + bf16/fp16 weight copies" if lv.amp else "")
              + (f"; CUDA factor {CUDA_ACTIVATION_FACTOR:g} included" if kind == "cuda" else "")),
             ("temporary buffers", self.temporary,
