@@ -61,3 +61,14 @@ def test_plan_command_prints_breakdown_options_and_cost(cfg):
     for word in ("weights", "optimizer states", "activations", "peak", "options that fit", "pick:", "ml.c5.4xlarge", "as of"):
         assert word in text
     assert out["pick"] is not None and out["cost"]
+
+
+def test_plan_command_for_a_causal_model(tmp_path):
+    cfg = load_config(None, [f"data.prepared_dir={tmp_path / 'none'}", "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct",
+                             "data.max_source_tokens=1024", "data.max_target_tokens=128"])
+    buf = io.StringIO()
+    out = cost.plan_command(cfg, "A10G", cost=True, console=Console(file=buf, width=220))
+    text = buf.getvalue()
+    assert "generation KV cache" in text and "2 kv heads" in text and "one sequence" in text
+    assert out["kv_cache_gib"] > 0 and out["cost"]
+    assert cost.flops_per_token(cost.mem.model_spec(cfg), 0.9, 1024, 128) > 6 * 0.35e9  # 6 x non-embedding weights

@@ -89,7 +89,7 @@ def test_options_are_sorted_and_fit():
     assert [o.speed for o in plain] == sorted((o.speed for o in plain), reverse=True)
 
 
-def _predict(p: dict) -> float:
+def _predict_seq2seq(p: dict) -> float:
     spec = mem.ModelSpec(
         name="calibration", d_model=p["d_model"], encoder_layers=p["encoder_layers"], decoder_layers=p["decoder_layers"],
         encoder_heads=p["attention_heads"], decoder_heads=p["attention_heads"], encoder_ffn=p["ffn_dim"],
@@ -99,6 +99,35 @@ def _predict(p: dict) -> float:
     lv = mem.Levers(precision=p["precision"], optimizer=p["optimizer"], gradient_checkpointing=p["checkpointing"], lora=p["lora"])
     plan = mem.estimate(spec, lv, mem.Workload(p["batch"], p["src_len"], p["tgt_len"]), mem.resolve_device("cpu:64"))
     return plan.peak / mem.MiB
+
+
+def _labelled_per_row(p: dict) -> int:
+    """Labelled positions per sequence of a measured causal batch (its padded first row loses some)."""
+    B, S, L = p["batch"], p["src_len"], p["src_len"] + p["tgt_len"]
+    first, per = (L - 1, L - 1) if p["train_on_prompt"] else (p["tgt_len"], p["tgt_len"])
+    if B > 1:  # row 0 is padded from L - L // 4 on
+        first = max(0, (L - L // 4 - 1) - (0 if p["train_on_prompt"] else S - 1))
+    return round((first + (B - 1) * per) / B)
+
+
+def _predict_causal(p: dict) -> float:
+    """A causal point as bench/calibrate_memory.py measures it: one sequence of src + tgt tokens, the
+    completion labelled (every position but the last with train_on_prompt), the chunked head."""
+    spec = mem.ModelSpec(
+        name="calibration", d_model=p["d_model"], encoder_layers=0, decoder_layers=p["layers"], encoder_heads=0,
+        decoder_heads=p["attention_heads"], encoder_ffn=0, decoder_ffn=p["ffn_dim"], vocab_size=p["vocab_size"],
+        dropout=0.0, family="causal", kv_heads=p["kv_heads"], qkv_bias=p["architecture"] == "qwen2",
+    )
+    seq = p["src_len"] + p["tgt_len"]
+    lv = mem.Levers(precision=p["precision"], optimizer=p["optimizer"], gradient_checkpointing=p["checkpointing"],
+                    lora=p["lora"], loss_chunk_tokens=p["chunk"])
+    w = mem.Workload(p["batch"], p["src_len"], p["tgt_len"], seq_len=seq,
+                     labelled_len=_labelled_per_row(p))
+    return mem.estimate(spec, lv, w, mem.resolve_device("cpu:64")).peak / mem.MiB
+
+
+def _predict(p: dict) -> float:
+    return _predict_causal(p) if p.get("family") == "causal" else _predict_seq2seq(p)
 
 
 def test_calibration_points_within_15_percent():
@@ -111,10 +140,12 @@ def test_calibration_points_within_15_percent():
         pred = _predict(p)
         err = pred / p["measured_mb"] - 1
         if abs(err) > 0.15:
-            errors.append(f"{p['precision']} {p['optimizer']} lora={p['lora']} ckpt={p['checkpointing']} "
+            errors.append(f"{p.get('family', 'seq2seq')} {p['model']} {p['precision']} {p['optimizer']} lora={p['lora']} ckpt={p['checkpointing']} "
                           f"B={p['batch']} {p['src_len']}+{p['tgt_len']}: measured {p['measured_mb']:.0f} MB, "
                           f"predicted {pred:.0f} MB ({err:+.0%})")
     assert not errors, "\n".join(errors)
+    # the causal family is calibrated too (the planner's causal peak within 15% of measured CPU points)
+    assert sum(p.get("family") == "causal" for p in doc["points"]) >= 6
 
 
 @pytest.mark.slow
@@ -209,3 +240,120 @@ def test_bart_large_gradients_and_adamw_states_are_textbook_sizes():
     assert parts["gradients"] / mem.GiB == pytest.approx(1.51, abs=0.01)
     assert parts["fixed overhead"] >= 0.5 * mem.GiB  # CUDA context is real memory
     assert abs(sum(parts.values()) - plan.peak) < 1e6
+
+
+# ---- causal (decoder-only) models
+def _causal(name="Qwen/Qwen2.5-0.5B-Instruct", *overrides: str):
+    return load_config(None, [f"model.name_or_path={name}", "data.max_source_tokens=1024", "data.max_target_tokens=128",
+                              *overrides])
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen3-0.6B",
+                                  "Qwen/Qwen3-1.7B", "meta-llama/Llama-3.2-1B-Instruct",
+                                  "HuggingFaceTB/SmolLM2-360M-Instruct", "HuggingFaceTB/SmolLM2-1.7B-Instruct"])
+def test_causal_param_count_matches_transformers(name):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    spec = mem.model_spec(load_config(None, [f"model.name_or_path={name}"]))
+    assert spec.family == "causal" and spec.encoder_layers == 0
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**mem.known_models()[name]))
+    assert spec.params() == sum(p.numel() for p in model.parameters())
+
+
+def test_causal_spec_from_models_yaml_alias_and_published_sizes():
+    spec = mem.model_spec(load_config(None, ["model.name_or_path=Qwen/Qwen2.5-0.5B"]))  # alias of -Instruct
+    assert (spec.family, spec.d_model, spec.decoder_layers, spec.kv_heads_, spec.head_dim_) == ("causal", 896, 24, 2, 64)
+    assert spec.params() == 494_032_768 and spec.tied_embeddings and spec.qkv_bias
+    llama = mem.model_spec(load_config(None, ["model.name_or_path=meta-llama/Llama-3.2-1B"]))
+    assert llama.params() == 1_235_814_400
+    qwen3 = mem.model_spec(load_config(None, ["model.name_or_path=Qwen/Qwen3-0.6B"]))
+    assert qwen3.head_dim_ == 128 and qwen3.decoder_heads * qwen3.head_dim_ == 2048 != qwen3.d_model and qwen3.qk_norm
+
+
+def test_causal_spec_from_local_config_and_tiny(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "mistral", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6,
+        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 96, "vocab_size": 32000,
+        "tie_word_embeddings": False, "max_position_embeddings": 4096}))
+    spec = mem.model_spec(load_config(None, [f"model.name_or_path={tmp_path}"]))
+    assert (spec.family, spec.decoder_layers, spec.kv_heads_, spec.head_dim_, spec.tied_embeddings) == ("causal", 6, 2, 96, False)
+    q, kv = 8 * 96, 2 * 96
+    layer = 2 * 512 * q + 2 * 512 * kv + 3 * 512 * 1536 + 2 * 512
+    assert spec.params() == 2 * 32000 * 512 + 6 * layer + 512  # untied: embedding + lm_head
+    with pytest.raises(mem.PlanError, match="model.family"):
+        mem.model_spec(load_config(None, [f"model.name_or_path={tmp_path}", "model.family=seq2seq"]))
+    tiny = mem.model_spec(load_config(None, ["model.init=random", "model.tiny.architecture=qwen2", "model.tiny.d_model=64",
+                                             "model.tiny.decoder_layers=3", "model.tiny.attention_heads=4",
+                                             "model.tiny.ffn_dim=128", "model.tiny.vocab_size=1000"]))
+    assert (tiny.family, tiny.decoder_layers, tiny.kv_heads_, tiny.encoder_layers) == ("causal", 3, 4, 0)
+    bart = mem.model_spec(load_config(None, ["model.init=random"]))
+    assert bart.family == "seq2seq"
+
+
+def test_causal_batch_costs_pad_of_prompt_plus_completion():
+    cfg = _causal("Qwen/Qwen2.5-0.5B-Instruct", "data.max_source_tokens=1020", "data.max_target_tokens=130",
+                  "train.pad_to_multiple_of=8", "train.max_tokens=4700")
+    w = mem.workload_from_config(cfg)
+    assert w.seq_len == 1152  # pad(1020 + 130), not pad(1020) + pad(130) = 1160
+    assert w.batch == 4 and w.tokens == 4 * 1152 and w.labelled_tokens == 4 * 130
+    bart = mem.workload_from_config(load_config(None, ["data.max_source_tokens=1020", "data.max_target_tokens=130",
+                                                       "train.pad_to_multiple_of=8"]))
+    assert bart.seq_len == 0 and bart.tokens == bart.batch * (1024 + 136)
+    on_prompt = mem.workload_from_config(_causal("Qwen/Qwen2.5-0.5B-Instruct", "train.train_on_prompt=true"))
+    assert on_prompt.labelled_tokens == on_prompt.tokens
+
+
+def test_label_only_head_logits_are_far_below_full_logits():
+    """Qwen2.5-0.5B (vocab 151,936), one thread of 1,024 prompt + 128 summary tokens."""
+    cfg = _causal("Qwen/Qwen2.5-0.5B-Instruct", "train.max_tokens=1152")
+    spec = mem.model_spec(cfg)
+    w = mem.workload_from_config(cfg)
+    one = mem.levers_from_config(cfg, mem.resolve_device("A10G"))
+    ddp = mem.levers_from_config(cfg, mem.resolve_device("A10G"), ranks=2)
+    assert one.loss_chunk_tokens == 1024 and ddp.loss_chunk_tokens == 0
+    V, lp = 151_936, 2
+    _, chunked_fwd, _ = mem._head_terms(spec, one, w.tokens, w.labelled_tokens, lp, selected=True)
+    _, full_fwd, _ = mem._head_terms(spec, ddp, w.tokens, w.labelled_tokens, lp, selected=True)
+    assert full_fwd >= 1152 * V * 4 * 2  # fp32 logits + log-softmax of every position
+    # minus the kept head-input and head-weight gradients and one chunk's weight gradient before it is summed
+    logits_chunked = chunked_fwd - (128 * 896 * 8 + (V * 896 + V) * 4 + V * 896 * 4)
+    assert one.precision == "bf16"
+    assert logits_chunked == 128 * V * (lp + 8)  # one chunk, only the 128 labelled rows: bf16 matmul, fp32 logits + log-softmax
+    assert logits_chunked < full_fwd / 8
+    # and in the whole plan: the one-process step is far smaller than the full-logits one
+    plan_one = mem.estimate(spec, one, w, mem.resolve_device("A10G"))
+    plan_full = mem.estimate(spec, mem.replace(one, loss_chunk_tokens=0), w, mem.resolve_device("A10G"))
+    assert plan_full.peak - plan_one.peak > 1.0 * mem.GiB
+
+
+def test_one_process_fsdp_strategy_keeps_the_chunked_loss():
+    cfg = _causal("Qwen/Qwen2.5-0.5B-Instruct", "train.strategy=fsdp")
+    assert mem.levers_from_config(cfg, mem.resolve_device("H100")).loss_chunk_tokens == cfg.train.loss_chunk_tokens
+    assert mem.levers_from_config(cfg, mem.resolve_device("H100"), ranks=4).loss_chunk_tokens == 0
+
+
+def test_kv_cache_of_generation():
+    spec = mem.model_spec(_causal())
+    # batch 1, greedy, 1,024 prompt + 128 new tokens, bf16: 24 layers x 2 x 2 kv heads x 64 x 1,152 x 2 B
+    assert mem.kv_cache_bytes(spec, 1, 1, 1024, 128, 2) == 24 * 2 * 2 * 64 * 1152 * 2
+    size, shape = mem.generation_kv_cache(_causal("Qwen/Qwen2.5-0.5B-Instruct", "eval.generation.batch_size=8",
+                                                  "eval.generation.num_beams=4", "eval.dtype=bf16"), mem.resolve_device("A10G"))
+    assert size == 8 * 4 * 24 * 2 * 2 * 64 * (1024 + 128) * 2 and "2 kv heads" in shape
+    bart = mem.model_spec(_large())
+    assert mem.kv_cache_bytes(bart, 1, 1, 1024, 128, 2) == 12 * 2 * 1024 * (1024 + 128) * 2  # self + cross attention
+
+
+def test_causal_levers_lora_and_checkpointing():
+    base = mem.plan_memory(_causal("Qwen/Qwen2.5-0.5B-Instruct", "train.precision=bf16"), "A10G")
+    lora = mem.plan_memory(_causal("Qwen/Qwen2.5-0.5B-Instruct", "train.precision=bf16", "model.lora.enabled=true"), "A10G")
+    ckpt = mem.plan_memory(_causal("Qwen/Qwen2.5-0.5B-Instruct", "train.precision=bf16", "model.gradient_checkpointing=true"), "A10G")
+    assert lora.levers.lora_targets == mem.CausalFormulas.lora_targets
+    # r16 on q/k/v/o + gate/up/down of 24 layers
+    per_layer = 16 * ((896 + 896) + (896 + 128) * 2 + (896 + 896) + 2 * (896 + 4864) + (4864 + 896))
+    assert lora.trainable_params == 24 * per_layer
+    assert lora.optimizer < base.optimizer / 50 and ckpt.activations < base.activations
+    assert abs(sum(b for _, b, _ in base.breakdown()) - base.peak) < 1e6
+    overrides, plan = mem.auto_fit(_causal("Qwen/Qwen2.5-0.5B-Instruct", "train.max_tokens=16384"), "T4")
+    assert plan.fits and plan.model.family == "causal"

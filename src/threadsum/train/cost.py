@@ -61,25 +61,22 @@ def flops_per_token(spec: mem.ModelSpec, src_share: float, src_len: int, tgt_len
 
     The 6 x parameters rule (2 forward + 4 backward FLOPs per weight per token) is Kaplan et al.,
     "Scaling Laws for Neural Language Models" (2020). Attention (scores and weighted sum) is counted
-    as 2 x 2 x context x d_model extra weights per layer inside the same 6 x (decoder context:
-    target + source, for self- and cross-attention). Source tokens pass the encoder, target tokens
-    the decoder and the LM head (vocab x d_model).
+    as 2 x 2 x context x width extra weights per layer inside the same 6 x. The family decides the
+    rest (``flops_per_token`` of :class:`~threadsum.train.memory.Seq2SeqFormulas`: source tokens pass
+    the encoder, target tokens the decoder and the LM head, decoder context target + source;
+    :class:`~threadsum.train.memory.CausalFormulas`: every token passes every layer, context the full
+    prompt + completion, the LM head for the completion share only).
 
     Args:
         spec: the architecture.
-        src_share: share of an epoch's real tokens that are source tokens (0..1).
-        src_len: source length in tokens seen by attention.
-        tgt_len: target length in tokens seen by decoder self-attention.
+        src_share: share of an epoch's real tokens that are source (prompt) tokens (0..1).
+        src_len: source (prompt) length in tokens seen by attention.
+        tgt_len: target (completion) length in tokens seen by attention.
 
     Returns:
         FLOPs per token (a token-weighted average of source and target tokens).
     """
-    d = spec.d_model
-    enc = spec.encoder_layers * (4 * d * d + 2 * d * spec.encoder_ffn)
-    dec = spec.decoder_layers * (8 * d * d + 2 * d * spec.decoder_ffn) + spec.vocab_size * d
-    attn_src = spec.encoder_layers * 2 * 2 * src_len * d
-    attn_tgt = spec.decoder_layers * 2 * 2 * (tgt_len + src_len) * d
-    return 6 * (src_share * (enc + attn_src) + (1 - src_share) * (dec + attn_tgt))
+    return spec.formulas.flops_per_token(spec, src_share, src_len, tgt_len)
 
 
 @dataclass
@@ -156,7 +153,7 @@ def _gpu_rate(spec: mem.ModelSpec, gpu: mem.Device, option: mem.FitOption, et: E
     """Tokens/s of one GPU for this option: the H200 measurement where it applies, else the MFU model."""
     lv, w = option.plan.levers, option.plan.workload
     large = mem.ModelSpec.from_hf_config("facebook/bart-large", mem.known_models()["facebook/bart-large"])
-    is_large = (spec.d_model, spec.encoder_layers, spec.vocab_size) == (large.d_model, large.encoder_layers, large.vocab_size)
+    is_large = (spec.family, spec.d_model, spec.encoder_layers, spec.vocab_size) == (large.family, large.d_model, large.encoder_layers, large.vocab_size)
     anchor_key = "lora" if lv.lora else ("checkpointing" if lv.gradient_checkpointing else "full")
     if gpu.name == "H200" and is_large and lv.amp and lv.optimizer == "adamw" and not lv.cpu_offload:
         return H200_MEASURED[anchor_key], "measured (H200)"
@@ -190,6 +187,8 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
     Raises:
         PlanError: the configured model's architecture cannot be read.
     """
+    from threadsum.train.loss import chunk_tokens_for  # needs torch: planning needs the [train] extra
+
     cat = instance_catalog()
     discount = cat["spot_discount"] if spot_discount is None else spot_discount
     spec = mem.model_spec(cfg)
@@ -202,9 +201,9 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
         if it["gpus"]:
             gpu = mem._catalog_device(it["gpu"])
             gcfg = cfg
-            if it["gpus"] > 1:  # DDP across the instance's GPUs: the full-logits loss path (train/step.py)
+            if it["gpus"] > 1:  # DDP across the instance's GPUs: the loss path of several processes
                 gcfg = cfg.model_copy(deep=True)
-                gcfg.train.loss_chunk_tokens = 0
+                gcfg.train.loss_chunk_tokens = chunk_tokens_for(cfg.train.loss_chunk_tokens, distributed=True)
             try:
                 opts = [o for o in mem.fit_options(gcfg, gpu) if not o.changes_model or cfg.model.lora.enabled]
             except mem.PlanError:
@@ -221,7 +220,7 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
         else:
             ram = mem.Device(f"{name} RAM", "cpu", int(it["ram_gib"] * mem.GiB), False)
             # the largest micro-batch budget that fits the RAM (accumulation keeps the effective batch)
-            found = mem._largest_budget(cfg, spec, mem.levers_from_config(cfg, ram), ram)
+            found = mem._largest_budget(cfg, spec, mem.levers_from_config(cfg, ram, spec=spec), ram)
             fits = found is not None
             fpt = flops_per_token(spec, et.src_share, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
             # fp32: m5/c5 (Skylake/Cascade Lake) lack avx512_bf16, so bf16 autocast would be emulated
@@ -284,7 +283,9 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
     console.print(t)
     for n in plan.notes:
         console.print(f"  note: {n}")
-    result: dict[str, Any] = {"plan": plan.to_dict()}
+    kv, kv_shape = mem.generation_kv_cache(cfg, dev, plan.model)
+    console.print(f"generation KV cache: {_gib(kv)} GiB ({kv_shape}; eval.generation, beside the weights)")
+    result: dict[str, Any] = {"plan": plan.to_dict(), "kv_cache_gib": kv / mem.GiB}
     try:
         options = mem.fit_options(cfg, dev, ranks=ranks)
     except mem.PlanError as exc:

@@ -148,18 +148,19 @@ same function. Gemma 2/3 (final logit soft-capping) and Cohere (a logit scale) a
 full-logits path."""
 
 
+def chunk_tokens_for(configured: int, distributed: bool) -> int:
+    """``train.loss_chunk_tokens`` (tokens per chunk) as a run uses it: ``configured`` in one process,
+    0 (the full-logits path) under DDP/FSDP (``distributed``: several processes), whose hooks live on
+    the model's own forward (gradient sync, parameter unsharding), which the chunked path bypasses.
+    The one place this rule is decided; pure, so the planner applies it without an accelerator."""
+    return 0 if distributed else configured
+
+
 def loss_chunk_tokens(configured: int, accelerator: Any) -> int:
-    """``train.loss_chunk_tokens`` for this run, or 0 (the full-logits path) under DDP/FSDP: their
-    hooks live on the model's own forward (gradient sync, parameter unsharding), which the chunked
-    path bypasses. The one place this rule is decided (:func:`chunking_applies` is its pure form)."""
+    """``train.loss_chunk_tokens`` for this run's ``accelerator`` (see :func:`chunk_tokens_for`)."""
     from accelerate.utils import DistributedType
 
-    return configured if chunking_applies(accelerator.distributed_type != DistributedType.NO) else 0
-
-
-def chunking_applies(distributed: bool) -> bool:
-    """Whether the chunked head can run: only in one process (no DDP/FSDP wrapper around the model)."""
-    return not distributed
+    return chunk_tokens_for(configured, accelerator.distributed_type != DistributedType.NO)
 
 
 def chunkable_head(model: Any) -> Optional[tuple[Any, Any, Optional[torch.Tensor]]]:
