@@ -425,13 +425,22 @@ def get_family(name: str) -> Family:
         raise FamilyError(f"model family '{name}' is not known; use one of {', '.join(FAMILIES)}") from None
 
 
+SEQ2SEQ_MODEL_TYPES = ("bart", "mbart", "pegasus", "t5", "mt5", "led", "marian")
+"""``model_type`` values of encoder-decoders, for a config.json that omits ``is_encoder_decoder``."""
+
+
 def family_of(model_or_config: Any) -> Family:
-    """The family of a model, a model config, or a dict of config.json: ``is_encoder_decoder``."""
+    """The family of a model, a model config, or a dict of config.json: ``is_encoder_decoder``; a
+    dict without it is seq2seq for a known encoder-decoder ``model_type`` or BART-style keys
+    (``encoder_layers``), else causal (transformers' default)."""
     config = getattr(model_or_config, "config", model_or_config)
     if hasattr(config, "get_base_model"):
         config = config.get_base_model().config
-    value = config.get("is_encoder_decoder") if isinstance(config, dict) else getattr(config, "is_encoder_decoder", None)
-    return SEQ2SEQ if value else CAUSAL
+    if isinstance(config, dict):
+        if "is_encoder_decoder" in config:
+            return SEQ2SEQ if config["is_encoder_decoder"] else CAUSAL
+        return SEQ2SEQ if config.get("model_type") in SEQ2SEQ_MODEL_TYPES or "encoder_layers" in config else CAUSAL
+    return SEQ2SEQ if getattr(config, "is_encoder_decoder", False) else CAUSAL
 
 
 def family_of_folder(path: str | Path, default: Optional[Family] = None) -> Optional[Family]:

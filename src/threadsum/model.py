@@ -455,7 +455,7 @@ def family_for(model_cfg: "ModelConfig") -> Family:
     if not model_cfg.name_or_path:
         raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
     path = Path(model_cfg.name_or_path).expanduser()
-    if (path / "config.json").is_file() or (path / "threadsum-export.json").is_file():
+    if path.is_dir():  # a folder without a transformers config.json (a tokenizer alone): seq2seq, as before
         return family_of_folder(path)
     return family_of(load_model_config(model_cfg.name_or_path))
 

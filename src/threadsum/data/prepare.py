@@ -372,7 +372,8 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
                            r["clean_tokens"] for s in SPLITS for r in records[s] if r["thread_id"] in sample_ids)},
             "cleaning": stats,
             "tokenizer": {"source": tok_src or f"trained byte-level BPE, vocab {cfg.model.tiny.vocab_size}"
-                                    f" ({cfg.model.tiny.architecture})",
+                                    + ("" if cfg.model.tiny.architecture == "bart"
+                                       else f" with a chat template ({cfg.model.tiny.architecture})"),
                           "vocab_size": len(tokenizer)},
             "cache": {"key": key, "hit": False},
             "timings_s": timings,

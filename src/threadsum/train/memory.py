@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import yaml
 
+from threadsum import family as family_mod
 from threadsum.config import Config
 from threadsum.devices import auto_precision, cpu_has_native_bf16
 from threadsum.errors import UserError
@@ -114,12 +115,9 @@ def known_models() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- model
-SEQ2SEQ, CAUSAL = "seq2seq", "causal"
-"""The two model families (``ModelSpec.family``): an encoder-decoder, or a decoder-only causal LM."""
-
-# model.tiny.architecture -> family (model.init='random')
-_TINY_FAMILY = {"bart": SEQ2SEQ, "llama": CAUSAL, "qwen2": CAUSAL}
-_SEQ2SEQ_MODEL_TYPES = ("bart", "mbart", "pegasus", "t5", "mt5", "led", "marian")
+SEQ2SEQ, CAUSAL = family_mod.SEQ2SEQ.name, family_mod.CAUSAL.name
+"""The two model families (``ModelSpec.family``, :mod:`threadsum.family`): an encoder-decoder, or a
+decoder-only causal LM."""
 
 
 @dataclass(frozen=True)
@@ -221,14 +219,8 @@ class ModelSpec:
 
 
 def family_of_config(c: dict[str, Any]) -> str:
-    """'seq2seq' or 'causal' for a ``config.json`` mapping: its ``is_encoder_decoder`` when present,
-    else its ``model_type`` (bart, t5, ... are encoder-decoders), else BART-style keys
-    (``encoder_layers``) mean seq2seq and anything else causal (transformers' default)."""
-    if "is_encoder_decoder" in c:
-        return SEQ2SEQ if c["is_encoder_decoder"] else CAUSAL
-    if c.get("model_type") in _SEQ2SEQ_MODEL_TYPES or "encoder_layers" in c:
-        return SEQ2SEQ
-    return CAUSAL
+    """'seq2seq' or 'causal' for a ``config.json`` mapping (:func:`threadsum.family.family_of`)."""
+    return family_mod.family_of(c).name
 
 
 def _with_family(spec: ModelSpec, requested: str) -> ModelSpec:
@@ -254,7 +246,8 @@ def model_spec(cfg: Config) -> ModelSpec:
     """
     m = cfg.model
     if m.init == "random":
-        family = m.family if m.family != "auto" else _TINY_FAMILY[m.tiny.architecture]
+        family = m.family if m.family != "auto" else (
+            CAUSAL if m.tiny.architecture in family_mod.CAUSAL_ARCHITECTURES else SEQ2SEQ)
         return FAMILY_FORMULAS[family].spec_from_tiny(m.tiny)
     name = m.name_or_path or ""
     local = Path(name).expanduser()
@@ -678,10 +671,10 @@ def _head_terms(spec: ModelSpec, lv: Levers, rows: float, labelled: float, logit
 
 # ---------------------------------------------------------------------- seq2seq formulas
 class Seq2SeqFormulas:
-    """Formulas of a BART-style encoder-decoder (``ModelSpec.family == 'seq2seq'``):
+    """Formulas of a BART-style encoder-decoder (``FAMILY_FORMULAS['seq2seq']``):
     BartForConditionalGeneration, learned positions, lm_head tied to the shared embedding."""
 
-    lora_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    lora_targets = family_mod.SEQ2SEQ.lora_targets
     """LoRA targets when ``model.lora.target_modules`` is empty: attention projections and the FFN."""
     def cpu_sticky_layers(self, checkpointing: bool) -> int:
         """CPU: layers' worth of activation memory resident beside all saved activations at the start
@@ -890,7 +883,7 @@ class Seq2SeqFormulas:
 
 # ----------------------------------------------------------------------- causal formulas
 class CausalFormulas:
-    """Formulas of a decoder-only causal LM (``ModelSpec.family == 'causal'``): Llama/Qwen2/Qwen3,
+    """Formulas of a decoder-only causal LM (``FAMILY_FORMULAS['causal']``): Llama/Qwen2/Qwen3,
     Mistral, Phi-3, Gemma layers: RMSNorm, q/k/v/o projections with grouped-query attention, a SwiGLU
     MLP (gate, up, down), rotary positions (no position table), optionally tied embeddings.
 
@@ -898,7 +891,7 @@ class CausalFormulas:
     completion (``train.train_on_prompt``: every position).
     """
 
-    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_targets = family_mod.CAUSAL.lora_targets
     """LoRA targets when ``model.lora.target_modules`` is empty: attention and MLP projections."""
     def cpu_sticky_layers(self, checkpointing: bool) -> int:
         """CPU: layers' worth of activation memory resident beside all saved activations at the start
