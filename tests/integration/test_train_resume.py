@@ -117,6 +117,26 @@ def test_kill9_then_resume_matches_uninterrupted_run_bit_for_bit(prepared, refer
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_causal_kill9_then_resume_matches_uninterrupted_run_bit_for_bit(tmp_path_factory, tmp_path, one_thread, lora):
+    """The same exactness for a decoder-only model (prompt + completion batches, label-only head),
+    full fine-tune and LoRA (dropout on, so the RNG state must be restored too)."""
+    prepared = make_prepared(tmp_path_factory.mktemp("prepared-causal"), family="causal")
+    ref = tmp_path / "reference"
+    assert train(tiny_config(prepared, ref, architecture="llama", lora=lora, max_steps=MAX_STEPS))["status"] == "finished"
+    out = tmp_path / "run"
+    cfg = tiny_config(prepared, out, architecture="llama", lora=lora, max_steps=MAX_STEPS)
+    proc = _spawn(cfg, out)
+    _wait_for_step(proc, out / "metrics.jsonl", 5 if lora else 7)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL and not (out / "model").exists()
+    result = train(cfg)
+    assert result["status"] == "finished" and result["steps"] == MAX_STEPS
+    _assert_bitwise_equal(ref, out)
+
+
+@pytest.mark.slow
 def test_sigterm_writes_checkpoint_and_exits_with_documented_code(prepared, reference, tmp_path, one_thread):
     out = tmp_path / "run"
     cfg = tiny_config(prepared, out, max_steps=MAX_STEPS, checkpoint_every_steps=0)  # only the signal checkpoints

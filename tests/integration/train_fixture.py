@@ -36,33 +36,43 @@ def _thread(rng: random.Random, i: int) -> dict[str, Any]:
 
 
 def make_prepared(root: str | Path, n_train: int = 48, n_val: int = 8, n_test: int = 8, seed: int = 0,
-                  vocab_size: int = 600) -> Path:
+                  vocab_size: int = 600, family: str = "seq2seq") -> Path:
+    """``family='causal'``: a ChatML tokenizer, prompt ids (the default ``data.prompt``) and
+    summary + end-token labels, as ``prepare`` writes them for a decoder-only model."""
     from datasets import Dataset, DatasetDict
 
-    from threadsum.model import train_tokenizer
+    from threadsum.config import PromptConfig
+    from threadsum.family import get_family
+    from threadsum.model import train_causal_tokenizer, train_tokenizer
 
     root = Path(root)
     rng = random.Random(seed)
     threads = [_thread(rng, i) for i in range(n_train + n_val + n_test)]
     splits = {"train": threads[:n_train], "validation": threads[n_train : n_train + n_val],
               "test": threads[n_train + n_val :]}
-    tok = train_tokenizer((t["source"] + "\n" + t["summary"] for t in splits["train"]), vocab_size, root / "tokenizer")
+    fam = get_family(family)
+    trainer = train_causal_tokenizer if family == "causal" else train_tokenizer
+    tok = trainer((t["source"] + "\n" + t["summary"] for t in splits["train"]), vocab_size, root / "tokenizer")
+    source_tok = fam.source_tokenizer(tok, PromptConfig())
     dd = {}
     (root / "threads").mkdir(parents=True, exist_ok=True)
     for name, rows in splits.items():
-        ids = [tok(r["source"], truncation=True, max_length=256)["input_ids"] for r in rows]
-        labels = [tok(r["summary"], truncation=True, max_length=64)["input_ids"] for r in rows]
+        ids = [source_tok(r["source"], truncation=True, max_length=256)["input_ids"] for r in rows]
+        labels = fam.target_ids(tok, PromptConfig(), [r["summary"] for r in rows], 64)
         dd[name] = Dataset.from_dict({"thread_id": [r["thread_id"] for r in rows], "input_ids": ids, "labels": labels})
         with (root / "threads" / f"{name}.jsonl").open("w") as fh:
             for r, x in zip(rows, ids):
                 fh.write(json.dumps({**r, "source_tokens": len(x), "truncated": False}) + "\n")
     DatasetDict(dd).save_to_disk(str(root / "tokenized"))
-    (root / "prepare.json").write_text(json.dumps({"counts": {k: len(v) for k, v in splits.items()}}))
+    (root / "prepare.json").write_text(json.dumps({"counts": {k: len(v) for k, v in splits.items()},
+                                                   "family": family}))
     return root
 
 
-def tiny_config(prepared: str | Path, output_dir: str | Path, **train_overrides: Any):
-    """A 2+2-layer d_model 64 random-init BART trained for a handful of steps."""
+def tiny_config(prepared: str | Path, output_dir: str | Path, architecture: str = "bart", lora: bool = False,
+                **train_overrides: Any):
+    """A 2+2-layer d_model 64 random-init BART (or, ``architecture='llama'``, a 2-layer decoder-only
+    Llama) trained for a handful of steps; ``lora``: adapters on the family's default targets."""
     from threadsum.config import config_from_dict
 
     train = {
@@ -76,8 +86,10 @@ def tiny_config(prepared: str | Path, output_dir: str | Path, **train_overrides:
         "name": "tiny-test",
         "data": {"prepared_dir": str(prepared)},
         "model": {"init": "random", "name_or_path": None,
-                  "tiny": {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "attention_heads": 4,
-                           "ffn_dim": 128, "vocab_size": 600, "max_position_embeddings": 512, "dropout": 0.1}},
+                  "tiny": {"architecture": architecture, "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+                           "attention_heads": 4, "ffn_dim": 128, "vocab_size": 600, "max_position_embeddings": 512,
+                           "dropout": 0.1},
+                  "lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.1}},
         "train": train,
         "eval": {"generation": {"num_beams": 1, "max_new_tokens": 32, "min_new_tokens": 1, "batch_size": 8}},
         "track": {"tracking_uri": "none"},
