@@ -318,12 +318,14 @@ def runs_compare(
 def demo(
     out_dir: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder for every output of the demo."),
     threads: int = typer.Option(0, "--threads", help="Synthetic threads to generate (0: the demo default)."),
+    family: str = typer.Option("seq2seq", "--family",
+                               help="seq2seq: a tiny BART; causal: a tiny decoder-only Llama with a chat template."),
     overrides: Optional[List[str]] = OverridesArg,
 ) -> None:
     """Offline end to end on CPU: synthetic corpus -> prepare -> train tiny model -> evaluate -> summarize."""
     from threadsum.demo import run_demo
 
-    raise typer.Exit(_run(run_demo, out_dir, threads=threads or None, overrides=overrides or []) or 0)
+    raise typer.Exit(_run(run_demo, out_dir, threads=threads or None, overrides=overrides or [], family=family) or 0)
 
 
 def _mount_sagemaker() -> None:

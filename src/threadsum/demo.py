@@ -15,7 +15,7 @@ from typing import Optional
 from rich.console import Console
 from rich.table import Table
 
-from threadsum.config import Config, load_config
+from threadsum.config import Config, ConfigError, load_config
 
 DEMO_THREADS = 900
 """Enough threads for the tiny model to learn the summary style in a few CPU minutes."""
@@ -26,12 +26,18 @@ def packaged_config(name: str) -> Path:
     return Path(str(resources.files("threadsum") / "configs" / f"{name}.yaml"))
 
 
-def demo_config(out_dir: Path, overrides: list[str]) -> Config:
-    """The packaged ``tiny`` config with the corpus, prepared data and run placed under ``out_dir``.
+DEMO_RECIPES = {"seq2seq": "tiny", "causal": "tiny-causal"}
+"""The packaged recipe the demo trains for each model family."""
+
+
+def demo_config(out_dir: Path, overrides: list[str], family: str = "seq2seq") -> Config:
+    """The packaged ``tiny`` (or, ``family='causal'``, ``tiny-causal``) config with the corpus,
+    prepared data and run placed under ``out_dir``.
 
     Args:
         out_dir: the demo's output folder (raw/, prepared/, run/ go under it).
         overrides: ``section.key=value`` strings applied after those three paths.
+        family: 'seq2seq' (a tiny BART) or 'causal' (a tiny decoder-only Llama with a chat template).
 
     Raises:
         ConfigError: an override is malformed or names an unknown setting (from ``load_config``).
@@ -42,10 +48,13 @@ def demo_config(out_dir: Path, overrides: list[str]) -> Config:
         f"data.prepared_dir={out_dir / 'prepared'}",
         f"train.output_dir={out_dir / 'run'}",
     ]
-    return load_config(packaged_config("tiny"), base + list(overrides))
+    if family not in DEMO_RECIPES:
+        raise ConfigError(f"demo --family '{family}' is not known; use one of {', '.join(DEMO_RECIPES)}")
+    return load_config(packaged_config(DEMO_RECIPES[family]), base + list(overrides))
 
 
-def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[list[str]] = None) -> int:
+def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[list[str]] = None,
+             family: str = "seq2seq") -> int:
     """Run the whole demo (synthetic corpus, prepare, train, evaluate, summarize one test thread),
     print the ROUGE table next to the baselines and write ``demo.json`` under ``out_dir``.
 
@@ -53,6 +62,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
         out_dir: the output folder.
         threads: number of synthetic threads (default ``DEMO_THREADS``).
         overrides: config overrides (``section.key=value``) for ``demo_config``.
+        family: which tiny model to train ('seq2seq' or 'causal', see ``demo_config``).
 
     Returns:
         0, the CLI exit code; the steps' own errors propagate.
@@ -67,7 +77,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     console = Console()
     out_dir = Path(out_dir)
     n_threads = threads or DEMO_THREADS
-    cfg = demo_config(out_dir, overrides or [])
+    cfg = demo_config(out_dir, overrides or [], family)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -83,7 +93,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     timings["prepare"] = time.perf_counter() - t
     console.print(f"prepared dataset in {cfg.data.prepared_dir} (report: {Path(cfg.data.prepared_dir) / 'report.md'})")
 
-    console.rule("[bold]3/5 train (tiny random-init BART, CPU)")
+    console.rule(f"[bold]3/5 train (tiny random-init {'BART' if family == 'seq2seq' else 'decoder-only Llama'}, CPU)")
     t = time.perf_counter()
     record = train(cfg)
     timings["train"] = time.perf_counter() - t
