@@ -25,6 +25,7 @@ collation                      encoder input, shifted decoder input  one right-p
 generation                     right padding, output = summary       left padding, prompt stripped from output
 source window at generation    the encoder's positions               positions - max_new_tokens
 CTranslate2                    ``Translator``                        ``Generator``
+LoRA merge on export           ``AutoPeftModelForSeq2SeqLM``         ``AutoPeftModelForCausalLM``
 ============================  ====================================  ===========================================
 
 The labels of a collated batch are aligned with the positions of the model's last hidden state, so
@@ -214,6 +215,8 @@ class Family:
     """Where batched generation pads (``right``; decoder-only models need ``left``)."""
     prompt_in_output: bool
     """``generate`` returns the prompt before the new tokens (they are cut off)."""
+    peft_auto_class: str
+    """peft class that loads a saved LoRA adapter with its base model (``threadsum export`` merges it)."""
 
     def source_tokenizer(self, tokenizer: Any, prompt: "PromptConfig") -> Any:
         """The tokenizer rendering and inference encode sources with (a :class:`PromptTokenizer` for causal)."""
@@ -402,10 +405,11 @@ class CausalFamily(Family):
 
 SEQ2SEQ = Seq2SeqFamily("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM",
                         ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-                        ("input_ids", "attention_mask", "decoder_input_ids"), "Translator", "right", False)
+                        ("input_ids", "attention_mask", "decoder_input_ids"), "Translator", "right", False,
+                        "AutoPeftModelForSeq2SeqLM")
 CAUSAL = CausalFamily("causal", "AutoModelForCausalLM", "CAUSAL_LM",
                       ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                      ("input_ids", "attention_mask"), "Generator", "left", True)
+                      ("input_ids", "attention_mask"), "Generator", "left", True, "AutoPeftModelForCausalLM")
 _BY_NAME = {f.name: f for f in (SEQ2SEQ, CAUSAL)}
 
 
@@ -427,10 +431,12 @@ def family_of(model_or_config: Any) -> Family:
 
 
 def family_of_folder(path: str | Path) -> Family:
-    """The family of a saved model folder (its ``config.json``, or a CTranslate2 export's manifest);
-    seq2seq when neither says (a folder converted by hand from BART)."""
+    """The family of a saved model folder: a CTranslate2 export's manifest, its ``config.json``, or a
+    LoRA adapter folder's ``adapter_config.json`` (its peft ``task_type``); seq2seq when none says (a
+    folder converted by hand from BART)."""
     folder = Path(path)
-    for name, key in (("threadsum-export.json", "family"), ("config.json", None)):
+    by_task = {f.peft_task: f for f in _BY_NAME.values()}
+    for name, key in (("threadsum-export.json", "family"), ("config.json", None), ("adapter_config.json", "task_type")):
         f = folder / name
         if f.is_file():
             try:
@@ -439,8 +445,9 @@ def family_of_folder(path: str | Path) -> Family:
                 continue
             if key is None:
                 return family_of(data)
-            if data.get(key) in _BY_NAME:
-                return _BY_NAME[data[key]]
+            found = _BY_NAME.get(data.get(key)) or by_task.get(data.get(key))
+            if found is not None:
+                return found
     return SEQ2SEQ
 
 
