@@ -130,7 +130,7 @@ class Engine(ABC):
 
 
 class TorchEngine(Engine):
-    """A Hugging Face seq2seq model decoded by ``generate`` (any device and dtype torch supports)."""
+    """A Hugging Face model (seq2seq or decoder-only) decoded by ``generate`` (any device and dtype torch supports)."""
 
     name = "torch"
 
