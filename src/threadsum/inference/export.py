@@ -8,7 +8,9 @@ threadsum ``config.yaml`` (cleaning, rendering and decoding settings), the model
 one, and ``threadsum-export.json`` (format, quantization, source positions, vocabulary size). So
 ``summarize -m DIR``, ``serve -m DIR`` and ``evaluate --model DIR`` run it with the ctranslate2 engine.
 
-A LoRA run saved as an adapter (``adapter_config.json``) is merged into its base model first. The
+Seq2seq and decoder-only (causal) folders both export; the manifest's ``family`` tells the engine to
+run a ``ctranslate2.Translator`` or a ``ctranslate2.Generator``. A LoRA run saved as an adapter
+(``adapter_config.json``) is merged into its base model first, by its family's peft class. The
 user's folder is never written to: CTranslate2's converter reads ``config.normalize_before``, which
 transformers v5's ``BartConfig`` no longer has, so it is set on the loaded config object only
 (False: BART normalizes after each sublayer).
@@ -53,7 +55,7 @@ def _check(model_dir: Path, out_dir: Path, fmt: str, quantization: str, force: b
     require("ctranslate2", "fast")
     if not model_dir.is_dir():
         raise ExportError(f"model folder '{model_dir}' does not exist; pass a folder written by `threadsum train` "
-                          f"(or any save_pretrained seq2seq model)")
+                          f"(or any save_pretrained seq2seq or causal model)")
     if is_ctranslate2_dir(model_dir):
         raise ExportError(f"{model_dir} is already a CTranslate2 folder; export the folder it was made from")
     if not (model_dir / "config.json").is_file() and not (model_dir / ADAPTER_CONFIG).is_file():
