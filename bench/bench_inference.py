@@ -12,6 +12,14 @@ at beams 4 and greedy. Both engines get the same number of CPU threads (``--cpu-
 
     python bench/bench_inference.py --out bench/results_inference.md
 
+``--family causal`` measures a decoder-only model instead: a random-init Llama (hidden 768, 8 layers,
+12 heads / 4 key-value heads, MLP 2048, vocabulary 32,000, tied embeddings), prompts of about 600
+tokens, ``--new-tokens`` forced (min = max new tokens), batch-1 latency only, at greedy and beams 2:
+torch fp32, torch bf16 (only where the CPU has native bf16: ``avx512_bf16`` or ``amx_bf16``; else the
+row is skipped and said so) and CTranslate2 int8 (a ``Generator``).
+
+    python bench/bench_inference.py --family causal --new-tokens 64 --out bench/results_inference_causal.md
+
 Never a timed test: run it by hand, alone if possible (the load average is recorded).
 """
 from __future__ import annotations
@@ -34,6 +42,8 @@ SHAPES = {
 }
 VOCAB = 50265
 ENGINES = ("torch-fp32", "ct2-float32", "ct2-int8")
+CAUSAL_SHAPE = dict(hidden=768, layers=8, heads=12, kv_heads=4, ffn=2048, vocab=32000, positions=2048)
+CAUSAL_ENGINES = ("torch-fp32", "torch-bf16", "ct2-int8")
 
 
 def source_lengths(n: int, seed: int = 0) -> list[int]:
@@ -42,9 +52,12 @@ def source_lengths(n: int, seed: int = 0) -> list[int]:
     return [max(80, min(1024, int(rng.lognormvariate(6.4, 0.45)))) for _ in range(n)]
 
 
-def sources(n: int, seed: int = 0) -> list[list[int]]:
+def sources(n: int, seed: int = 0, vocab: int = VOCAB, bos: int | None = 0, eos: int | None = 2) -> list[list[int]]:
+    """Random token ids of :func:`source_lengths` lengths, framed by ``bos``/``eos`` where given."""
     rng = random.Random(seed + 1)
-    return [[0] + [rng.randrange(5, VOCAB) for _ in range(k - 2)] + [2] for k in source_lengths(n, seed)]
+    head, tail = [bos] if bos is not None else [], [eos] if eos is not None else []
+    return [head + [rng.randrange(5, vocab) for _ in range(k - len(head) - len(tail))] + tail
+            for k in source_lengths(n, seed)]
 
 
 def build_model(shape: str, root: Path) -> Path:
@@ -82,6 +95,154 @@ def build_model(shape: str, root: Path) -> Path:
     tok.save_pretrained(str(out))
     Config().save(out)
     return out
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo), empty where unknown."""
+    try:
+        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
+    except (OSError, StopIteration):
+        return set()
+    return set(line.split(":", 1)[1].split())
+
+
+def native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def build_causal_model(root: Path) -> Path:
+    """A random-init Llama of :data:`CAUSAL_SHAPE` with a word-level 32k tokenizer, saved for from_pretrained."""
+    import torch
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from threadsum.config import config_from_dict
+
+    out = root / "llama-bench"
+    if (out / "config.json").is_file():
+        return out
+    s = CAUSAL_SHAPE
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"w{i}": i for i in range(len(specials), s["vocab"])})
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<|endoftext|>")),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    cfg = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["ffn"],
+                      num_hidden_layers=s["layers"], num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
+                      max_position_embeddings=s["positions"], tie_word_embeddings=True, pad_token_id=0,
+                      eos_token_id=2, bos_token_id=None)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = [2, 0]
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    config_from_dict({"model": {"family": "causal"}}, origin="bench").save(out)
+    return out
+
+
+def causal_child(args: argparse.Namespace) -> None:
+    """Batch-1 latency of one engine on the causal model: prints a JSON line."""
+    import torch
+
+    from threadsum.config import GenerationConfig
+    from threadsum.inference.engine import load_engine
+
+    torch.set_num_threads(args.cpu_threads)
+    kind = "ctranslate2" if args.engine.startswith("ct2") else "torch"
+    dtype = {"torch-fp32": "fp32", "torch-bf16": "bf16"}.get(args.engine)
+    engine = load_engine(args.model, kind, "cpu", dtype, threads=args.cpu_threads)
+    seqs = sources(args.latency_threads, vocab=CAUSAL_SHAPE["vocab"], bos=None, eos=None)
+    out = {"engine": args.engine, "shape": "llama", "describe": engine.describe(), "loadavg_start": os.getloadavg()}
+    for beams in (1, 2):
+        gen = GenerationConfig(num_beams=beams, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
+                               no_repeat_ngram_size=0, batch_size=1)
+        engine.generate_texts(seqs[:1], gen, batch_size=1)  # warm-up
+        lat, tokens = [], 0
+        c0 = time.process_time()
+        for s in seqs:
+            t0 = time.perf_counter()
+            tokens += sum(sum(b.n_tokens) for b in engine.generate_batches([s], gen, batch_size=1))
+            lat.append(time.perf_counter() - t0)
+        out[f"beams{beams}"] = {"latency_s": lat, "latency_mean_s": sum(lat) / len(lat),
+                                "latency_median_s": sorted(lat)[len(lat) // 2], "generated_tokens": tokens,
+                                "latency_cpu_s_per_thread": (time.process_time() - c0) / len(lat)}
+    out["peak_rss_gb"] = peak_rss_gb()
+    out["loadavg_end"] = os.getloadavg()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def causal_main(args: argparse.Namespace) -> None:
+    """Build and export the causal model, time each engine in its own process, write the results."""
+    from threadsum.inference.export import export_model
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    model = build_causal_model(work)
+    ct2 = work / "llama-bench-ct2-int8"
+    if not (ct2 / "model.bin").is_file():
+        export_model(str(model), str(ct2), "ctranslate2", "int8", force=True)
+    engines = [e for e in CAUSAL_ENGINES if e != "torch-bf16" or native_bf16()]
+    results = []
+    for engine in engines:
+        cmd = [sys.executable, __file__, "--child", "--family", "causal", "--engine", engine, "--model",
+               str(ct2 if engine.startswith("ct2") else model), "--latency-threads", str(args.latency_n),
+               "--new-tokens", str(args.new_tokens), "--cpu-threads", str(args.cpu_threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"{engine} failed:\n{proc.stderr[-3000:]}")
+        res = json.loads(line[len("RESULT "):])
+        results.append(res)
+        print(f"llama {engine}: greedy {res['beams1']['latency_mean_s']:.2f} s, beams2 "
+              f"{res['beams2']['latency_mean_s']:.2f} s, rss {res['peak_rss_gb']:.2f} GB", flush=True)
+    write_causal(results, args, (load0, os.getloadavg()), time.perf_counter() - t0)
+
+
+def write_causal(results: list[dict], args: argparse.Namespace, load: tuple, seconds: float) -> None:
+    """The causal results as markdown at ``args.out``."""
+    by = {r["engine"]: r for r in results}
+    flags = cpu_flags()
+    shown = " ".join(sorted(f for f in flags if "bf16" in f or "vnni" in f or f.startswith("amx"))) or "none"
+    lens = source_lengths(args.latency_n)
+    s = CAUSAL_SHAPE
+    lines = ["# Inference, decoder-only model: torch generate vs the CTranslate2 Generator (CPU, batch 1)", "",
+             f"Command: `python bench/bench_inference.py {' '.join(sys.argv[1:])}`", "",
+             f"Machine: {machine()}; bf16/VNNI/AMX flags: {shown}; {args.cpu_threads} CPU threads per engine. "
+             f"Versions: {versions()}.", "",
+             f"Load average (1/5/15 min) before: {load[0][0]:.2f} {load[0][1]:.2f} {load[0][2]:.2f}; after: "
+             f"{load[1][0]:.2f} {load[1][1]:.2f} {load[1][2]:.2f}. Wall time {seconds / 60:.1f} min.", "",
+             f"Model: random-init Llama, hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads / "
+             f"{s['kv_heads']} key-value heads, MLP {s['ffn']}, vocabulary {s['vocab']}, tied embeddings "
+             f"({s['vocab'] * s['hidden'] / 1e6:.0f}M of the parameters in the embedding). Work: {args.latency_n} "
+             f"prompts one at a time (lengths median {sorted(lens)[len(lens) // 2]}, min {min(lens)}, max {max(lens)} "
+             f"tokens), every summary forced to {args.new_tokens} new tokens (min_new_tokens = max_new_tokens), "
+             f"so both engines do the same work.", "",
+             "| engine | beams | batch-1 latency mean s | median s | speed-up vs torch fp32 | CPU s per thread | peak RSS GB |",
+             "|---|---|---|---|---|---|---|"]
+    ref = by.get("torch-fp32")
+    for beams in (1, 2):
+        for engine in CAUSAL_ENGINES:
+            r = by.get(engine)
+            if r is None:
+                continue
+            b = r[f"beams{beams}"]
+            sp = ref[f"beams{beams}"]["latency_mean_s"] / b["latency_mean_s"] if ref else float("nan")
+            lines.append(f"| {engine} | {beams} | {b['latency_mean_s']:.2f} | {b['latency_median_s']:.2f} | {sp:.2f}x | "
+                         f"{b['latency_cpu_s_per_thread']:.2f} | {r['peak_rss_gb']:.2f} |")
+    if "torch-bf16" not in by:
+        lines += ["", "torch bf16: not measured; this CPU has no native bf16 (no avx512_bf16 / amx_bf16), where "
+                  "torch emulates bf16 and runs slower than fp32, so the bf16 goal does not apply here."]
+    fast = by.get("ct2-int8")
+    if fast and ref:
+        g = ref["beams1"]["latency_mean_s"] / fast["beams1"]["latency_mean_s"]
+        b2 = ref["beams2"]["latency_mean_s"] / fast["beams2"]["latency_mean_s"]
+        lines += ["", f"CT2 int8 vs torch fp32, batch-1 latency: greedy {g:.2f}x, beams 2 {b2:.2f}x. Goal >= 3x: "
+                  f"greedy {'met' if g >= 3 else 'NOT met'}, beams 2 {'met' if b2 >= 3 else 'NOT met'}."]
+    lines += ["", "Raw results:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    Path(args.out).write_text("\n".join(lines))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -224,7 +385,15 @@ def main() -> None:
     p.add_argument("--cpu-threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench_inference"))
     p.add_argument("--out", default="bench/results_inference.md")
+    p.add_argument("--family", default="seq2seq", choices=["seq2seq", "causal"],
+                   help="seq2seq: the BART shapes; causal: a Llama-shape decoder-only model at batch 1.")
     args = p.parse_args()
+    if args.child and args.family == "causal":
+        args.latency_threads = int(args.latency_threads)
+        return causal_child(args)
+    if args.family == "causal":
+        args.latency_n = int(args.latency_threads.split(",")[0])
+        return causal_main(args)
     if args.child:
         args.latency_threads = int(args.latency_threads)
         return child(args)

@@ -25,6 +25,7 @@ collation                      encoder input, shifted decoder input  one right-p
 generation                     right padding, output = summary       left padding, prompt stripped from output
 source window at generation    the encoder's positions               positions - max_new_tokens
 CTranslate2                    ``Translator``                        ``Generator``
+LoRA merge on export           ``AutoPeftModelForSeq2SeqLM``         ``AutoPeftModelForCausalLM``
 ============================  ====================================  ===========================================
 
 The labels of a collated batch are aligned with the positions of the model's last hidden state, so
@@ -214,6 +215,8 @@ class Family:
     """Where batched generation pads (``right``; decoder-only models need ``left``)."""
     prompt_in_output: bool
     """``generate`` returns the prompt before the new tokens (they are cut off)."""
+    peft_auto_class: str
+    """peft class that loads a saved LoRA adapter with its base model (``threadsum export`` merges it)."""
 
     def source_tokenizer(self, tokenizer: Any, prompt: "PromptConfig") -> Any:
         """The tokenizer rendering and inference encode sources with (a :class:`PromptTokenizer` for causal)."""
@@ -410,10 +413,11 @@ class CausalFamily(Family):
 
 SEQ2SEQ = Seq2SeqFamily("seq2seq", "AutoModelForSeq2SeqLM", "SEQ_2_SEQ_LM",
                         ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-                        ("input_ids", "attention_mask", "decoder_input_ids"), "Translator", "right", False)
+                        ("input_ids", "attention_mask", "decoder_input_ids"), "Translator", "right", False,
+                        "AutoPeftModelForSeq2SeqLM")
 CAUSAL = CausalFamily("causal", "AutoModelForCausalLM", "CAUSAL_LM",
                       ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                      ("input_ids", "attention_mask"), "Generator", "left", True)
+                      ("input_ids", "attention_mask"), "Generator", "left", True, "AutoPeftModelForCausalLM")
 _BY_NAME = {f.name: f for f in (SEQ2SEQ, CAUSAL)}
 
 
@@ -445,11 +449,12 @@ def family_of(model_or_config: Any) -> Family:
 
 def family_of_folder(path: str | Path, default: Optional[Family] = None) -> Optional[Family]:
     """The family of a saved model folder: its export manifest's ``family`` (``threadsum export``),
-    else its transformers ``config.json`` (one with a ``model_type``; a CTranslate2 converter's
-    config.json is not one), else ``default`` (seq2seq when the argument is omitted: a folder converted
-    by hand from BART)."""
+    its transformers ``config.json`` (one with a ``model_type``; a CTranslate2 converter's config.json
+    is not one), or a LoRA adapter folder's ``adapter_config.json`` (its peft ``task_type``); else
+    ``default`` (seq2seq when the argument is omitted: a folder converted by hand from BART)."""
     folder = Path(path)
-    for name in ("threadsum-export.json", "config.json"):
+    by_task = {f.peft_task: f for f in _BY_NAME.values()}
+    for name in ("threadsum-export.json", "config.json", "adapter_config.json"):
         try:
             data = json.loads((folder / name).read_text())
         except (OSError, ValueError):
@@ -460,10 +465,12 @@ def family_of_folder(path: str | Path, default: Optional[Family] = None) -> Opti
             return _BY_NAME[data["family"]]
         if name == "config.json" and "model_type" in data:
             return family_of(data)
+        if name == "adapter_config.json" and data.get("task_type") in by_task:
+            return by_task[data["task_type"]]
     return SEQ2SEQ if default is None else default
 
 
-UNRESOLVED = Family("unknown", "", "", (), (), "", "right", False)
+UNRESOLVED = Family("unknown", "", "", (), (), "", "right", False, "")
 """Sentinel ``default`` of :func:`family_of_folder` meaning 'say nothing' (never used as a family)."""
 
 

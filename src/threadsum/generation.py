@@ -4,8 +4,10 @@ Validation ROUGE during training, ``threadsum evaluate``, the :class:`~threadsum
 (CLI and HTTP service) and the ``generation_config.json`` of an exported model all go through
 :func:`build_generation_config` and :func:`generate_batches`, so the same thread gets the same summary
 everywhere for the same settings (a test holds this). Models exported to CTranslate2 decode through
-:func:`translate_options` and :func:`translate_batches`, which map the same settings. Adding a decoding
-option is one edit in :func:`decoding_settings` (and its CTranslate2 name in :func:`translate_options`).
+:func:`translate_options` and :func:`translate_batches` (seq2seq, a ``Translator``) or
+:func:`generator_options` and :func:`generator_batches` (decoder-only, a ``Generator``), which map the
+same settings. Adding a decoding option is one edit in :func:`decoding_settings` (and its CTranslate2
+names in :func:`translate_options` and :func:`generator_options`).
 
 Rules (and why):
 
@@ -208,6 +210,17 @@ class SpecialTokens(NamedTuple):
     """Token forced as the first generated one (bart-large checkpoints: ``<s>``), or None."""
     forced_eos_token_id: Optional[int]
     """Token forced as the last one when ``max_new_tokens`` is reached (BART: ``</s>``), or None."""
+    eos_token_id: Any = None
+    """Token(s) that end a summary: an id or a list (a chat model's ``<|im_end|>`` beside its EOS), or None."""
+
+    def end_ids(self, tokenizer: Any) -> list[int]:
+        """Every id that ends a summary: ``eos_token_id`` as a list, else the tokenizer's EOS ([] if none)."""
+        ids = self.eos_token_id
+        if ids is None:
+            ids = getattr(tokenizer, "eos_token_id", None)
+        if ids is None:
+            return []
+        return [int(i) for i in ids] if isinstance(ids, (list, tuple)) else [int(ids)]
 
     @classmethod
     def of(cls, generation_config: Any) -> "SpecialTokens":
@@ -279,3 +292,88 @@ def translate_batches(translator: Any, tokenizer: Any, sequences: Sequence[Seque
         ids = [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
         n_tokens = [sum(1 for t in row if t not in specials) for row in ids]
         yield GeneratedBatch(idx, decode(tokenizer, ids), n_tokens)
+
+
+def generator_options(gen: DecodingConfig, end_ids: Sequence[int]) -> dict[str, Any]:
+    """``ctranslate2.Generator.generate_batch`` options that decode like :func:`decoding_settings`
+    for a decoder-only model.
+
+    Rules (measured against Hugging Face ``generate`` on the same weights, see the equality test):
+
+    - ``include_prompt_in_result=False``: the prompt is forwarded at once and left out of the result;
+      ``max_length``/``min_length`` then count new tokens only, exactly as ``max_new_tokens`` and
+      ``min_new_tokens`` (with the prompt in the result they would count one prompt token too).
+    - ``end_token`` is every id of the generation config's ``eos_token_id`` (a chat model ends its
+      summary with ``<|im_end|>``), not only the model's EOS; it is not returned (``return_end_token``).
+    - ``early_stopping`` is ``patience=1``; ``sampling_topk=1``: no sampling; no scores or logits.
+    - ``no_repeat_ngram_size`` covers the summary only, as the torch rule does
+      (:func:`no_repeat_processor`), and beam scores count new tokens only, as long as every prompt of
+      one call has the same length: :func:`generator_batches` makes sure of that.
+    """
+    s = decoding_settings(gen)
+    return {
+        "beam_size": s["num_beams"],
+        "patience": 1.0,
+        "num_hypotheses": 1,
+        "length_penalty": s["length_penalty"],
+        "no_repeat_ngram_size": s["no_repeat_ngram_size"],
+        "min_length": s["min_new_tokens"],
+        "max_length": s["max_new_tokens"],
+        "end_token": [int(i) for i in end_ids] or None,
+        "return_end_token": False,
+        "include_prompt_in_result": False,
+        "sampling_topk": 1,
+        "return_scores": s["output_scores"],
+        "return_logits_vocab": s["output_logits"],
+    }
+
+
+def equal_length_runs(batch: Sequence[int], lengths: Sequence[int]) -> list[list[int]]:
+    """``batch`` (indices, sorted by length) split where the length changes: runs of equal-length rows."""
+    runs: list[list[int]] = []
+    for i in batch:
+        if runs and lengths[runs[-1][-1]] == lengths[i]:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def generator_batches(generator: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
+                      special: SpecialTokens, family: Any, positions: Optional[int] = None,
+                      batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
+    """:func:`generate_batches` for a decoder-only model run by a ``ctranslate2.Generator``: same
+    length-sorted batches, prompt cut, decoding and output.
+
+    CTranslate2 forwards a batch's prompts at once only up to the shortest one and feeds the rest of
+    each longer prompt through its decoding loop as forced tokens, which the n-gram rule then sees as
+    if generated and beam search scores and counts in the length penalty (measured: 32/40 beam-2
+    summaries equal to torch's in mixed-length calls, 40/40 in equal-length ones). So with
+    ``no_repeat_ngram_size`` set or ``num_beams > 1`` a batch is run as runs of equal-length prompts
+    (:func:`equal_length_runs`: one call per run, the summaries of one call per thread); greedy
+    search without the n-gram rule is not affected and runs a batch in one call.
+
+    Args:
+        generator: a loaded ``ctranslate2.Generator`` (CPU or CUDA, any compute type).
+        sequences: prompt token ids per thread (``[n_threads][prompt_len]``); a prompt longer than the
+            context left by ``max_new_tokens`` (``family.source_window(positions, ...)``) keeps its tail.
+        special: the generation config's ids; :meth:`SpecialTokens.end_ids` ends a summary.
+        family: the model's :class:`threadsum.family.Family` (causal).
+        positions: the model's context in tokens (None: unbounded).
+    Yields: :class:`GeneratedBatch` per length-sorted batch (``gen.batch_size`` threads unless given).
+    """
+    options = generator_options(gen, special.end_ids(tokenizer))
+    specials = set(tokenizer.all_special_ids)
+    limit = family.source_window(positions, gen.max_new_tokens) or 1 << 30
+    prompts = [family.fit_source(list(s), limit) for s in sequences]
+    lengths = [len(p) for p in prompts]
+    for idx in length_sorted_batches(lengths, batch_size or gen.batch_size):
+        split = options["no_repeat_ngram_size"] or options["beam_size"] > 1
+        runs = equal_length_runs(idx, lengths) if split else [idx]
+        ids: list[list[int]] = []
+        for run in runs:
+            start = [tokenizer.convert_ids_to_tokens(prompts[i]) for i in run]
+            results = generator.generate_batch(start, max_batch_size=0, **options)
+            ids.extend(list(r.sequences_ids[0]) for r in results)
+        n_tokens = [sum(1 for t in row if t not in specials) for row in ids]
+        yield GeneratedBatch([i for run in runs for i in run], decode(tokenizer, ids), n_tokens)

@@ -9,7 +9,13 @@ from typer.testing import CliRunner
 from threadsum.cli import app
 from threadsum.config import GenerationConfig
 from threadsum.errors import MissingExtraError
-from threadsum.generation import SpecialTokens, decoding_settings, translate_options
+from threadsum.generation import (
+    SpecialTokens,
+    decoding_settings,
+    equal_length_runs,
+    generator_options,
+    translate_options,
+)
 
 BART = SpecialTokens(decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=2)
 
@@ -55,3 +61,22 @@ def test_loading_a_converted_folder_without_the_extra_names_it(tmp_path, monkeyp
     (tmp_path / "model.bin").write_bytes(b"")
     with pytest.raises(MissingExtraError, match=r"threadsum\[fast\]"):
         load_engine(str(tmp_path), "auto", "cpu")
+
+
+def test_generator_options_count_new_tokens_and_stop_on_every_end_token():
+    gen = GenerationConfig(num_beams=2, length_penalty=1.5, no_repeat_ngram_size=3, min_new_tokens=80,
+                           max_new_tokens=64)
+    opts = generator_options(gen, SpecialTokens(None, None, None, [2, 0]).end_ids(None))
+    assert opts["include_prompt_in_result"] is False and opts["return_end_token"] is False
+    assert opts["max_length"] == 64 and opts["min_length"] == 64  # the floor is capped at the ceiling
+    assert opts["end_token"] == [2, 0] and opts["beam_size"] == 2 and opts["patience"] == 1.0
+    assert opts["length_penalty"] == 1.5 and opts["no_repeat_ngram_size"] == 3 and opts["sampling_topk"] == 1
+
+
+def test_end_ids_fall_back_to_the_tokenizer_and_runs_split_on_length():
+    class Tok:
+        eos_token_id = 7
+
+    assert SpecialTokens(None, None, None).end_ids(Tok()) == [7]
+    assert SpecialTokens(None, None, None, 5).end_ids(Tok()) == [5]
+    assert equal_length_runs([3, 0, 1, 2], [4, 4, 4, 9]) == [[3], [0, 1, 2]]

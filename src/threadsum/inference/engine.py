@@ -4,9 +4,10 @@ Two engines share one interface (:class:`Engine`): token id sequences in, :class
 (texts and token counts, in length-sorted batches) out.
 
 - ``torch``: the Hugging Face model and ``generate`` (:func:`threadsum.generation.generate_batches`).
-- ``ctranslate2``: a folder written by ``threadsum export --format ctranslate2`` run by a
-  ``ctranslate2.Translator`` (:func:`threadsum.generation.translate_batches`); int8 on CPUs,
-  float16/int8_float16 on CUDA.
+- ``ctranslate2``: a folder written by ``threadsum export --format ctranslate2`` run by the class its
+  family names (:attr:`threadsum.family.Family.ct2_class`): a ``ctranslate2.Translator`` for seq2seq
+  (:func:`threadsum.generation.translate_batches`), a ``ctranslate2.Generator`` for decoder-only
+  models (:func:`threadsum.generation.generator_batches`); int8 on CPUs, float16/int8_float16 on CUDA.
 
 Both take their decoding settings, batching and source cut from :mod:`threadsum.generation`, so a
 thread gets the same summary from either (a test holds this for float32). ``inference.engine=auto``
@@ -27,6 +28,7 @@ from threadsum.generation import (
     GeneratedBatch,
     SpecialTokens,
     generate_batches,
+    generator_batches,
     source_limit,
     translate_batches,
 )
@@ -128,7 +130,7 @@ class Engine(ABC):
 
 
 class TorchEngine(Engine):
-    """A Hugging Face seq2seq model decoded by ``generate`` (any device and dtype torch supports)."""
+    """A Hugging Face model (seq2seq or decoder-only) decoded by ``generate`` (any device and dtype torch supports)."""
 
     name = "torch"
 
@@ -164,21 +166,25 @@ class TorchEngine(Engine):
 
 
 class CTranslate2Engine(Engine):
-    """A folder written by ``threadsum export --format ctranslate2``, run by ``ctranslate2.Translator``."""
+    """A folder written by ``threadsum export --format ctranslate2``, run by ``ctranslate2.Translator``
+    (seq2seq) or ``ctranslate2.Generator`` (decoder-only): the manifest's family says which."""
 
     name = "ctranslate2"
 
-    def __init__(self, translator: Any, tokenizer: Any, special: SpecialTokens, manifest: dict[str, Any],
+    def __init__(self, runner: Any, tokenizer: Any, special: SpecialTokens, manifest: dict[str, Any],
                  device: str, compute_type: str):
-        self.translator = translator
+        """``runner``: the loaded ``ctranslate2.Translator`` or ``Generator`` of the manifest's family."""
+        from threadsum.family import get_family
+
+        self.runner = runner
         self.tokenizer = tokenizer
         self.special = special
         self.manifest = manifest
         self.device = device
         self.compute_type = compute_type
-        from threadsum.family import get_family
-
         self.family = get_family(manifest.get("family") or "seq2seq")
+        # the one place the CTranslate2 class decides how a batch is decoded
+        self._batches = {"Translator": self._translate, "Generator": self._generate}[self.family.ct2_class]
 
     @property
     def source_limit(self) -> Optional[int]:
@@ -191,8 +197,16 @@ class CTranslate2Engine(Engine):
         return int(self.manifest.get("vocab_size") or len(self.tokenizer))
 
     def generate_batches(self, sequences, gen, batch_size=None):
-        """Decode with ``ctranslate2.Translator`` (see ``generation.translate_batches``)."""
-        return translate_batches(self.translator, self.tokenizer, sequences, gen, self.special,
+        """Decode with the family's CTranslate2 class (``generation.translate_batches`` or
+        ``generation.generator_batches``)."""
+        return self._batches(sequences, gen, batch_size)
+
+    def _translate(self, sequences, gen, batch_size):
+        return translate_batches(self.runner, self.tokenizer, sequences, gen, self.special,
+                                 self.source_limit, batch_size)
+
+    def _generate(self, sequences, gen, batch_size):
+        return generator_batches(self.runner, self.tokenizer, sequences, gen, self.special, self.family,
                                  self.source_limit, batch_size)
 
     def describe(self) -> dict[str, Any]:
@@ -267,6 +281,9 @@ def load_ctranslate2_engine(model_dir: str, device: Optional[str] = "auto", dtyp
                             tokenizer: Any = None, threads: int = 0) -> CTranslate2Engine:
     """Load a converted folder; ``threads`` is CTranslate2's ``intra_threads`` (0: every usable core).
 
+    The CTranslate2 class is the family's (:attr:`threadsum.family.Family.ct2_class`, from the
+    export manifest): ``Translator`` for seq2seq, ``Generator`` for decoder-only models.
+
     Raises:
         MissingExtraError: ctranslate2 is not installed (``pip install 'threadsum[fast]'``).
         DeviceError: see :func:`ct2_device`.
@@ -277,19 +294,23 @@ def load_ctranslate2_engine(model_dir: str, device: Optional[str] = "auto", dtyp
 
     from threadsum.model import load_tokenizer
 
+    from threadsum.family import family_of_folder
+
     dev, index = ct2_device(device)
     manifest = read_manifest(model_dir)
     compute = ct2_compute_type(manifest.get("quantization"), dev, dtype)
     intra = threads or usable_cores()
-    translator = ctranslate2.Translator(str(model_dir), device=dev, device_index=index, compute_type=compute,
-                                        intra_threads=intra if dev == "cpu" else 0)
+    family = family_of_folder(model_dir)
+    manifest = {**manifest, "family": family.name}
+    runner = getattr(ctranslate2, family.ct2_class)(str(model_dir), device=dev, device_index=index,
+                                                    compute_type=compute, intra_threads=intra if dev == "cpu" else 0)
     try:
         gen_config = GenerationConfig.from_pretrained(str(model_dir))
     except (OSError, ValueError):
         gen_config = None
-    special = SpecialTokens.of(gen_config) if gen_config is not None else SpecialTokens(None, None, None)
+    special = SpecialTokens.of(gen_config) if gen_config is not None else SpecialTokens(None, None, None, None)
     device_name = dev if dev == "cpu" else f"{dev}:{index}"
-    return CTranslate2Engine(translator, tokenizer or load_tokenizer(str(model_dir)), special, manifest,
+    return CTranslate2Engine(runner, tokenizer or load_tokenizer(str(model_dir)), special, manifest,
                              device_name, compute)
 
 

@@ -8,7 +8,9 @@ threadsum ``config.yaml`` (cleaning, rendering and decoding settings), the model
 one, and ``threadsum-export.json`` (format, quantization, source positions, vocabulary size). So
 ``summarize -m DIR``, ``serve -m DIR`` and ``evaluate --model DIR`` run it with the ctranslate2 engine.
 
-A LoRA run saved as an adapter (``adapter_config.json``) is merged into its base model first. The
+Seq2seq and decoder-only (causal) folders both export; the manifest's ``family`` tells the engine to
+run a ``ctranslate2.Translator`` or a ``ctranslate2.Generator``. A LoRA run saved as an adapter
+(``adapter_config.json``) is merged into its base model first, by its family's peft class. The
 user's folder is never written to: CTranslate2's converter reads ``config.normalize_before``, which
 transformers v5's ``BartConfig`` no longer has, so it is set on the loaded config object only
 (False: BART normalizes after each sublayer).
@@ -53,7 +55,7 @@ def _check(model_dir: Path, out_dir: Path, fmt: str, quantization: str, force: b
     require("ctranslate2", "fast")
     if not model_dir.is_dir():
         raise ExportError(f"model folder '{model_dir}' does not exist; pass a folder written by `threadsum train` "
-                          f"(or any save_pretrained seq2seq model)")
+                          f"(or any save_pretrained seq2seq or causal model)")
     if is_ctranslate2_dir(model_dir):
         raise ExportError(f"{model_dir} is already a CTranslate2 folder; export the folder it was made from")
     if not (model_dir / "config.json").is_file() and not (model_dir / ADAPTER_CONFIG).is_file():
@@ -70,21 +72,30 @@ def _check(model_dir: Path, out_dir: Path, fmt: str, quantization: str, force: b
 def merge_adapter(model_dir: Path, into: Path) -> Path:
     """Merge a peft LoRA adapter folder into its base model; save the full model and tokenizer in ``into``.
 
+    The adapter is loaded by its family's peft class (:attr:`threadsum.family.Family.peft_auto_class`,
+    from the adapter's ``task_type``): ``AutoPeftModelForSeq2SeqLM`` or ``AutoPeftModelForCausalLM``.
+    The adapter folder's ``generation_config.json`` (a causal run's end-of-turn token among its end
+    tokens), else the base model's, is saved with it.
+
     Raises:
         ExportError: the adapter's base model cannot be loaded (its ``base_model_name_or_path``).
     """
     require("peft", "train")
-    from peft import AutoPeftModelForSeq2SeqLM
+    import peft
 
+    from threadsum.family import family_of_folder
     from threadsum.model import load_tokenizer
 
+    auto_class = getattr(peft, family_of_folder(model_dir).peft_auto_class)
     try:
-        model = AutoPeftModelForSeq2SeqLM.from_pretrained(str(model_dir))
+        model = auto_class.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
         base = json.loads((model_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
         raise ExportError(f"cannot load the base model '{base}' of the adapter in {model_dir}: {exc}") from None
     merged = model.merge_and_unload()
     merged.save_pretrained(str(into))
+    if (model_dir / "generation_config.json").is_file():
+        shutil.copy2(model_dir / "generation_config.json", into / "generation_config.json")
     load_tokenizer(str(model_dir)).save_pretrained(str(into))
     return into
 
@@ -109,7 +120,25 @@ def convert_ctranslate2(source: Path, out_dir: Path, quantization: str) -> Any:
 
     converter = _Converter(str(source))
     converter.convert(str(out_dir), quantization=quantization, force=True)
+    _fill_special_tokens(out_dir / "config.json", source)
     return converter.loaded
+
+
+def _fill_special_tokens(ct2_config: Path, source: Path) -> None:
+    """CTranslate2 refuses to load a model whose ``bos_token`` is null, which its Llama loader writes
+    for tokenizers without BOS (ChatML ones, Llama-style tokenizers trained without it): the pad token
+    stands in, as CTranslate2's own Qwen2 loader does. It is never generated: decoding starts from the
+    prompt's tokens."""
+    if not ct2_config.is_file():  # pragma: no cover - the converter's contract
+        return
+    data = json.loads(ct2_config.read_text())
+    if data.get("bos_token") is not None:
+        return
+    from threadsum.model import load_tokenizer
+
+    tok = load_tokenizer(str(source))
+    data["bos_token"] = tok.pad_token if tok.pad_token is not None else tok.eos_token
+    ct2_config.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def export_model(model_dir: str, out_dir: str, fmt: str = "ctranslate2", quantization: str = "int8",
@@ -151,14 +180,21 @@ def export_model(model_dir: str, out_dir: str, fmt: str = "ctranslate2", quantiz
 
 
 def _manifest(src: Path, model: Any, quantization: str) -> dict[str, Any]:
+    """What the engine needs besides CTranslate2's files: the family (which CTranslate2 class runs
+    it), the model's positions (a causal model's whole context: prompt and summary share it) and
+    the vocabulary size (every token id must be below it)."""
     import ctranslate2
+
+    from threadsum.family import family_of, model_positions
 
     return {
         "format": "ctranslate2",
+        "family": family_of(model).name,
+        "ct2_class": family_of(model).ct2_class,
         "quantization": quantization,
         "source": str(src.resolve()),
         "merged_adapter": (src / ADAPTER_CONFIG).is_file(),
-        "max_source_positions": getattr(model.config, "max_position_embeddings", None),
+        "max_source_positions": model_positions(model.config),
         "vocab_size": int(model.config.vocab_size),
         "parameters": sum(p.numel() for p in model.parameters()),
         "ctranslate2": ctranslate2.__version__,

@@ -76,23 +76,32 @@ def tiny_config(overrides: Optional[dict] = None) -> Config:
 
 
 def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, seed: int = 0) -> Path:
-    """Write a from_pretrained-loadable tiny summarizer folder (tokenizer, weights, config.yaml)."""
+    """Write a from_pretrained-loadable tiny summarizer folder (tokenizer, weights, config.yaml).
+
+    ``overrides`` are dotted config keys (:func:`tiny_config`); ``{"model.tiny.architecture": "llama"}``
+    (or ``qwen2``) writes a decoder-only model with a ChatML tokenizer, whose generation config stops
+    at ``<|im_end|>``. Returns ``out_dir``.
+    """
     import torch
 
     from threadsum.model import (
         SPECIAL_TOKENS,
         build_random_model,
+        family_for,
         finalize_model_folder,
-        train_tokenizer,
+        set_stop_tokens,
+        train_tokenizer_for,
     )
 
     cfg = tiny_config(overrides)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(sample_texts(seed=seed), cfg.model.tiny.vocab_size, out,
-                                max_positions=cfg.model.tiny.max_position_embeddings)
+    tokenizer = train_tokenizer_for(cfg.model, sample_texts(seed=seed), out)
     torch.manual_seed(seed)
     model = build_random_model(cfg.model, tokenizer)
+    # a decoder-only model stops at the chat template's end-of-turn token, as a trained one does
+    family = family_for(cfg.model)
+    set_stop_tokens(model, family.source_tokenizer(tokenizer, cfg.data.prompt), family.pad_id(tokenizer))
     # an untrained model picks single bytes as often as words, and lone bytes of multi-byte
     # characters decode to U+FFFD; steering it to merged tokens keeps its output readable text
     bias = getattr(model, "final_logits_bias", None)
