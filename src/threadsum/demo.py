@@ -93,7 +93,7 @@ def run_demo(out_dir: Path, threads: Optional[int] = None, overrides: Optional[l
     timings["prepare"] = time.perf_counter() - t
     console.print(f"prepared dataset in {cfg.data.prepared_dir} (report: {Path(cfg.data.prepared_dir) / 'report.md'})")
 
-    console.rule(f"[bold]3/5 train (tiny random-init {'BART' if family == 'seq2seq' else 'decoder-only Llama'}, CPU)")
+    console.rule(f"[bold]3/5 train (tiny random-init {cfg.model.tiny.architecture}, CPU)")
     t = time.perf_counter()
     record = train(cfg)
     timings["train"] = time.perf_counter() - t
