@@ -47,7 +47,7 @@ def _offline() -> bool:
     ).lower() in {"1", "true", "yes"}
 
 
-def _hub_failure(name: str, what: str, exc: Exception, auto_class: str = "AutoModelForSeq2SeqLM") -> ModelLoadError:
+def _hub_failure(name: str, what: str, exc: Exception) -> ModelLoadError:
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     if _is_local(name):
         return ModelLoadError(
@@ -66,11 +66,9 @@ def _hub_failure(name: str, what: str, exc: Exception, auto_class: str = "AutoMo
         f"Fix one of:\n"
         f"  - on a machine with network: `huggingface-cli download {name}` (fills ~/.cache/huggingface), "
         f"then copy that cache here or set HF_HOME to it;\n"
-        f"  - or save a local copy: `python -c \"from transformers import {auto_class} as M, AutoTokenizer as T; "
-        f"M.from_pretrained('{name}').save_pretrained('models/{short}'); "
-        f"T.from_pretrained('{name}').save_pretrained('models/{short}')\"` "
+        f"  - or save a local copy there: `huggingface-cli download {name} --local-dir models/{short}` "
         f"and set model.name_or_path=models/{short};\n"
-        f"  - or train from scratch with model.init=random (see configs/tiny.yaml).\n"
+        f"  - or train from scratch with model.init=random (see configs/tiny.yaml or configs/tiny-causal.yaml).\n"
         f"(underlying error: {reason})"
     )
 
@@ -391,7 +389,7 @@ def load_pretrained_model(name_or_path: str, attn_implementation: Optional[str] 
     try:
         return getattr(transformers, family.auto_class).from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as exc:
-        raise _hub_failure(name_or_path, "model", exc, family.auto_class) from exc
+        raise _hub_failure(name_or_path, "model", exc) from exc
 
 
 def load_model(cfg: Config, tokenizer: "PreTrainedTokenizerBase", init_dir: Optional[str] = None) -> "PreTrainedModel":
