@@ -451,3 +451,21 @@ def test_answers_carry_the_summary_claims_checked_against_the_thread(summarizer)
         assert claims[("Friday", "weekday")]["evidence"]["email"] == 0
         for c in answer["claims"]:
             assert answer["summary"][c["start"]:c["end"]] == c["text"]
+
+
+# ---------------------------------------------------------------------------- causal model
+def test_a_causal_model_serves_through_the_same_service(tmp_path):
+    """A decoder-only model folder: the same endpoints, batch = one at a time, no prompt in the output."""
+    folder = build_tiny_model_dir(tmp_path / "causal", overrides={"model.tiny.architecture": "llama"})
+    summarizer = Summarizer.from_pretrained(str(folder), device="cpu")
+    assert summarizer.family.name == "causal"
+    with serve_in_thread(create_app(summarizer, ServeConfig())) as url:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            threads = [sample_thread(i, n_emails=1 + i, words=5 + 30 * i) for i in range(3)]
+            r = client.post("/v1/summarize/batch", json={"threads": threads})
+            assert r.status_code == 200, r.text
+            batch = [x["summary"] for x in r.json()["results"]]
+            for t, s in zip(threads, batch):
+                one = client.post("/v1/summarize", json=t)
+                assert one.status_code == 200 and one.json()["summary"] == s
+                assert s.strip() and "<|im_start|>" not in s and "Summarize" not in s

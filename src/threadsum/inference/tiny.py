@@ -85,6 +85,7 @@ def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, 
     import torch
 
     from threadsum.model import (
+        CAUSAL_SPECIAL_TOKENS,
         SPECIAL_TOKENS,
         build_random_model,
         family_for,
@@ -109,6 +110,13 @@ def build_tiny_model_dir(out_dir: str | Path, overrides: Optional[dict] = None, 
         first_merge = len(SPECIAL_TOKENS) + 256
         with torch.no_grad():
             bias[:, len(SPECIAL_TOKENS):first_merge] = -1e4
+    elif family.prompt_in_output:  # no logits bias: zero rows of the tied head score 0, below the
+        # best of the merged tokens' random scores, so neither lone bytes nor turn/pad tokens win
+        keep = {tokenizer.eos_token_id}
+        rows = [i for i in tokenizer.all_special_ids if i not in keep] + list(range(len(CAUSAL_SPECIAL_TOKENS),
+                                                                                     len(CAUSAL_SPECIAL_TOKENS) + 256))
+        with torch.no_grad():
+            model.get_output_embeddings().weight[rows] = 0.0
     model.save_pretrained(str(out))
     cfg.save(out)
     finalize_model_folder(out, model)
