@@ -1,6 +1,6 @@
 """Peak memory of one training step on CPU: full fp32 logits vs the chunked, label-only LM head.
 
-    python bench/bench_loss_memory.py [--shape bart-large|qwen2.5-0.5b] [--chunk 1024] [--out FILE]
+    python bench/bench_loss_memory.py [--shape bart-large|qwen2.5-0.5b|qwen2.5-0.5b-head] [--lora] [--chunk 1024] [--out FILE]
 
 One optimizer-free step (forward + backward of ``threadsum.train.loss.lm_loss_sum``, the training
 loss of both model families) on a batch collated by the family (``threadsum.family``), fp32, label
@@ -13,7 +13,9 @@ model's weights and gradients are in both, only the loss path differs.
   14 heads / 2 key-value heads, tied embeddings, vocabulary 151,936), batch 1 x (1,024 prompt +
   128 summary tokens, only the summary labelled). The full path computes logits for all 1,152
   positions, the label-only head for the 128 labelled ones. Goal: the step's peak (memory it adds
-  above the model at rest) <= 0.5x the full-logits step's, loss and gradients equal.
+  above the model at rest) <= 0.5x the full-logits step's, loss and gradients equal. ``--lora``
+  trains LoRA adapters (r=16 on the causal family's default targets, as configs/qwen2.5-0.5b-lora.yaml)
+  instead of every weight: no [params] gradient in the step, so what is left is activations and the head.
 - ``qwen2.5-0.5b-head``: the LM head and loss alone at that shape (final hidden states
   [1, 1,152, 896] and the tied [151,936, 896] embedding, both requiring gradients): the memory and
   time the label-only head saves, without the 24 layers' activations and gradients around it.
@@ -92,7 +94,7 @@ class _HeadOnly:
         return self
 
 
-def child(shape: str, chunk: int) -> dict:
+def child(shape: str, chunk: int, lora: bool = False) -> dict:
     import torch
 
     from threadsum.family import CAUSAL
@@ -103,6 +105,12 @@ def child(shape: str, chunk: int) -> dict:
         model, family, b = head, CAUSAL, head.batch
     else:
         model, family, b = _model_and_batch(shape)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                     target_modules=list(family.lora_targets),
+                                                     task_type=family.peft_task))
     model.train()
     base_rss = _rss_gb()
     inputs = {k: b[k] for k in family.model_inputs}
@@ -140,16 +148,18 @@ def main() -> int:
     ap.add_argument("--shape", choices=SHAPES, default="bart-large")
     ap.add_argument("--chunk", type=int, default=1024, help="train.loss_chunk_tokens of the chunked run")
     ap.add_argument("--out", default=None, help="results file (default bench/results_loss_memory[_SHAPE].md)")
+    ap.add_argument("--lora", action="store_true", help="LoRA adapters instead of a full fine-tune")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print("RESULT " + json.dumps(child(args.shape, args.child)), flush=True)
+        print("RESULT " + json.dumps(child(args.shape, args.child, args.lora)), flush=True)
         return 0
     from threadsum.devices import hardware_description
 
     rows = []
     for chunk in (0, args.chunk):
-        proc = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--child", str(chunk)],
+        proc = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--child", str(chunk)]
+                              + (["--lora"] if args.lora else []),
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -169,7 +179,8 @@ def main() -> int:
                 "label smoothing 0.1, forward + backward, each mode in its own process.")
         verdict = f"Peak ratio chunked / full: **{ratio:.2f}x** (goal <= 0.90x: {'met' if ratio <= 0.9 else 'missed'})."
     else:
-        what = (f"Random-init Qwen2 at Qwen2.5-0.5B's shape ({full['params'] / 1e6:.0f}M parameters, 24 layers, "
+        what = (("LoRA r=16 on q/k/v/o/gate/up/down_proj of a " if args.lora else "")
+                + f"Random-init Qwen2 at Qwen2.5-0.5B's shape ({full['params'] / 1e6:.0f}M parameters, 24 layers, "
                 f"vocabulary 151,936, tied embeddings), fp32, batch 1 x (1,024 prompt + 128 summary) tokens: "
                 f"{full['labelled']} labelled of {full['positions']} positions; label smoothing 0.1, forward + "
                 f"backward, each mode in its own process.")
@@ -179,13 +190,15 @@ def main() -> int:
                    f"are in both). Loss differs by {loss_rel:.1e} (relative), gradient norm by {grad_rel:.1e}.")
     lines = [
         f"## Peak memory of one step, {args.shape} shape, CPU: full fp32 logits vs chunked label-only head", "",
-        f"Command: `python bench/bench_loss_memory.py --shape {args.shape} --chunk {args.chunk}`", "",
+        f"Command: `python bench/bench_loss_memory.py --shape {args.shape} --chunk {args.chunk}"
+        f"{' --lora' if args.lora else ''}`", "",
         f"Machine: {hardware_description()}; load average at the end {os.getloadavg()[0]:.1f}.", what, "",
         "| loss path | peak RSS GB | RSS after model init GB | step GB (peak - init) | step seconds | loss sum | grad norm |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_row(r) for r in rows), "", verdict, "",
     ]
     suffix = "" if args.shape == "bart-large" else "_" + args.shape.replace(".", "").replace("-head", "_head")
+    suffix += "_lora" if args.lora else ""
     out = Path(args.out or REPO / "bench" / f"results_loss_memory{suffix}.md")
     out.write_text("\n".join(lines))
     print("\n".join(lines))
