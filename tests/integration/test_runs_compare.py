@@ -1,4 +1,5 @@
-"""`threadsum runs compare` end to end: two tiny BART runs trained and evaluated on one prepared split."""
+"""`threadsum runs compare` end to end: a tiny BART run and a tiny decoder-only run, trained and
+evaluated on the same threads (one split, prepared once per model's tokenizer), in one table."""
 from __future__ import annotations
 
 import json
@@ -33,9 +34,10 @@ def test_compare_two_trained_and_evaluated_runs(tmp_path):
     from threadsum.train.loop import train
 
     prepared = make_prepared(tmp_path / "prepared", n_train=16, n_val=2, n_test=6)
+    prepared_causal = make_prepared(tmp_path / "prepared-causal", n_train=16, n_val=2, n_test=6, family="causal")
     runs = []
-    for name, steps in (("short", 3), ("longer", 12)):
-        cfg = tiny_config(prepared, tmp_path / name, max_steps=steps, checkpoint_every_steps=0)
+    for name, steps, data, arch in (("short", 3, prepared, "bart"), ("longer", 12, prepared_causal, "llama")):
+        cfg = tiny_config(data, tmp_path / name, architecture=arch, max_steps=steps, checkpoint_every_steps=0)
         cfg.eval.bootstrap_samples, cfg.eval.device = 200, "cpu"
         train(cfg)
         evaluate(cfg, str(tmp_path / name / "model"), "test")
@@ -55,7 +57,7 @@ def test_compare_two_trained_and_evaluated_runs(tmp_path):
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert table["n_threads"] == 6 and table["reference_run"] == "short"
     short, longer = table["runs"]
-    assert short["family"] == longer["family"] == "seq2seq"
+    assert short["family"] == "seq2seq" and longer["family"] == "causal"
     for run in (short, longer):
         t = run["training"]
         assert t["trainable_params"] == t["total_params"] > 0 and t["train_seconds"] > 0 and t["tokens_per_s"] > 0
