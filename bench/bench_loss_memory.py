@@ -94,7 +94,7 @@ class _HeadOnly:
         return self
 
 
-def child(shape: str, chunk: int, lora: bool = False) -> dict:
+def child(shape: str, chunk: int, lora: bool = False, checkpointing: bool = False) -> dict:
     import torch
 
     from threadsum.family import CAUSAL
@@ -105,12 +105,13 @@ def child(shape: str, chunk: int, lora: bool = False) -> dict:
         model, family, b = head, CAUSAL, head.batch
     else:
         model, family, b = _model_and_batch(shape)
-        if lora:
-            from peft import LoraConfig, get_peft_model
+        if lora or checkpointing:  # the trainer's own levers (threadsum.model.prepare_for_training)
+            from threadsum.config import ModelConfig
+            from threadsum.model import prepare_for_training
 
-            model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                     target_modules=list(family.lora_targets),
-                                                     task_type=family.peft_task))
+            model = prepare_for_training(model, ModelConfig(
+                gradient_checkpointing=checkpointing,
+                lora={"enabled": lora, "r": 16, "alpha": 32, "dropout": 0.0}))
     model.train()
     base_rss = _rss_gb()
     inputs = {k: b[k] for k in family.model_inputs}
@@ -149,17 +150,18 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=1024, help="train.loss_chunk_tokens of the chunked run")
     ap.add_argument("--out", default=None, help="results file (default bench/results_loss_memory[_SHAPE].md)")
     ap.add_argument("--lora", action="store_true", help="LoRA adapters instead of a full fine-tune")
+    ap.add_argument("--checkpointing", action="store_true", help="model.gradient_checkpointing=true")
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        print("RESULT " + json.dumps(child(args.shape, args.child, args.lora)), flush=True)
+        print("RESULT " + json.dumps(child(args.shape, args.child, args.lora, args.checkpointing)), flush=True)
         return 0
     from threadsum.devices import hardware_description
 
     rows = []
     for chunk in (0, args.chunk):
         proc = subprocess.run([sys.executable, __file__, "--shape", args.shape, "--child", str(chunk)]
-                              + (["--lora"] if args.lora else []),
+                              + (["--lora"] if args.lora else []) + (["--checkpointing"] if args.checkpointing else []),
                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -179,26 +181,27 @@ def main() -> int:
                 "label smoothing 0.1, forward + backward, each mode in its own process.")
         verdict = f"Peak ratio chunked / full: **{ratio:.2f}x** (goal <= 0.90x: {'met' if ratio <= 0.9 else 'missed'})."
     else:
-        what = (("LoRA r=16 on q/k/v/o/gate/up/down_proj of a " if args.lora else "")
-                + f"Random-init Qwen2 at Qwen2.5-0.5B's shape ({full['params'] / 1e6:.0f}M parameters, 24 layers, "
+        what = (("LoRA r=16 on q/k/v/o/gate/up/down_proj, " if args.lora else "")
+                + ("gradient checkpointing, " if args.checkpointing else "")
+                + f"random-init Qwen2 at Qwen2.5-0.5B's shape ({full['params'] / 1e6:.0f}M parameters, 24 layers, "
                 f"vocabulary 151,936, tied embeddings), fp32, batch 1 x (1,024 prompt + 128 summary) tokens: "
                 f"{full['labelled']} labelled of {full['positions']} positions; label smoothing 0.1, forward + "
                 f"backward, each mode in its own process.")
         verdict = (f"Step memory (peak minus the model at rest) chunked / full: **{step_ratio:.2f}x** "
                    f"(goal <= 0.50x: {'met' if step_ratio <= 0.5 else 'missed'}); whole-process peak ratio "
-                   f"{ratio:.2f}x (the weights and their gradients, {full['rss_after_init_gb']:.1f} GB at rest, "
-                   f"are in both). Loss differs by {loss_rel:.1e} (relative), gradient norm by {grad_rel:.1e}.")
+                   f"{ratio:.2f}x (the weights, {full['rss_after_init_gb']:.1f} GB at rest, and their gradients "
+                   f"when all are trained, are in both). Loss differs by {loss_rel:.1e} (relative), gradient norm by {grad_rel:.1e}.")
     lines = [
         f"## Peak memory of one step, {args.shape} shape, CPU: full fp32 logits vs chunked label-only head", "",
         f"Command: `python bench/bench_loss_memory.py --shape {args.shape} --chunk {args.chunk}"
-        f"{' --lora' if args.lora else ''}`", "",
+        f"{' --lora' if args.lora else ''}{' --checkpointing' if args.checkpointing else ''}`", "",
         f"Machine: {hardware_description()}; load average at the end {os.getloadavg()[0]:.1f}.", what, "",
         "| loss path | peak RSS GB | RSS after model init GB | step GB (peak - init) | step seconds | loss sum | grad norm |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_row(r) for r in rows), "", verdict, "",
     ]
     suffix = "" if args.shape == "bart-large" else "_" + args.shape.replace(".", "").replace("-head", "_head")
-    suffix += "_lora" if args.lora else ""
+    suffix += ("_lora" if args.lora else "") + ("_ckpt" if args.checkpointing else "")
     out = Path(args.out or REPO / "bench" / f"results_loss_memory{suffix}.md")
     out.write_text("\n".join(lines))
     print("\n".join(lines))
