@@ -212,3 +212,14 @@ def test_only_the_family_module_and_the_loader_decide_by_family():
             if pattern.search(line):
                 offenders.append(f"{path.relative_to(SRC)}:{i}: {line.strip()}")
     assert offenders == []
+
+
+def test_data_prepared_for_the_other_family_is_refused_with_the_fix(tmp_path):
+    from threadsum.errors import ExitCode
+    from threadsum.family import check_prepared_family
+
+    (tmp_path / "prepare.json").write_text(json.dumps({"status": "ok", "family": "seq2seq"}))
+    check_prepared_family(tmp_path, SEQ2SEQ)
+    with pytest.raises(FamilyError, match="prepared for a seq2seq model, but this model is causal.*threadsum prepare") as e:
+        check_prepared_family(tmp_path, CAUSAL)
+    assert e.value.exit_code == ExitCode.USAGE == 2
