@@ -32,8 +32,10 @@ class _Section(BaseModel):
 class CleanConfig(_Section):
     """Cleaning steps of ``prepare`` (``data.clean``), each switchable."""
 
+    repair_lotus_punctuation: bool = True
+    """Replace Enron's Lotus Notes punctuation codes ('California=01,s' -> 'California’s')."""
     decode_quoted_printable: bool = True
-    """Decode quoted-printable artifacts (=09, =20, soft line breaks '=\\n')."""
+    """Decode quoted-printable artifacts (=09, =20, soft line breaks '=\\n') in bodies that are quoted-printable."""
     remove_quoted_history: bool = True
     """Drop quoted/forwarded text that duplicates an email already in the thread (unique content is kept)."""
     collapse_headers: bool = True

@@ -24,7 +24,7 @@ def _thread():
              "To:\tRorschach, Reagan; " + "; ".join(f"Person{i}, P." for i in range(40)) + "\nSubject:\tconfirm\n\n" + first)
     fwd = ("Reagan, FYI see be=\nlow.=20\n---------------------- Forwarded by Kay Mann/HOU/ECT on 04/27/2001 10:00 AM "
            "---------------------------\n\n\"Joe Smith\" <joe@dynegy.com>\n04/27/2001 08:00 AM\nTo: Kay Mann/HOU/ECT@ECT\n"
-           "cc:\nSubject: confirm\n\nOn behalf of Dynegy we would like to extend the payment terms to sixty days.\n")
+           "cc:\nSubject: confirm\n\nOn behalf of Dynegy we=01,d like to extend the payment terms to sixty days.\n")
     last = "Done.\n\n-- \nReagan Rorschach\nDirector\n713-555-1234\n\n" + " -----Original Message-----\nFrom: Mann, Kay\n" \
         "Sent: Friday\nSubject: FW: confirm\n\n" + fwd
     mails = [

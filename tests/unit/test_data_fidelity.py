@@ -250,8 +250,9 @@ def test_data_files_read_non_utf8_bytes_as_cp1252(tmp_path):
 # ------------------------------------------------------------------------ 5. quoted-printable
 @pytest.mark.parametrize("raw,want", [
     ("Viele Gr=C3=BC=C3=9Fe aus M=C3=BCnchen", "Viele Grüße aus München"),
-    ("Price 4=2E5", "Price 4.5"),
-    ("Caf=E9 tonight", "Café tonight"),
+    ("Price 4=2E5, see the attach=\nment", "Price 4.5, see the attachment"),  # a soft break proves QP
+    ("Caf=E9 tonight=20\nat 8", "Café tonight \nat 8"),
+    ("Caf=E9 tonight", "Caf=E9 tonight"),  # a lone escape proves nothing: left as written
     ("From: =09White, Stac=\ney W. =20\nx=3Dy", "From: \tWhite, Stacey W.  \nx=y"),
     ("a = b, price=20 dollars", "a = b, price=20 dollars"),  # no hint of QP: untouched
 ])
@@ -261,11 +262,12 @@ def test_quoted_printable_fully(raw, want):
 
 def test_quoted_printable_in_csv_bodies_reaches_the_model_decoded(tmp_path):
     rows = ["1,S,2001-01-01 10:00:00,A,[],Viele Gr=C3=BC=C3=9Fe aus M=C3=BCnchen\n",
-            "1,S,2001-01-01 11:00:00,B,[],Price 4=2E5\n", "1,S,2001-01-01 12:00:00,C,[],Caf=E9\n"]
+            "1,S,2001-01-01 11:00:00,B,[],\"Price 4=2E5 for the attach=\nment\"\n",
+            "1,S,2001-01-01 12:00:00,C,[],\"Caf=E9=20\nor bar\"\n"]
     (tmp_path / "email_thread_details.csv").write_text(HEADER + "".join(rows))
     (tmp_path / "email_thread_summaries.csv").write_text("thread_id,summary\n1,S.\n")
     c = clean_thread(read_source(tmp_path).threads[0], CleanConfig())
-    assert [e.body for e in c.emails] == ["Viele Grüße aus München", "Price 4.5", "Café"]
+    assert [e.body for e in c.emails] == ["Viele Grüße aus München", "Price 4.5 for the attachment", "Café\nor bar"]
 
 
 # ------------------------------------------------------------------------------------ 6. HTML

@@ -3,8 +3,12 @@ what it removed is audited.
 
 Steps, in order (each a key of ``CleanConfig``):
 
-1. ``decode_quoted_printable``  quoted-printable residue of the Enron export: soft line breaks ``=\\n``
-   (which split words: ``Stac=\\ney``) and every ``=XX`` escape, decoded as bytes (UTF-8, else cp1252).
+0. ``repair_lotus_punctuation`` Enron's Lotus Notes punctuation codes (``California=01,s`` ->
+   ``California’s``; ``LOTUS_PUNCTUATION`` says where they come from).
+1. ``decode_quoted_printable``  quoted-printable residue of the Enron export, only in bodies that are
+   quoted-printable (``looks_quoted_printable``): soft line breaks ``=\\n`` (which split words:
+   ``Stac=\\ney``) and ``=XX`` escapes, decoded as bytes (UTF-8, else cp1252), never into control
+   characters or signs no text uses (``decode_qp_artifacts``).
 2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
 3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
    Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
@@ -43,8 +47,8 @@ from typing import Any, Optional
 from threadsum.data.charset import decode_bytes
 from threadsum.data.types import Email, Thread
 
-STEPS = ("decode_quoted_printable", "drop_duplicate_emails", "remove_quoted_history", "collapse_headers",
-         "normalize_names", "strip_signatures", "normalize_whitespace")
+STEPS = ("repair_lotus_punctuation", "decode_quoted_printable", "drop_duplicate_emails", "remove_quoted_history",
+         "collapse_headers", "normalize_names", "strip_signatures", "normalize_whitespace")
 SHINGLE = 5  # words per shingle: long enough to be specific, short enough to survive re-wrapping
 # A quoted paragraph is a duplicate when this share of its shingles exists elsewhere AND every one of
 # its words lies in such a shingle (``_covered``): the share alone let up to a fifth of a paragraph
@@ -66,31 +70,163 @@ def has_body_text(body: str) -> bool:
 
 
 
+# ----------------------------------------------------------------- 0. Lotus punctuation escapes
+# Enron's Lotus Notes stored text in LMBCS (Lotus Multi-Byte Character Set), where punctuation that
+# cp850 lacks is a two-byte code: the group byte 0x01, then a byte below 0x80 (LMBCS's "exceptions"
+# of group 1). The export wrote the 0x01 as the quoted-printable escape '=01' and the second byte as
+# itself, so U+2019 (LMBCS 01 2C) reads 'California=01,s'. This is a table, not arithmetic: the
+# mapping below is the punctuation subset of LMBCS group 1 (the same bytes ICU's LMBCS-1 converter
+# decodes: `printf '\x01,' | uconv -f LMBCS-1` prints U+2019). Its other codes (box drawing,
+# ligatures, spacing accents) are not prose and stay as they are.
+LOTUS_PUNCTUATION = {
+    ",": "\u2019",  # ' right single quotation mark (apostrophe): California=01,s
+    "+": "\u2018",  # ' left single quotation mark
+    "&": "\u201c",  # " left double quotation mark: the =01&Repurchasers=018
+    "8": "\u201d",  # " right double quotation mark
+    "6": "\u201e",  # ,, double low-9 quotation mark
+    "7": "\u201a",  # , single low-9 quotation mark
+    "(": "\u2026",  # ... horizontal ellipsis
+    ")": "\u2013",  # en dash
+    "*": "\u2014",  # em dash
+    ".": "\u2039",  # single left-pointing angle quotation mark
+    "/": "\u203a",  # single right-pointing angle quotation mark
+    ";": " ",       # no-break space, read as a space (as =A0 is)
+    "'": "'",
+    "p": "\u2020",  # dagger
+    "q": "\u2021",  # double dagger
+    "v": "\u2122",  # trade mark sign
+}
+_LOTUS = re.compile(r"(?<!=)=01([,+&867()*./;'pqv])")
+# an '=' on the line that is no Lotus code and no QP mark (soft break, =20/=09 at line end, =3D, =09):
+# the line is a 'key=value' list ('rf=01,pf=01', 'sub=01,ses=02'), where '=01,' is a value and a comma
+_OTHER_EQ = re.compile(r"=(?!01[,+&867()*./;'pqv]|\r?$|(?:20|09)\r?$|3D|09)", re.M)
+
+
+def repair_lotus_punctuation(text: str) -> str:
+    """Replace Enron's Lotus Notes punctuation codes with the characters they stand for
+    (``LOTUS_PUNCTUATION``: ``California=01,s`` -> ``California’s``, ``the =01&Repurchasers=018`` ->
+    ``the “Repurchasers”``, ``=01)`` -> en dash, ``=01*`` -> em dash). A code is left as it is on a
+    line that holds another ``=`` that is neither such a code nor a quoted-printable mark (a
+    ``key=value`` list such as ``rf=01,pf=01``), and a digit code (``=016``/``7``/``8``) before another
+    digit (``id=0180``). Never raises."""
+    if "=01" not in text:
+        return text
+    out, last = [], 0
+    for m in _LOTUS.finditer(text):
+        code = m.group(1)
+        if code.isdigit() and text[m.end():m.end() + 1].isdigit():
+            continue
+        ls = text.rfind("\n", 0, m.start()) + 1
+        le = text.find("\n", m.end())
+        if _OTHER_EQ.search(text[ls:len(text) if le < 0 else le]):
+            continue
+        out.append(text[last:m.start()])
+        out.append(LOTUS_PUNCTUATION[code])
+        last = m.end()
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
 # ------------------------------------------------------------------------------ 1. QP artifacts
-_QP_SOFT = re.compile(r"=\r?\n")
+_QP_SOFT = re.compile(r"(?<!=)=\r?\n")  # '==\n' is a rule of '=' signs, not a soft break
 _QP_RUN = re.compile(r"(?:=[0-9A-F]{2})+")
 _QP_TOKEN = re.compile(r"[^\W_]*(?:=(?:[0-9A-F]{2}|\r?\n)[^\W_]*)+")  # a word holding escapes (for the audit)
-# What marks a body as quoted-printable: tabs as =09, soft breaks, =20 closing a line, =3D, an escaped
-# 8-bit byte (=C3=BC, =E9) or escaped ASCII punctuation (=2E, =2C, =3F). Plain text like 'price=20' is
-# not a hint: a space escaped mid-line is what an unrelated '=20' looks like.
-_QP_HINT = re.compile(r"=09|=\r?\n|=20\r?$|=3D|=[89A-F][0-9A-F]|=2[1-9A-F]|=3[ABCEF]|=40|=5[BCDEF]|=60|=7[BCDE]",
-                      re.M)
+# What proves a body is quoted-printable when no header says so: a soft line break, an escaped '='
+# (=3D), an escaped space or tab closing a line, an escaped tab before a word or another escape
+# (Enron's column layouts: 'County=09EPMI', 'L.P.=09=09'), or escapes that together form a UTF-8
+# multi-byte character (=C3=A9). A lone '=98' or '=1882' (a URL's '?partnerID=989&mailID=1882', a
+# 'key=value' list, 'x=20') proves nothing and stays text.
+_QP_SIGNATURE = re.compile(r"(?<!=)=\r?\n|=3D|=(?:20|09)\r?$|=09(?=[^\W\d_]|=[0-9A-F]{2})|"
+                           r"=[CD][0-9A-F]=[89AB][0-9A-F]|=E[0-9A-F](?:=[89AB][0-9A-F]){2}|"
+                           r"=F[0-4](?:=[89AB][0-9A-F]){3}", re.M)
+_URL = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|\bwww\.)[^\s<>\"']+", re.I)
+# cp1252 punctuation and signs that a single escaped 8-bit byte may stand for (letters always may)
+_QP_SIGNS = set("\u2018\u2019\u201a\u201c\u201d\u201e\u2013\u2014\u2026\u2022\u20ac\u2122\u00a3\u00a9\u00ae"
+                "\u00b0\u00b1\u00b2\u00b3\u00b5\u00b7\u00bc\u00bd\u00be\u00a7\u00a2\u00a5\u00ab\u00bb\u00a1\u00bf"
+                "\u00d7\u00f7\u00a0")
 
 
-def _qp_run(m: re.Match) -> str:
-    data = bytes.fromhex(m.group(0).replace("=", ""))
-    text, _ = decode_bytes(data, None, detect=False)  # UTF-8, else cp1252 (the data.charset rule)
-    return text.replace("\xa0", " ")  # =A0 (no-break space) reads as a space, as it always did here
+def _utf8_len(b: int) -> int:
+    return 2 if 0xC2 <= b <= 0xDF else 3 if 0xE0 <= b <= 0xEF else 4 if 0xF0 <= b <= 0xF4 else 0
 
 
-def decode_qp_artifacts(text: str) -> str:
-    """Decode a quoted-printable body: soft line breaks (``=\\n``, which split words: ``Stac=\\ney``) and
-    every ``=XX`` escape, each run of escapes decoded as bytes (UTF-8, else cp1252: ``Gr=C3=BC=C3=9Fe``
-    -> ``Grüße``, ``Caf=E9`` -> ``Café``, ``4=2E5`` -> ``4.5``). Bodies without a hint of QP
-    (``_QP_HINT``) are returned unchanged. Never raises."""
-    if not _QP_HINT.search(text):
+def _qp_pieces(data: bytes) -> list[tuple[bytes, Optional[str]]]:
+    """The bytes of one run of escapes as pieces: (bytes, text), text None where decoding would
+    produce a control character or a sign no text uses (the escape is then left as it was)."""
+    out: list[tuple[bytes, Optional[str]]] = []
+    i = 0
+    while i < len(data):
+        b = data[i]
+        n = _utf8_len(b)
+        if n and i + n <= len(data):
+            try:
+                out.append((data[i:i + n], data[i:i + n].decode("utf-8")))
+                i += n
+                continue
+            except UnicodeDecodeError:
+                pass
+        one = data[i:i + 1]
+        if b == 0x0D and data[i + 1:i + 2] == b"\n":
+            out.append((data[i:i + 2], "\n"))
+            i += 2
+            continue
+        if b < 0x80:
+            out.append((one, chr(b) if b in (0x09, 0x0A) or b >= 0x20 else None))
+        else:
+            ch, _ = decode_bytes(one, None, detect=False)  # cp1252, Latin-1 for its five holes
+            out.append((one, ch if ch.isalpha() or ch in _QP_SIGNS else None))
+        i += 1
+    return out
+
+
+def _qp_run_text(text: str, m: re.Match, urls: list[tuple[int, int]]) -> str:
+    run = m.group(0)
+    start, end = m.span()
+    nxt = text[end:end + 1]
+    prev = text[start - 1:start]
+    line_end = nxt in ("\n", "\r")
+    if any(a <= start < b for a, b in urls):  # in a URL only '=3D' and a space closing the line are QP:
+        tail = " " if line_end and run.endswith("=20") else ""  # '?id=989' is the URL's own text
+        return (run[:-3] if tail else run).replace("=3D", "=") + tail
+    # a run of decimal escapes glued to a number or closing a 'key=value' is that number ('x=20', 'id=0912')
+    decimal = run.replace("=", "").isdigit()
+    if decimal and not line_end and (nxt.isdigit() or (len(run) == 3 and prev.isalnum()
+                                                      and not (nxt.isalpha() or nxt == "="))):
+        return run
+    parts = []
+    for raw, ch in _qp_pieces(bytes.fromhex(run.replace("=", ""))):
+        parts.append("".join(f"={x:02X}" for x in raw) if ch is None else ch)
+    return "".join(parts).replace("\xa0", " ")  # =A0 (no-break space) reads as a space, as it always did here
+
+
+def looks_quoted_printable(text: str) -> bool:
+    """True when ``text`` shows quoted-printable's signature (``_QP_SIGNATURE``): a soft line break,
+    ``=3D``, ``=20``/``=09`` closing a line, ``=09`` before a word, or escapes forming a UTF-8
+    multi-byte character. Lone escapes such as ``partnerID=989`` or ``x=20`` are not a signature."""
+    return "=" in text and bool(_QP_SIGNATURE.search(text))
+
+
+def decode_qp_artifacts(text: str, declared: bool = False) -> str:
+    """Decode the quoted-printable residue of a body that is quoted-printable.
+
+    A body is decoded when ``declared`` (its part says ``Content-Transfer-Encoding:
+    quoted-printable``) or when it shows QP's signature (``looks_quoted_printable``); any other body
+    is returned unchanged. Then soft line breaks go (``Stac=\\ney`` -> ``Stacey``) and each run of
+    escapes is decoded as bytes (a UTF-8 sequence as one character, else cp1252: ``Gr=C3=BC=C3=9Fe``
+    -> ``Grüße``, ``Caf=E9`` -> ``Café``), except what would invent text: an escape whose byte is a
+    control character other than tab and newline (``=01``, ``=18``) or a sign no prose uses
+    (``=98`` -> ``˜``), a decimal escape glued to a number or closing a ``key=value`` (``x=20``,
+    ``mailID=1882``), and any escape but ``=3D`` inside a URL. Those stay as they were. Never raises.
+    """
+    if not (declared or looks_quoted_printable(text)):
         return text
-    return _QP_RUN.sub(_qp_run, _QP_SOFT.sub("", text))
+    text = _QP_SOFT.sub("", text)
+    if "=" not in text:
+        return text
+    urls = [m.span() for m in _URL.finditer(text)] if "://" in text or "www." in text else []
+    return _QP_RUN.sub(lambda m: _qp_run_text(text, m, urls), text)
 
 
 # ------------------------------------------------------------------------ body segmentation
@@ -937,6 +1073,17 @@ class _Steps:
         rec["words_after"] += self.current[1]
 
 
+_LOTUS_TOKEN = re.compile(r"[^\W_]*=01[,+&867()*./;'pqv][^\W_]*")  # a word holding a Lotus code (for the audit)
+
+
+def _lotus_step(es: list[Email], matched: list) -> None:
+    for e in es:
+        new = repair_lotus_punctuation(e.body)
+        if new != e.body:  # every change is a code replaced: the words holding one are matched
+            matched.extend(("Lotus punctuation code", m.group(0)) for m in _LOTUS_TOKEN.finditer(e.body))
+        e.body = new
+
+
 def _qp_step(es: list[Email], matched: list) -> None:
     for e in es:
         new = decode_qp_artifacts(e.body)
@@ -995,6 +1142,7 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     steps = _Steps(thread, st)
     st["threads"] += 1
     st["emails_in"] += len(steps.emails)
+    steps.run("repair_lotus_punctuation", c.repair_lotus_punctuation, _lotus_step)
     steps.run("decode_quoted_printable", c.decode_quoted_printable, _qp_step)
     steps.run("drop_duplicate_emails", c.drop_duplicate_emails,
               lambda es, _: _drop_duplicates(es, thread.thread_id, st))
