@@ -190,3 +190,48 @@ def test_plain_timestamps_fast_path():
     assert parse_timestamp("2001-05-14 16:39:00") == datetime(2001, 5, 14, 16, 39)
     assert parse_timestamp("2001-13-14 16:39:00") is None  # not a date in any accepted format
     assert parse_timestamp("2001-5-4 1:02:03") == datetime(2001, 5, 4, 1, 2, 3)  # strptime still reads it
+
+
+# ------------------------------------------------------------------ mbox separators in doubt
+def _box(between: bytes) -> bytes:
+    return (b"From ann@example.com Mon May 14 09:12:00 2001\nFrom: Ann <ann@example.com>\nMessage-ID: <m1@example.com>\n"
+            b"Subject: Q3 budget\n\nPlease cut travel back.\n" + between +
+            b"From: Bob <bob@example.com>\nIn-Reply-To: <m1@example.com>\nSubject: Re: Q3 budget\n\nWill do.\n")
+
+
+@pytest.mark.parametrize("sep", [b"From bob@example.com Mon May 14 11:40:00 2001\n",
+                                 b"From bob@example.com  Mon May 14  11:40 2001\n",
+                                 b"From bob@example.com Mon May 14 11:40:00 PDT 2001\n",
+                                 b"From MAILER-DAEMON Mon May 14 11:40:00 -0700 2001\n"])
+def test_a_full_separator_without_a_blank_line_splits_with_a_warning(tmp_path, sep):
+    box = tmp_path / "mail.mbox"
+    box.write_bytes(_box(sep))
+    res = read_source(box, require_summary=False)
+    assert res.rejects == [] and res.counts["emails"]["input"] == 2
+    ann, bob = res.threads[0].emails
+    assert ann.body.strip() == "Please cut travel back." and bob.body.strip() == "Will do."
+    assert [w["reason"] for w in res.warnings] == ["mbox_separator_without_blank_line"]
+    assert res.warnings[0]["line"] == 7 and "new message starts there" in res.warnings[0]["detail"]
+
+
+@pytest.mark.parametrize("line", [b"From bob@example.com about the budget\n",
+                                  b"From bob@example.com 2001-05-14\n",  # a date, but no blank line before it
+                                  b"From carla@example.com, who wrote back\n"])
+def test_a_doubtful_from_line_stays_text_with_a_warning(tmp_path, line):
+    box = tmp_path / "mail.mbox"
+    box.write_bytes(b"From ann@example.com Mon May 14 09:12:00 2001\nFrom: Ann <ann@example.com>\nSubject: S\n\n"
+                    b"Notes:\n" + line + b"end of notes\n")
+    res = read_source(box, require_summary=False)
+    assert res.counts["emails"]["input"] == 1
+    body = res.threads[0].emails[0].body
+    assert line.decode().strip() in body and "end of notes" in body
+    assert [w["reason"] for w in res.warnings] == ["mbox_doubtful_from_line"]
+    assert "kept as text" in res.warnings[0]["detail"]
+
+
+def test_prose_from_lines_are_silent(tmp_path):
+    box = tmp_path / "mail.mbox"
+    box.write_bytes(b"From ann@example.com Mon May 14 09:12:00 2001\nFrom: Ann <ann@example.com>\nSubject: S\n\n"
+                    b"From the numbers I saw, travel is over.\n\nFrom now on it goes through Carla.\n")
+    res = read_source(box, require_summary=False)
+    assert res.warnings == [] and res.counts["emails"]["input"] == 1

@@ -76,6 +76,8 @@ W_MISSING_SENDER = "missing_sender"
 W_MISSING_DATE = "missing_date"
 W_UNREADABLE_DATE = "unreadable_date"
 W_CHARSET = "charset_not_as_declared"
+W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
+W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
@@ -844,15 +846,31 @@ def _eml_emails(files: list[Path], led: _Ledger) -> list[tuple[Email, str]]:
 # whether the rest is a full date is left to parse_date_text). Any other line starting 'From ' is text.
 _MBOX_FROM = re.compile(rb"From (\S+) +(.+?)\s*")
 _MBOX_ESCAPED = re.compile(rb">+From ")
+# A full separator, beyond doubt: an address (or MAILER-DAEMON) and an asctime date, as mail programs
+# write it ('From ann@example.com Mon May 14 09:12:00 2001', a zone before the year allowed).
+_MBOX_FULL = re.compile(rb"From (?:\S+@\S+|MAILER-DAEMON) +(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) +"
+                        rb"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d{1,2} +\d{1,2}:\d{2}(?::\d{2})? +"
+                        rb"(?:[A-Z]{2,5} +|[+-]\d{4} +)?\d{4}\s*")
+# a line that starts like a separator (an address after 'From ') but is not one of the forms above
+_MBOX_ADDRESSY = re.compile(rb"From \S+@\S+")
 
 
-def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes, Optional[datetime]]]]:
+def split_mbox(data: bytes, notes: Optional[list] = None) -> Optional[list[tuple[int, bytes, Optional[datetime]]]]:
     """The messages of an mbox file as (line number of the separator, raw message bytes, separator date).
 
     A separator is a line 'From <address> <date>' at the start of the file or after a blank line
-    (RFC 4155), so body lines like 'From the numbers I saw...' stay in their message. Escaped body
-    lines are unescaped (mboxrd: one '>' is removed from '>From ', '>>From ', ...; this reads mboxo
-    files too). Returns None when the file does not start with a separator (not an mbox).
+    (RFC 4155), so body lines like 'From the numbers I saw...' stay in their message. A line that is a
+    full separator beyond doubt (``_MBOX_FULL``: an address and an asctime date) also splits where no
+    blank line precedes it (mail programs that skip the blank line), and says so in ``notes``; any
+    other line that starts like a separator ('From ann@example.com ...') without being one stays in its
+    message, also with a note. Escaped body lines are unescaped (mboxrd: one '>' is removed from
+    '>From ', '>>From ', ...; this reads mboxo files too).
+
+    Args:
+        data: the file's bytes.
+        notes: when given, (warning reason, line number, detail) is appended for each doubtful line.
+    Returns:
+        The messages, or None when the file does not start with a separator (not an mbox). Never raises.
     """
     lines = data.split(b"\n")
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
@@ -863,7 +881,21 @@ def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes, Optional[datetime
     body: list[bytes] = []
     for i in range(first + 1, len(lines) + 1):
         line = lines[i] if i < len(lines) else None
-        if line is None or (_is_separator(line) and (not lines[i - 1].strip())):
+        split = line is None
+        if line is not None and line.startswith(b"From "):
+            blank = not lines[i - 1].strip()
+            full = _MBOX_FULL.fullmatch(line.rstrip(b"\r")) is not None
+            if blank and _is_separator(line):
+                split = True
+            elif full:
+                split = True
+                if notes is not None:
+                    notes.append((W_MBOX_SPLIT_NO_BLANK, i + 1, f"line {i + 1} is a full mbox separator without the "
+                                  f"blank line before it ({_shown(line)}); a new message starts there"))
+            elif notes is not None and (_MBOX_ADDRESSY.match(line) or _is_separator(line)):
+                notes.append((W_MBOX_DOUBTFUL_FROM, i + 1, f"line {i + 1} starts like an mbox separator but is "
+                              f"not one ({_shown(line)}); kept as text of the message above"))
+        if split:
             if body and not body[-1].strip():
                 body.pop()  # the blank line before a separator belongs to the format
             out.append((start + 1, b"\n".join(body), _separator_date(lines[start])))
@@ -871,6 +903,10 @@ def split_mbox(data: bytes) -> Optional[list[tuple[int, bytes, Optional[datetime
             continue
         body.append(line[1:] if line.startswith(b">") and _MBOX_ESCAPED.match(line) else line)
     return out
+
+
+def _shown(line: bytes) -> str:
+    return repr(line.rstrip(b"\r")[:100].decode("utf-8", "replace"))
 
 
 def _separator_date(line: bytes) -> Optional[datetime]:
@@ -887,7 +923,10 @@ def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
     if not data.strip():
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
         return []
-    messages = split_mbox(data)
+    notes: list[tuple[str, int, str]] = []
+    messages = split_mbox(data, notes)
+    for reason, line, detail in notes:
+        led.warn(reason, f"'{path.name}': {detail}", path, line)
     if messages is None:
         led.reject("file", R_UNREADABLE_FILE, f"'{path.name}' is not an mbox: it does not start with a "
                    f"'From <address> <date>' separator line (RFC 4155); save the mail as .mbox or as .eml files", path)
