@@ -228,6 +228,14 @@ class SpecialTokens(NamedTuple):
         return cls(*(getattr(generation_config, k, None) for k in cls._fields))
 
 
+def _ct2_search_options(s: dict[str, Any]) -> dict[str, Any]:
+    """The search options both CTranslate2 runners (Translator, Generator) take from
+    :func:`decoding_settings` ``s``: beam width, ``early_stopping`` as ``patience=1``, one
+    hypothesis, length penalty, the no-repeat rule."""
+    return {"beam_size": s["num_beams"], "patience": 1.0, "num_hypotheses": 1,
+            "length_penalty": s["length_penalty"], "no_repeat_ngram_size": s["no_repeat_ngram_size"]}
+
+
 def translate_options(gen: DecodingConfig, special: SpecialTokens) -> dict[str, Any]:
     """``ctranslate2.Translator.translate_batch`` options that decode like :func:`decoding_settings`.
 
@@ -247,11 +255,7 @@ def translate_options(gen: DecodingConfig, special: SpecialTokens) -> dict[str, 
     max_len = s["max_new_tokens"] - (1 if special.forced_eos_token_id is not None else 0)
     max_len = max(max_len, 1)
     return {
-        "beam_size": s["num_beams"],
-        "patience": 1.0,
-        "num_hypotheses": 1,
-        "length_penalty": s["length_penalty"],
-        "no_repeat_ngram_size": s["no_repeat_ngram_size"],
+        **_ct2_search_options(s),
         "min_decoding_length": min(s["min_new_tokens"], max_len),
         "max_decoding_length": max_len,
         "sampling_topk": 1,
@@ -312,11 +316,7 @@ def generator_options(gen: DecodingConfig, end_ids: Sequence[int]) -> dict[str, 
     """
     s = decoding_settings(gen)
     return {
-        "beam_size": s["num_beams"],
-        "patience": 1.0,
-        "num_hypotheses": 1,
-        "length_penalty": s["length_penalty"],
-        "no_repeat_ngram_size": s["no_repeat_ngram_size"],
+        **_ct2_search_options(s),
         "min_length": s["min_new_tokens"],
         "max_length": s["max_new_tokens"],
         "end_token": [int(i) for i in end_ids] or None,
