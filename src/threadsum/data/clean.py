@@ -430,10 +430,13 @@ class _Pool:
     def __init__(self) -> None:
         self.shingles: set = set()
         self.stream: list[str] = []
+        self.whole: set[str] = set()  # texts of fewer than SHINGLE words, whole
 
     def add(self, words: list[str]) -> None:
         self.shingles |= _shingles(words)
         self.stream.append(" " + " ".join(words) + " ")
+        if len(words) < SHINGLE:
+            self.whole.add(" " + " ".join(words) + " ")
 
     def contains(self, words: list[str]) -> bool:
         """True when every word of ``words`` is covered by text in the pool (a 5-word window of the
@@ -445,6 +448,19 @@ class _Pool:
             needle = " " + " ".join(words) + " "
             return any(needle in s for s in self.stream)
         return _covered(words, self.shingles)
+
+    def contains_in_place(self, left: list[str], words: list[str], right: list[str]) -> bool:
+        """True when every word of the short text ``words`` lies in a window of SHINGLE words of
+        ``left + words + right`` that is in the pool; with no words around it, when the same words
+        form a whole text already added (an identical short message)."""
+        if not words:
+            return True
+        ctx = [*left, *words, *right]
+        if len(ctx) < SHINGLE:
+            return " " + " ".join(words) + " " in self.whole
+        lo, hi = len(left), len(left) + len(words)
+        found = [tuple(ctx[i:i + SHINGLE]) in self.shingles for i in range(len(ctx) - SHINGLE + 1)]
+        return all(any(found[max(0, k - SHINGLE + 1):k + 1]) for k in range(lo, hi))
 
 
 # --------------------------------------------------------------------------- header collapsing
@@ -828,20 +844,49 @@ class _FieldAudit:
         else:
             ops = [(w1, w2)] if w2 > w1 else []
         first = 0
-        for p, pw in paras:
+        for n, (p, pw) in enumerate(paras):
             last = first + len(pw)
             for o1, o2 in ops:  # the removed words of this paragraph
                 k1, k2 = max(o1, first), min(o2, last)
                 if k1 < k2:
-                    self._piece(p, pw, k1 - first, k2 - first)
+                    ctx = self._context(lines, c1, c2, paras, n) if len(pw) < SHINGLE else ((), ())
+                    self._piece(p, pw, k1 - first, k2 - first, ctx)
             first = last
 
-    def _piece(self, para: str, pw: list[str], k1: int, k2: int) -> None:
+    def _context(self, lines: list[str], c1: int, c2: int, paras: list, n: int) -> tuple[tuple, tuple]:
+        """The last SHINGLE-1 words of the paragraph before paragraph ``n`` and the first of the one
+        after it (lines outside c1:c2 are read as needed): a short paragraph ('Thanks', 'Jeremy,',
+        'fyi') is judged in its place, not by whether its words occur anywhere in the thread."""
+        words_of = self.after.words
+        need = SHINGLE - 1
+        left: list[str] = list(paras[n - 1][1][-need:]) if n > 0 else []
+        if n == 0:
+            i = c1 - 1
+            while i >= 0 and _BLANKISH.fullmatch(lines[i]):
+                i -= 1
+            while i >= 0 and len(left) < need and not _BLANKISH.fullmatch(lines[i]):
+                left = list(words_of(lines[i])) + left
+                i -= 1
+        right: list[str] = list(paras[n + 1][1][:need]) if n + 1 < len(paras) else []
+        if n + 1 == len(paras):
+            i = c2
+            while i < len(lines) and _BLANKISH.fullmatch(lines[i]):
+                i += 1
+            while i < len(lines) and len(right) < need and not _BLANKISH.fullmatch(lines[i]):
+                right += words_of(lines[i])
+                i += 1
+        return tuple(left[-need:]), tuple(right[:need])
+
+    def _piece(self, para: str, pw: list[str], k1: int, k2: int, ctx: tuple[tuple, tuple] = ((), ())) -> None:
         rec = self.rec
         rec["removed_words"] += k2 - k1
         a, b = _word_span(para, k1, k2, len(pw))
         rec["removed_chars"] += b - a
-        mask = self.after.unique_mask(pw, k1, k2)
+        left, right = ctx
+        if left or right:  # a short paragraph with its neighbours' words around it
+            mask = self.after.unique_mask([*left, *pw, *right], len(left) + k1, len(left) + k2)
+        else:
+            mask = self.after.unique_mask(pw, k1, k2)
         k = k1
         while k < k2:  # runs of unique words
             if not mask[k - k1]:
@@ -986,14 +1031,30 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
                 # paragraph by paragraph: a quote often mixes copies of thread emails with unique text
                 paras = [p for p in _PARA_SPLIT.split("\n".join(s.content)) if p.strip(" \t\r\f\v>")]
                 unique = []
-                for para in paras:
+                pws = [_words(_QUOTE_PREFIX.sub(" ", p) if ">" in p else p) for p in paras]
+                head = _words("\n".join(s.marker + s.header))
+                for n, (para, words) in enumerate(zip(paras, pws)):
+                    if len(words) < SHINGLE:
+                        # a short paragraph ('Thanks', 'Jeremy,', 'fyi') is a duplicate only in its place:
+                        # with the words of the paragraphs around it (the header's for the first)
+                        left = (pws[n - 1] if n else head)[-(SHINGLE - 1):]
+                        right = pws[n + 1][:SHINGLE - 1] if n + 1 < len(pws) else []
+                        key = (tuple(left), para, tuple(right))
+                        if key in known:  # found in the pool before; the pool only grows
+                            continue
+                        if pool.contains_in_place(left, words, right):
+                            known.add(key)
+                        else:  # kept; a later copy is kept too unless its place is found by then
+                            unique.append(para)
+                        continue
                     if para in known:
                         continue
                     known.add(para)
-                    words = _words(_QUOTE_PREFIX.sub(" ", para) if ">" in para else para)
                     if not pool.contains(words):
                         unique.append(para)
                         pool.add(words)
+                if unique:  # what stays of the block, as one stream: the windows the thread keeps
+                    pool.add(head + [w for p in unique for w in _words(_QUOTE_PREFIX.sub(" ", p) if ">" in p else p)])
                 if not unique:
                     stats["quoted_blocks"]["removed"] += 1
                     if dropped is not None and (s.marker or s.header):
