@@ -456,7 +456,7 @@ class _Pool:
         if not words:
             return True
         ctx = [*left, *words, *right]
-        if len(ctx) < SHINGLE:
+        if len(ctx) < SHINGLE or not (left or right):
             return " " + " ".join(words) + " " in self.whole
         lo, hi = len(left), len(left) + len(words)
         found = [tuple(ctx[i:i + SHINGLE]) in self.shingles for i in range(len(ctx) - SHINGLE + 1)]
@@ -723,6 +723,7 @@ class _After:
         self.words = words
         self._shingles: Optional[set] = None
         self._vocab: set = set()
+        self._paragraphs: Optional[set] = None
 
     def _build(self) -> None:
         self._shingles = set()
@@ -731,6 +732,17 @@ class _After:
                 w = self.words(f)
                 self._shingles.update(zip(w, w[1:], w[2:], w[3:], w[4:]))
                 self._vocab.update(w)
+
+    def has_paragraph(self, words: list[str]) -> bool:
+        """True when a paragraph (or a whole field) of the thread after the step has exactly these words."""
+        if self._paragraphs is None:
+            self._paragraphs = set()
+            for e in self.emails:
+                for f in _fields(e):
+                    self._paragraphs.add(tuple(self.words(f)))
+                    if "\n" in f:
+                        self._paragraphs.update(tuple(_words(p)) for p in _PARA_GAP.split(f))
+        return tuple(words) in self._paragraphs
 
     def unique_mask(self, words: list[str], k1: int = 0, k2: Optional[int] = None) -> list[bool]:
         """For the removed words words[k1:k2] of a paragraph ``words``: True where a word is unique.
@@ -883,7 +895,9 @@ class _FieldAudit:
         a, b = _word_span(para, k1, k2, len(pw))
         rec["removed_chars"] += b - a
         left, right = ctx
-        if left or right:  # a short paragraph with its neighbours' words around it
+        if (left or right) and self.after.has_paragraph(pw):
+            mask = [False] * (k2 - k1)  # the same short paragraph stands whole elsewhere in the thread
+        elif left or right:  # a short paragraph with its neighbours' words around it
             mask = self.after.unique_mask([*left, *pw, *right], len(left) + k1, len(left) + k2)
         else:
             mask = self.after.unique_mask(pw, k1, k2)
@@ -1042,7 +1056,8 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
                         key = (tuple(left), para, tuple(right))
                         if key in known:  # found in the pool before; the pool only grows
                             continue
-                        if pool.contains_in_place(left, words, right):
+                        if pool.contains_in_place(left, words, right) or (
+                                n == 0 and pool.contains_in_place([], words, right)):
                             known.add(key)
                         else:  # kept; a later copy is kept too unless its place is found by then
                             unique.append(para)
