@@ -662,6 +662,7 @@ def strip_signature(text: str) -> str:
 # ---------------------------------------------------------------------------------- stats
 AUDIT_EXAMPLES = 5  # unique removals kept as examples per step (prepare.json, report.md)
 AUDIT_EXAMPLE_CHARS = 300
+AUDIT_WARNINGS_MAX = 1000  # unique removals outside matched blocks listed per step (each one a warning)
 
 
 def new_stats() -> dict[str, Any]:
@@ -684,11 +685,13 @@ def new_audit() -> dict[str, Any]:
     disclaimer, signature, mobile footer, recipient list cut, ...); ``unique_words_unmatched`` is the
     rest, which must stay 0. ``examples``: the first unique removals, each with its thread, email
     index, field, text and the block kind that matched it (None when no pattern did);
-    ``unmatched_examples``: the first of those no pattern matched.
+    ``unmatched_examples``: the first of those no pattern matched; ``unmatched_removals``: every one of
+    them (up to ``AUDIT_WARNINGS_MAX`` per step) as {thread_id, email, field, text}, which ``prepare``
+    turns into warnings (``unique_text_removed``) and ``data.strict`` into a failure.
     """
     return {"removed_words": 0, "removed_chars": 0, "unique_words": 0, "unique_chars": 0,
             "unique_words_matched": 0, "unique_words_unmatched": 0, "blocks": {}, "examples": [],
-            "unmatched_examples": []}
+            "unmatched_examples": [], "unmatched_removals": []}
 
 
 _FIELDS = ("sender", "recipients", "cc", "body")
@@ -947,6 +950,8 @@ class _FieldAudit:
             rec["examples"].append(example)
         if not matched and len(rec["unmatched_examples"]) < AUDIT_EXAMPLES:
             rec["unmatched_examples"].append(example)
+        if not matched and len(rec["unmatched_removals"]) < AUDIT_WARNINGS_MAX:
+            rec["unmatched_removals"].append({k: example[k] for k in ("thread_id", "email", "field", "text")})
 
 
 def audit_step(rec: dict, thread_id: str, old: list[tuple[str, ...]], emails: list[Email],
@@ -1255,6 +1260,30 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=steps.emails, summary=thread.summary)
 
 
+W_UNIQUE_TEXT_REMOVED = "unique_text_removed"
+
+
+def audit_warnings(stats: dict[str, Any], source: Any = None) -> list[dict[str, Any]]:
+    """Take the unique removals outside matched blocks out of ``stats`` (``new_stats`` layout; each
+    step's ``audit.unmatched_removals`` is emptied) and return them as warning records for
+    warnings.jsonl: {reason ``unique_text_removed``, detail, source, line None, thread_id, step,
+    email (index in the thread), field, words (the removed text)}. Never raises."""
+    out = []
+    for step, rec in stats.get("steps", {}).items():
+        audit = rec.get("audit") or {}
+        for r in audit.get("unmatched_removals", []):
+            words = " ".join(r["text"].split())
+            out.append({"reason": W_UNIQUE_TEXT_REMOVED, "source": str(source) if source else None, "line": None,
+                        "thread_id": r["thread_id"], "step": step, "email": r["email"], "field": r["field"],
+                        "words": words,
+                        "detail": f"step {step} removed text found nowhere else in the thread and in no matched "
+                                  f"block (email {r['email']}, {r['field']}): {words[:200]!r}; turn the step off "
+                                  f"(data.clean.{step}=false) to keep it"})
+        if audit.get("unmatched_removals"):
+            audit["unmatched_removals"] = []
+    return out
+
+
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
     """Clean every thread (see ``clean_thread``) with fresh counts.
 
@@ -1280,6 +1309,8 @@ def merge_stats(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
             into.setdefault(key, []).extend(value)
             if key in ("examples", "unmatched_examples"):  # the audit keeps the first few
                 del into[key][AUDIT_EXAMPLES:]
+            elif key == "unmatched_removals":
+                del into[key][AUDIT_WARNINGS_MAX:]
         else:
             into[key] = into.get(key, 0) + value
     return into

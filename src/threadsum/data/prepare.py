@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from threadsum.config import Config
-from threadsum.data.clean import clean_threads, has_body_text, merge_stats, new_stats
+from threadsum.data.clean import W_UNIQUE_TEXT_REMOVED, audit_warnings, clean_threads, has_body_text, merge_stats, new_stats
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
@@ -32,6 +32,7 @@ CACHE_VERSION = 2  # bump when the prepared format or the meaning of a setting c
 RAW_TOKEN_SAMPLE = 300  # raw (uncleaned) renders tokenized for the report: a sample keeps this cheap
 R_EMPTY_AFTER_CLEANING = "empty_after_cleaning"
 R_DUPLICATE_EMAIL = "duplicate_email"
+AUDIT_SHOWN = 20  # unique removals by cleaning shown in prepare.json, report.md and the console (all: warnings.jsonl)
 
 
 class PrepareError(UserError):
@@ -269,14 +270,22 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         counts["emails"]["rejected"] += 1
         counts["emails"]["kept"] -= 1
         _bump(counts["emails"]["by_reason"], R_DUPLICATE_EMAIL)
+    # unique text a step removed outside any matched block: every one a warning, and a failure under strict
+    lost = audit_warnings(stats, source)
+    warnings = list(rr.warnings) + lost
+    if lost:
+        counts["warnings"] = dict(counts.get("warnings", {}))
+        _bump(counts["warnings"], W_UNIQUE_TEXT_REMOVED, len(lost))
     lap("clean")
 
-    if d.strict and rejects:
-        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "strict")
-        raise StrictModeError(f"data.strict: {len(rejects)} problem(s) in '{source}' (all of them in "
-                              f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}):\n" + _problems(rejects))
+    if d.strict and (rejects or lost):
+        _write_failure(out, source, files, key_parts, counts, stats, warnings, rejects, timings, "strict")
+        problems = rejects + [dict(w, level="audit") for w in lost]
+        raise StrictModeError(f"data.strict: {len(rejects)} rejected, {len(lost)} unique text removal(s) by cleaning "
+                              f"in '{source}' (rejects in {out / 'rejects.jsonl'}, removals in "
+                              f"{out / 'warnings.jsonl'}, counts in {out / 'prepare.json'}):\n" + _problems(problems))
     if not cleaned:
-        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "no usable threads")
+        _write_failure(out, source, files, key_parts, counts, stats, warnings, rejects, timings, "no usable threads")
         raise PrepareError(f"no usable threads in '{source}' ({len(rejects)} rejected; all of them in "
                            f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}). First problems:\n"
                            + _problems(rejects))
@@ -334,7 +343,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
         for s in SPLITS:
             _write_jsonl(tmp / "threads" / f"{s}.jsonl", records[s])
         _write_jsonl(tmp / "rejects.jsonl", rejects)
-        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
+        _write_jsonl(tmp / "warnings.jsonl", warnings)
         cfg.save(tmp)
 
         raw_sample = _raw_token_sample(raw_by_id, d.render, source_tok)
@@ -351,6 +360,7 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
             "summaries": counts["summaries"],
             "files_rejected": counts["files"],
             "warnings": counts["warnings"],
+            "audit_warnings": lost[:AUDIT_SHOWN],
             "splits": {s: len(records[s]) for s in SPLITS},
             "family": family.name,
             "prompt": source_tok.describe() if hasattr(source_tok, "describe") else None,
@@ -395,14 +405,14 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
 
 
 def _write_failure(out: Path, source: Path, files: list[Path], key_parts: dict, counts: dict, stats: dict,
-                   rr: ReadResult, rejects: list[dict], timings: dict, why: str) -> None:
+                   warnings: list[dict], rejects: list[dict], timings: dict, why: str) -> None:
     """A failed prepare still explains itself: ``out`` is replaced by a folder holding only rejects.jsonl,
     warnings.jsonl and prepare.json (``"status": "failed"``, the counts and the cleaning audit). It has no
     dataset, so ``open_prepared`` and the cache refuse it and nothing trains on a stale dataset."""
     tmp = _tmp_dir(out)
     try:
         _write_jsonl(tmp / "rejects.jsonl", rejects)
-        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
+        _write_jsonl(tmp / "warnings.jsonl", warnings)
         info = {"status": "failed", "reason": why, "source": str(source), "prepared_dir": str(out),
                 "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
                           for p, f in zip(files, key_parts["files"])],
@@ -544,8 +554,17 @@ def prepare_command(cfg: Config, force: bool = False, strict: bool = False) -> d
         reasons.update({f"{lvl}: {k}": v for k, v in info[lvl]["by_reason"].items()})
     if reasons:
         console.print("rejected: " + ", ".join(f"{k} x{v}" for k, v in reasons.most_common(8)))
-    if info.get("warnings"):
-        console.print("repaired: " + ", ".join(f"{k} x{v}" for k, v in info["warnings"].items()))
+    repaired = {k: v for k, v in (info.get("warnings") or {}).items() if k != W_UNIQUE_TEXT_REMOVED}
+    if repaired:
+        console.print("repaired: " + ", ".join(f"{k} x{v}" for k, v in repaired.items()))
+    lost = (info.get("warnings") or {}).get(W_UNIQUE_TEXT_REMOVED, 0)
+    if lost:
+        console.print(f"[bold yellow]warning[/]: cleaning removed unique text outside matched blocks {lost} time(s) "
+                      f"(all in {Path(info['prepared_dir']) / 'warnings.jsonl'}; data.strict fails on it):",
+                      highlight=False)
+        for w in info.get("audit_warnings", [])[:5]:
+            console.print(f"  - thread {w['thread_id']}, {w['step']}, email {w['email']} {w['field']}: "
+                          f"{w['words'][:120]!r}", markup=False, highlight=False)
     out = Path(info["prepared_dir"])
     console.print(f"report: {out / 'report.md'}  rejects: {out / 'rejects.jsonl'}")
     if info["cache"].get("hit"):
