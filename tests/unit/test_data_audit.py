@@ -108,3 +108,21 @@ def test_every_step_reports_zero_on_the_synthetic_corpus(tmp_path):
 def test_every_step_reports_zero_on_the_public_sample(kaggle_sample):
     _, stats = clean_threads(read_source(kaggle_sample).threads, CleanConfig())
     assert {s: stats["steps"][s]["audit"]["unique_words_unmatched"] for s in STEPS} == {s: 0 for s in STEPS}
+
+
+@pytest.mark.parametrize("block,label", [
+    ("Jeff Dasovich\nSent by: Jeff Dasovich\n05/30/2001 01:39 PM\n",
+     "[Earlier message from Jeff Dasovich, 05/30/2001 01:39 PM] To: Susan J Mara/NA/Enron@ENRON"),
+    ("Jeff Dasovich\nSent by: Joseph Alamo\n05/30/2001 01:39 PM\n",
+     "[Earlier message from Jeff Dasovich, 05/30/2001 01:39 PM] Sent by: Joseph Alamo | To: Susan J Mara/NA/Enron@ENRON"),
+    ("Sent by: Jeff Dasovich\n05/30/2001 01:39 PM\n",
+     "[Earlier message from Jeff Dasovich, 05/30/2001 01:39 PM] To: Susan J Mara/NA/Enron@ENRON"),
+])
+def test_lotus_sent_by_is_a_header_not_part_of_a_name(block, label):
+    note = "Susan, the tariff filing is due on Friday and I have not seen the draft yet."
+    body = ("Agreed, I will call him.\n\n\n\n\n" + block + "To: Susan J Mara/NA/Enron@ENRON\ncc: \nSubject: Capacity\n\n" + note)
+    c, lost = _clean([Email("Jeff Dasovich", body=A, date=_d(9)), Email("Susan Mara", date=_d(11), body=body)])
+    assert lost == {s: 0 for s in STEPS}
+    out = c.emails[1].body
+    assert label in out and note in out and "from Sent by" not in out
+    assert out.split("\n")[0] == "Agreed, I will call him." and "Jeff Dasovich\n[" not in out

@@ -3,26 +3,27 @@ what it removed is audited.
 
 Steps, in order (each a key of ``CleanConfig``):
 
-0. ``repair_lotus_punctuation`` Enron's Lotus Notes punctuation codes (``California=01,s`` ->
+1. ``repair_lotus_punctuation`` Enron's Lotus Notes punctuation codes (``California=01,s`` ->
    ``California’s``; ``LOTUS_PUNCTUATION`` says where they come from).
-1. ``decode_quoted_printable``  quoted-printable residue of the Enron export, only in bodies that are
+2. ``decode_quoted_printable``  quoted-printable residue of the Enron export, only in bodies that are
    quoted-printable (``looks_quoted_printable``): soft line breaks ``=\\n`` (which split words:
    ``Stac=\\ney``) and ``=XX`` escapes, decoded as bytes (UTF-8, else cp1252), never into control
    characters or signs no text uses (``decode_qp_artifacts``).
-2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
-3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
+3. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
+4. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
    Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
    when every one of its words is covered by text that stays in the thread (another email's own text
    or an earlier kept quote). Quoted text found nowhere else, such as the note a forward carries, is
-   kept: only its first copy survives. Lines holding only ``>`` separate paragraphs, as blank lines do.
-4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
+   kept: only its first copy survives. A paragraph of fewer than 5 words (a "Thanks", a
+   greeting, a sign-off) is a duplicate only in its place: with the words of the paragraphs around it. Lines holding only ``>`` separate paragraphs, as blank lines do.
+5. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
    earlier Lotus message reads ``[Earlier message from X, date]``), and recipient lists (headers and
    the email's own ``to``) show at most ``max_recipients_shown`` names.
-5. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
-6. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
+6. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
+7. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
    mobile footers, star rules and legal disclaimers (a paragraph that opens as one; see
    ``strip_signature_blocks``). Never text that merely sits in the same paragraph as such phrases.
-7. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
+8. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
 
 The audit (``new_audit``, ``audit_step``): every step's removals are found by diffing each email's
 fields before and after it; removed words found nowhere else in the thread afterwards are "unique",
@@ -238,6 +239,8 @@ _FROM_HDR = re.compile(r"^\s*From:\s*\S", re.I)
 _LOTUS_DATE = re.compile(r"^\s*\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(:\d{2})?\s*[AP]M\b", re.I)
 _TO_LINE = re.compile(r"^\s*To:", re.I)
 _AMPM_LINE = re.compile(r"^\s*[AP]M\s*$")
+_SENT_BY = re.compile(r"^\s*Sent by:\s*(.*?)\s*$", re.I)  # Lotus: the delegate who sent for the author
+_SENT_BY_LINE = re.compile(r"(?mi)^\s*Sent by:")
 
 
 @dataclass
@@ -283,7 +286,7 @@ def _hit_lines(body: str, pattern: re.Pattern) -> set[int]:
 def _starts_segment(lines: list[str], i: int) -> Optional[str]:
     line = lines[i]
     nxt = lines[i + 1] if i + 1 < len(lines) else ""
-    if not _CANDIDATE.search(line) and "/" not in nxt[:12]:
+    if not _CANDIDATE.search(line) and "/" not in nxt[:12] and "sent by:" not in nxt[:12].lower():
         return None  # fast path: most lines are plain text
     if _ORIG.match(line):
         return "original"
@@ -295,6 +298,13 @@ def _starts_segment(lines: list[str], i: int) -> Optional[str]:
         window = lines[i + 1:i + 5]
         if any(_HDR.match(w) for w in window):
             return "lotus"
+    if (line.strip() and not _HDR.match(line) and not _SENT_BY.match(line) and _SENT_BY.match(nxt)
+            and i + 2 < len(lines) and _LOTUS_DATE.match(lines[i + 2])):
+        if any(_TO_LINE.match(w) for w in lines[i + 3:i + 9]):
+            return "lotus"  # author, 'Sent by: delegate', date
+    if _SENT_BY.match(line) and i + 1 < len(lines) and _LOTUS_DATE.match(lines[i + 1]):
+        if any(_TO_LINE.match(w) for w in lines[i + 2:i + 8]):
+            return "lotus"  # 'Sent by: X' over the date, without the author's line
     if line.strip() and i + 1 < len(lines) and _LOTUS_DATE.match(lines[i + 1]) and not _HDR.match(line):
         if any(_TO_LINE.match(w) for w in lines[i + 2:i + 8]):
             return "lotus"
@@ -314,6 +324,8 @@ def segment_body(body: str) -> list[Segment]:
         hits |= _hit_lines(body, _QUOTE_LINE)
     if "/" in body:
         hits |= {k - 1 for k in _hit_lines(body, _SLASH_START) if k > 0}
+    if "Sent by:" in body or "sent by:" in body.lower():
+        hits |= {k - 1 for k in _hit_lines(body, _SENT_BY_LINE) if k > 0}
     special = sorted(hits)
     sp = 0
     while i < n:
@@ -346,6 +358,9 @@ def segment_body(body: str) -> list[Segment]:
             seg.marker.append(lines[i])  # the marker wrapped onto a second line
             i += 1
         if kind == "lotus" and not _FROM_HDR.match(line):
+            if not _SENT_BY.match(line) and _SENT_BY.match(lines[i]):
+                seg.marker.append(lines[i])  # 'Sent by: delegate' under the author's name
+                i += 1
             seg.marker.append(lines[i])  # the date line under the author's name
             i += 1
         elif kind == "lotus" and i < n and _AMPM_LINE.match(lines[i]):
@@ -488,6 +503,8 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     key = None
     if cut is not None:  # the marker lines are rewritten ('Forwarded by X on D' -> 'Forwarded by: X (D)')
         cut.extend(("quoted header", line) for line in seg.marker)
+        if len(seg.marker) > 1:  # and as a whole: a run of removed words may span its lines
+            cut.append(("quoted header", "\n".join(seg.marker)))
     for h in seg.header:
         m = _HDR.match(h)
         if m:
@@ -498,6 +515,13 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     label = {"original": "Original message", "forward": "Forwarded message", "wrote": "Quoted",
              "lotus": "Earlier message", "quote": "Quoted"}.get(seg.kind, "Quoted")
     if seg.kind == "lotus":
+        delegate = [m.group(1) for m in map(_SENT_BY.match, seg.marker) if m]
+        lines = [x for x in seg.marker if not _SENT_BY.match(x)]
+        if delegate and len(lines) == 1:  # 'Sent by: X' over the date: X is the author
+            lines = [delegate[0]] + lines
+        if delegate and delegate[0].strip() and delegate[0].strip() != lines[0].strip():
+            fields["Sent by"] = delegate[0].strip()
+        seg = Segment(seg.kind, lines, seg.header, seg.content)
         marker = " ".join(x.strip() for x in seg.marker)
         m = _LOTUS_FROM_ON.match(marker) or _FROM_VALUE.match(marker)
         if m and m.re is _LOTUS_FROM_ON:
@@ -517,7 +541,7 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
         when = (fields.pop("Sent", "") or fields.pop("Date", "")).strip()
         label += f" from {fields.pop('From').strip()}" + (f", {when}" if when else "")
     parts = []
-    for k in ("Forwarded by", "From", "Sent", "Date", "To", "Cc", "Bcc", "Subject"):
+    for k in ("Forwarded by", "From", "Sent by", "Sent", "Date", "To", "Cc", "Bcc", "Subject"):
         if k not in fields:
             continue
         v = fields[k].strip()
