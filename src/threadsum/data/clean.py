@@ -14,8 +14,9 @@ Steps, in order (each a key of ``CleanConfig``):
    Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
    when every one of its words is covered by text that stays in the thread (another email's own text
    or an earlier kept quote). Quoted text found nowhere else, such as the note a forward carries, is
-   kept: only its first copy survives. A paragraph of fewer than 5 words (a "Thanks", a
-   greeting, a sign-off) is a duplicate only in its place: with the words of the paragraphs around it. Lines holding only ``>`` separate paragraphs, as blank lines do.
+   kept: only its first copy survives. A paragraph of fewer than 5 words (a "Thanks", a greeting, a
+   sign-off) is a duplicate only in its place, with the words of the paragraphs around it. Lines
+   holding only ``>`` separate paragraphs, as blank lines do.
 5. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
    earlier Lotus message reads ``[Earlier message from X, date]``), and recipient lists (headers and
    the email's own ``to``) show at most ``max_recipients_shown`` names.
