@@ -1098,8 +1098,8 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
                     if not pool.contains(words):
                         unique.append(para)
                         pool.add(words)
-                if unique:  # what stays of the block, as one stream: the windows the thread keeps
-                    pool.add(head + [w for p in unique for w in _words(_QUOTE_PREFIX.sub(" ", p) if ">" in p else p)])
+                if unique:  # the block as written: its short paragraphs' places, for later copies of it
+                    pool.add(head + [w for ws in pws for w in ws])
                 if not unique:
                     stats["quoted_blocks"]["removed"] += 1
                     if dropped is not None and (s.marker or s.header):
