@@ -343,8 +343,10 @@ class TrackConfig(_Section):
     """MLflow experiment name."""
     run_name: Optional[str] = None
     """MLflow run name; default: '<name>-<output folder name>'."""
+    log_model: bool = False
+    """Copy the model folder's weights (*.safetensors, *.bin, *.pt) into MLflow's artifact store; false: log their path and sha256 only."""
     artifact_max_mb: float = Field(50.0, ge=0)
-    """Files above this size in a logged folder (model weights) stay in the output dir instead of being copied to MLflow (0: no limit)."""
+    """Other files above this size in a logged folder stay in the output dir instead of being copied to MLflow (MiB; 0: no limit)."""
 
 
 # --------------------------------------------------------------------------------------- serve
