@@ -122,34 +122,26 @@ def _plan_record(shards: list[Shard]) -> list[dict[str, Any]]:
     return out
 
 
-def build_manifest(opts: ArchiveOptions, config: dict[str, Any], read: ReadArchive, shards: list[Shard],
-                   shard_size: int) -> dict[str, Any]:
-    """The manifest of this job (see the module docstring); ``created`` is not compared on resume."""
+def build_manifest(known: dict[str, Any], config: dict[str, Any], read: ReadArchive, shards: list[Shard]
+                   ) -> dict[str, Any]:
+    """The manifest of this job (see the module docstring): ``known`` (inputs, model, settings, shard size:
+    :func:`_known_before_reading`) and the input files' hashes, the config and the shard plan;
+    ``created`` is not compared on resume."""
     return {
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [str(Path(i).expanduser().resolve()) for i in opts.inputs],
+        **known,
         "files": input_hashes(read.files),
-        "model": model_fingerprint(opts.model),
-        "settings": deciding_settings(config),
         "config": config,
-        "shard_size": shard_size,
         "shards": _plan_record(shards),
     }
 
 
-def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What changed between the saved manifest and this run's, one line each ([] when it may resume)."""
+def setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed in the inputs named, the model and the settings (known before reading), one line each."""
     diffs = []
     if old.get("inputs") != new["inputs"]:
         diffs.append(f"inputs: {old.get('inputs')} -> {new['inputs']}")
-    before = {f["path"]: f["sha256"] for f in old.get("files", [])}
-    now = {f["path"]: f["sha256"] for f in new["files"]}
-    changed = sorted(p for p in before.keys() & now.keys() if before[p] != now[p])
-    for what, paths in (("changed", changed), ("new", sorted(now.keys() - before.keys())),
-                        ("gone", sorted(before.keys() - now.keys()))):
-        if paths:
-            diffs.append(f"{len(paths)} input file(s) {what}: " + ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else ""))
     if old.get("model", {}).get("sha256") != new["model"]["sha256"]:
         diffs.append(f"model: {old.get('model', {}).get('path')} (fingerprint {str(old.get('model', {}).get('sha256'))[:12]}) "
                      f"-> {new['model']['path']} ({new['model']['sha256'][:12]})")
@@ -157,7 +149,20 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         diffs.append(f"setting {key}: {a!r} -> {b!r}")
     if old.get("shard_size") != new["shard_size"]:
         diffs.append(f"shard size: {old.get('shard_size')} -> {new['shard_size']}")
-    elif not diffs and old.get("shards") != new["shards"]:
+    return diffs
+
+
+def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between the saved manifest and this run's, one line each ([] when it may resume)."""
+    diffs = setting_differences(old, new)
+    before = {f["path"]: f["sha256"] for f in old.get("files", [])}
+    now = {f["path"]: f["sha256"] for f in new["files"]}
+    changed = sorted(p for p in before.keys() & now.keys() if before[p] != now[p])
+    for what, paths in (("changed", changed), ("new", sorted(now.keys() - before.keys())),
+                        ("gone", sorted(before.keys() - now.keys()))):
+        if paths:
+            diffs.append(f"{len(paths)} input file(s) {what}: " + ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else ""))
+    if not diffs and old.get("shards") != new["shards"]:
         diffs.append("the readers now group the same files into other threads (a newer threadsum?)")
     return diffs
 
@@ -231,6 +236,18 @@ def _local(opts: ArchiveOptions, config: dict[str, Any], shards: list[Shard], on
     return {"cores": opts.cores or "all"}
 
 
+def _known_before_reading(opts: ArchiveOptions, config: dict[str, Any], shard_size: int) -> dict[str, Any]:
+    return {"inputs": [str(Path(i).expanduser().resolve()) for i in opts.inputs], "model": model_fingerprint(opts.model),
+            "settings": deciding_settings(config), "shard_size": shard_size}
+
+
+def _refuse(opts: ArchiveOptions, folder: JobFolder, diffs: list[str]) -> None:
+    if diffs:
+        raise ArchiveError(f"{opts.out} holds a job that differs from this command: " + "; ".join(diffs)
+                           + f". Run with --restart to discard its {len(folder.finished())} finished "
+                           f"shard(s) and start over, or choose another --out")
+
+
 def run_archive(opts: ArchiveOptions) -> dict[str, Any]:
     """Run (or resume) an archive job; returns the reconciled summary also written to ``summary.json``.
 
@@ -253,17 +270,16 @@ def run_archive(opts: ArchiveOptions) -> dict[str, Any]:
         shard_size = opts.shard_size or (saved or {}).get("shard_size") or DEFAULT_SHARD_SIZE
         if shard_size < 1:
             raise ArchiveError(f"--shard-size must be >= 1, got {shard_size}")
+        known = _known_before_reading(opts, config, shard_size)
+        if saved is not None:  # refuse before the (long) reading when what is known already differs
+            _refuse(opts, folder, setting_differences(saved, known))
         t_read = time.perf_counter()
         read = read_archive(inputs, config["data"]["max_body_chars"])
         shards = plan_shards(read, shard_size)
-        manifest = build_manifest(opts, config, read, shards, shard_size)
+        manifest = build_manifest(known, config, read, shards)
         read_seconds = time.perf_counter() - t_read
         if saved is not None:
-            diffs = manifest_differences(saved, manifest)
-            if diffs:
-                raise ArchiveError(f"{opts.out} holds a job that differs from this command: " + "; ".join(diffs)
-                                   + f". Run with --restart to discard its {len(folder.finished())} finished "
-                                   f"shard(s) and start over, or choose another --out")
+            _refuse(opts, folder, manifest_differences(saved, manifest))
             config = saved["config"]  # equal in every deciding setting; the saved one is the job's
         else:
             folder.start(manifest)
