@@ -34,7 +34,7 @@ from typing import Any, Iterable, Optional
 
 from dateutil import parser as dateutil_parser
 
-from threadsum.data.charset import decode_bytes, decode_utf8_or_cp1252
+from threadsum.data.charset import control_share, decode_bytes, decode_utf8_or_cp1252, looks_binary
 from threadsum.data.ledger import Ledger
 from threadsum.data.types import Email, Thread
 from threadsum.errors import UserError
@@ -79,6 +79,7 @@ W_CHARSET = "charset_not_as_declared"
 W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
 W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
+R_BINARY_FILE = "binary_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
@@ -787,6 +788,10 @@ def _eml_emails(files: list[Path], led: Ledger) -> list[tuple[Email, str]]:
         data = p.read_bytes()
         if not data.strip():
             led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
+            continue
+        if looks_binary(data):  # the email package parses any bytes; noise must not become a thread
+            led.reject("email", R_BINARY_FILE, f"'{p.name}' is not mail: {control_share(data):.0%} control bytes "
+                       f"(binary data); remove it or export the message again", p)
             continue
         try:
             emails.append((_read_message(data, str(p), led), str(p)))
