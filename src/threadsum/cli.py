@@ -346,7 +346,7 @@ def _mount_sagemaker() -> None:
         from threadsum.cloud.cli import app as sagemaker_app
     except ImportError:
         return
-    app.add_typer(sagemaker_app, name="sagemaker", help="Launch, watch, stop and fetch SageMaker training jobs.")
+    app.add_typer(sagemaker_app, name="sagemaker", help="SageMaker training jobs, endpoints (package, deploy, invoke, undeploy) and Batch Transform.")
 
 
 _mount_sagemaker()
