@@ -122,3 +122,30 @@ def test_missing_model_folder_exits_2(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "threadsum sagemaker package" in p.stdout + p.stderr
+
+
+def test_pytorch_toolkit_entry_answers_like_the_container(tmp_path, monkeypatch):
+    """code/inference.py of the archive, called as the PyTorch inference toolkit calls it."""
+    import importlib.util
+    import tarfile
+
+    from threadsum.cloud import deploy
+
+    archive = deploy.package(build_tiny_model_dir(tmp_path / "src"), tmp_path / "model.tar.gz")["archive"]
+    model = tmp_path / "opt-ml-model"
+    with tarfile.open(archive) as tar:
+        tar.extractall(model, filter="data")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = importlib.util.spec_from_file_location("sm_inference", model / "code" / "inference.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    bridge = entry.model_fn(str(model))
+    try:
+        body, ctype = entry.transform_fn(bridge, json.dumps(sample_thread(8)) + "\n{bad\n", hosting.JSONLINES)
+        out = [json.loads(line) for line in body.decode().split("\n")]
+        assert ctype.startswith(hosting.JSONLINES) and [x["status"] for x in out] == [200, 422]
+        with pytest.raises(Exception) as err:
+            entry.transform_fn(bridge, b"a,b", "text/csv")
+        assert getattr(err.value, "status_code", None) == 415
+    finally:
+        bridge.close()
