@@ -269,11 +269,12 @@ def export(
 
 @app.command()
 def serve(
-    model: Path = typer.Option(..., "--model", "-m", help="Model folder to serve."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder to serve (with --sagemaker: default SM_MODEL_DIR or /opt/ml/model)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
-    host: Optional[str] = typer.Option(None, "--host", help="Interface (default serve.host = 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface (default serve.host = 127.0.0.1; 0.0.0.0 with --sagemaker)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port = 8000; SAGEMAKER_BIND_TO_PORT or 8080 with --sagemaker)."),
+    sagemaker: bool = typer.Option(False, "--sagemaker", help="The SageMaker inference container contract: GET /ping, POST /invocations, GET /execution-parameters."),
 ) -> None:
     """HTTP service: POST /v1/summarize, /v1/summarize/batch; GET /healthz, /readyz, /docs; page at /."""
     extra = []
@@ -281,11 +282,23 @@ def serve(
         extra.append(f"serve.host={host}")
     if port is not None:
         extra.append(f"serve.port={port}")
-    cfg = _load(config, (overrides or []) + extra)
     from threadsum.deps import require
 
     _run(require, "fastapi", "serve")
     _run(require, "uvicorn", "serve")
+    if sagemaker:
+        from threadsum.serve.sagemaker import serve_sagemaker
+
+        _run(serve_sagemaker, config, (overrides or []) + extra, model)
+        return
+    if model is None:
+        from threadsum.errors import ConfigError
+
+        def need_model() -> None:
+            raise ConfigError("--model is required: pass the model folder to serve (e.g. --model models/bart-email)")
+
+        _run(need_model)
+    cfg = _load(config, (overrides or []) + extra)
     from threadsum.serve.app import serve as serve_fn
 
     _run(serve_fn, cfg, str(model))
@@ -366,7 +379,7 @@ def _mount_sagemaker() -> None:
         from threadsum.cloud.cli import app as sagemaker_app
     except ImportError:
         return
-    app.add_typer(sagemaker_app, name="sagemaker", help="Launch, watch, stop and fetch SageMaker training jobs.")
+    app.add_typer(sagemaker_app, name="sagemaker", help="SageMaker training jobs, endpoints (package, deploy, invoke, undeploy) and Batch Transform.")
 
 
 _mount_sagemaker()

@@ -382,6 +382,11 @@ class ServeConfig(_Section):
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32."""
 
+    @property
+    def batch_limit(self) -> int:
+        """Most threads one request may hold: max_batch_threads, and never more than queue_size."""
+        return min(self.max_batch_threads, self.queue_size)
+
 
 # --------------------------------------------------------------------------------------- cloud
 class SageMakerConfig(_Section):
