@@ -302,10 +302,14 @@ def _run_shards(opts: ArchiveOptions, config: dict[str, Any], folder: JobFolder,
     t0 = time.perf_counter()
     busy = [0.0]
 
+    first: list[float] = []  # (seconds to the first finished shard, its threads): start-up cost
+
     def on_shard(shard_id, results, rejects, seconds, eng):
         folder.write_shard(shard_id, results, rejects, parquet)
         engine.update(eng)
         busy[0] += seconds
+        if not first:
+            first.extend([time.perf_counter() - t0, len(results) + len(rejects)])
         progress.advance(len(results) + len(rejects))
 
     try:
@@ -320,9 +324,13 @@ def _run_shards(opts: ArchiveOptions, config: dict[str, Any], folder: JobFolder,
         progress.close()
     wall = time.perf_counter() - t0
     threads = sum(len(s.threads) for s in pending)
+    # after the first shard: the rate once the engines are loaded (and Ray started), what a long job sees
+    after_first = (threads - first[1]) / (wall - first[0]) if first and threads > first[1] and wall > first[0] else None
     return {"mode": f"ray:{opts.ray}" if opts.ray else "local", **info, "engine": engine,
             "shards_run": len(pending), "threads_run": threads, "seconds": round(wall, 3),
             "threads_per_second": round(threads / wall, 3) if wall > 0 and threads else None,
+            "first_shard_seconds": round(first[0], 3) if first else None,
+            "threads_per_second_after_first_shard": round(after_first, 3) if after_first else None,
             "engine_seconds": round(busy[0], 3), "load_average": list(os.getloadavg())}
 
 
