@@ -164,7 +164,7 @@ def run_engine(engine: str, model_dir: Path, args, env_extra: dict[str, str], lo
     return {"engine": engine, "start_rss": start_rss, "rounds": rounds, "growth": (last - first) / first,
             "codes": dict(sorted(codes.items())), "p50_ms": 1000 * statistics.median(lat),
             "p99_ms": 1000 * lat[int(0.99 * (len(lat) - 1))], "dtype": info.get("dtype"),
-            "peak": max(r["rss"] for r in measured)}
+            "peak": max(r["rss"] for r in measured), "memory": info.get("memory", {})}
 
 
 def main(argv=None) -> int:
@@ -221,11 +221,11 @@ def main(argv=None) -> int:
         "",
         f"`HF_HUB_OFFLINE=1 {cmd.strip()}`",
         "",
-        f"random-init model of the {'packaged tiny recipe' if args.shape == 'demo' else 'service tests'}' shape as `threadsum serve` (its RSS), {args.clients} clients, {args.per_round} different threads a round "
+        f"random-init model of the {"packaged tiny recipe's" if args.shape == 'demo' else "service tests'"} shape as `threadsum serve` (its RSS), {args.clients} clients, {args.per_round} different threads a round "
         f"(1-5 emails of 1-4 sentences of 3-30 words), serve.max_batch_size={args.batch}, {args.threads} CPU thread(s); {setup}.",
         "",
-        "| engine | at start | " + " | ".join(cols) + " | first -> last measured | req/s | mean batch | p50 / p99 ms | status codes |",
-        "|---|---|" + "---|" * n + "---|---|---|---|---|",
+        "| engine | at start | " + " | ".join(cols) + " | first -> last measured | req/s | mean batch | p50 / p99 ms | status codes | allocator, trims (s) |",
+        "|---|---|" + "---|" * n + "---|---|---|---|---|---|",
     ]
     ok = True
     for r in results:
@@ -236,7 +236,8 @@ def main(argv=None) -> int:
             f"| {r['engine']} ({r['dtype']}) | {r['start_rss']:.0f} | " + " | ".join(f"{x['rss']:.0f}" for x in r["rounds"])
             + f" | {r['growth']:+.1%} **{'flat' if flat else 'NOT flat'}** | "
             f"{statistics.mean(x['req_s'] for x in measured):.1f} | {statistics.mean(x['mean_batch'] for x in measured):.1f} | "
-            f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {r['codes']} |")
+            f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {r['codes']} | {r['memory'].get('allocator', '?')}, "
+            f"{r['memory'].get('trims', 0)} ({r['memory'].get('trim_seconds', 0):.2f}) |")
     lines += ["", f"RSS in MiB after each round; goal: within +{args.max_growth:.0%} from the first to the last measured round."]
     print("\n".join(lines))
     out = Path(args.out)
