@@ -213,6 +213,7 @@ def main(argv=None) -> int:
 
     n = args.warmup_rounds + args.rounds
     cols = [f"warm-up {i + 1}" for i in range(args.warmup_rounds)] + [f"round {i + 1}" for i in range(args.rounds)]
+    shape_name = "packaged tiny recipe's" if args.shape == "demo" else "service tests'"
     cmd = "python bench/bench_serve_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     setup = ", ".join(filter(None, [f"allocator {args.allocator}" + (f" ({preload})" if preload else ""),
                                     " ".join(args.set), " ".join(args.env)]))
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
         "",
         f"`HF_HUB_OFFLINE=1 {cmd.strip()}`",
         "",
-        f"random-init model of the {"packaged tiny recipe's" if args.shape == 'demo' else "service tests'"} shape as `threadsum serve` (its RSS), {args.clients} clients, {args.per_round} different threads a round "
+        f"random-init model of the {shape_name} shape as `threadsum serve` (its RSS), {args.clients} clients, {args.per_round} different threads a round "
         f"(1-5 emails of 1-4 sentences of 3-30 words), serve.max_batch_size={args.batch}, {args.threads} CPU thread(s); {setup}.",
         "",
         "| engine | at start | " + " | ".join(cols) + " | first -> last measured | req/s | mean batch | p50 / p99 ms | status codes | allocator, trims (s) |",
