@@ -928,6 +928,7 @@ class DrainingServer(uvicorn.Server):
         self._announced = False
 
     def handle_exit(self, sig, frame) -> None:
+        """Signal handler: the first signal starts the drain (flags only), a later one is uvicorn's own."""
         if self.deadline is None and not self.should_exit:
             self.deadline = time.monotonic() + self.timeout_s
             self.signal_name = getattr(signal.Signals(sig), "name", str(sig))
@@ -936,6 +937,7 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)  # a second signal: uvicorn's own shutdown
 
     async def on_tick(self, counter: int) -> bool:
+        """Every 0.1 s: watch the drain (log, idle or deadline), then uvicorn's own tick; True to exit."""
         if self.deadline is not None and not self.should_exit:
             svc = self.service
             if not self._announced:
