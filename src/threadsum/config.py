@@ -343,8 +343,10 @@ class TrackConfig(_Section):
     """MLflow experiment name."""
     run_name: Optional[str] = None
     """MLflow run name; default: '<name>-<output folder name>'."""
+    log_model: bool = False
+    """Copy the model folder's weights (*.safetensors, *.bin, *.pt) into MLflow's artifact store; false: log their path and sha256 only."""
     artifact_max_mb: float = Field(50.0, ge=0)
-    """Files above this size in a logged folder (model weights) stay in the output dir instead of being copied to MLflow (0: no limit)."""
+    """Other files above this size in a logged folder stay in the output dir instead of being copied to MLflow (MiB; 0: no limit)."""
 
 
 # --------------------------------------------------------------------------------------- serve
@@ -383,6 +385,11 @@ class ServeConfig(_Section):
     """Least seconds between glibc malloc_trim(0) calls after batches (0: never); keeps RSS flat (docs/serving.md)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """After SIGTERM: seconds to finish accepted work (new work gets 503) before exiting anyway."""
+
+    @property
+    def batch_limit(self) -> int:
+        """Most threads one request may hold: max_batch_threads, and never more than queue_size."""
+        return min(self.max_batch_threads, self.queue_size)
 
 
 # --------------------------------------------------------------------------------------- cloud

@@ -3,26 +3,28 @@ what it removed is audited.
 
 Steps, in order (each a key of ``CleanConfig``):
 
-0. ``repair_lotus_punctuation`` Enron's Lotus Notes punctuation codes (``California=01,s`` ->
+1. ``repair_lotus_punctuation`` Enron's Lotus Notes punctuation codes (``California=01,s`` ->
    ``California’s``; ``LOTUS_PUNCTUATION`` says where they come from).
-1. ``decode_quoted_printable``  quoted-printable residue of the Enron export, only in bodies that are
+2. ``decode_quoted_printable``  quoted-printable residue of the Enron export, only in bodies that are
    quoted-printable (``looks_quoted_printable``): soft line breaks ``=\\n`` (which split words:
    ``Stac=\\ney``) and ``=XX`` escapes, decoded as bytes (UTF-8, else cp1252), never into control
    characters or signs no text uses (``decode_qp_artifacts``).
-2. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
-3. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
+3. ``drop_duplicate_emails``    exact duplicates (same sender, time and body) within a thread.
+4. ``remove_quoted_history``    quoted blocks (``-----Original Message-----``, ``Forwarded by``,
    Lotus-Notes headers, ``On ... wrote:``, ``>`` lines), paragraph by paragraph: a paragraph goes only
    when every one of its words is covered by text that stays in the thread (another email's own text
    or an earlier kept quote). Quoted text found nowhere else, such as the note a forward carries, is
-   kept: only its first copy survives. Lines holding only ``>`` separate paragraphs, as blank lines do.
-4. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
+   kept: only its first copy survives. A paragraph of fewer than 5 words (a "Thanks", a greeting, a
+   sign-off) is a duplicate only in its place, with the words of the paragraphs around it. Lines
+   holding only ``>`` separate paragraphs, as blank lines do.
+5. ``collapse_headers``         a kept quote's From/Sent/To/Cc/Subject block becomes one line (an
    earlier Lotus message reads ``[Earlier message from X, date]``), and recipient lists (headers and
    the email's own ``to``) show at most ``max_recipients_shown`` names.
-5. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
-6. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
+6. ``normalize_names``          Enron names ``Theriot, Kim S. KTHERIO`` become ``Kim S. Theriot``.
+7. ``strip_signatures``         whole blocks matched by a specific pattern: ``-- `` signature blocks,
    mobile footers, star rules and legal disclaimers (a paragraph that opens as one; see
    ``strip_signature_blocks``). Never text that merely sits in the same paragraph as such phrases.
-7. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
+8. ``normalize_whitespace``     trailing/indent spaces, runs of blank lines.
 
 The audit (``new_audit``, ``audit_step``): every step's removals are found by diffing each email's
 fields before and after it; removed words found nowhere else in the thread afterwards are "unique",
@@ -238,6 +240,8 @@ _FROM_HDR = re.compile(r"^\s*From:\s*\S", re.I)
 _LOTUS_DATE = re.compile(r"^\s*\d{1,2}/\d{1,2}/\d{2,4}\s+\d{1,2}:\d{2}(:\d{2})?\s*[AP]M\b", re.I)
 _TO_LINE = re.compile(r"^\s*To:", re.I)
 _AMPM_LINE = re.compile(r"^\s*[AP]M\s*$")
+_SENT_BY = re.compile(r"^\s*Sent by:\s*(.*?)\s*$", re.I)  # Lotus: the delegate who sent for the author
+_SENT_BY_LINE = re.compile(r"(?mi)^\s*Sent by:")
 
 
 @dataclass
@@ -283,7 +287,7 @@ def _hit_lines(body: str, pattern: re.Pattern) -> set[int]:
 def _starts_segment(lines: list[str], i: int) -> Optional[str]:
     line = lines[i]
     nxt = lines[i + 1] if i + 1 < len(lines) else ""
-    if not _CANDIDATE.search(line) and "/" not in nxt[:12]:
+    if not _CANDIDATE.search(line) and "/" not in nxt[:12] and "sent by:" not in nxt[:12].lower():
         return None  # fast path: most lines are plain text
     if _ORIG.match(line):
         return "original"
@@ -295,6 +299,13 @@ def _starts_segment(lines: list[str], i: int) -> Optional[str]:
         window = lines[i + 1:i + 5]
         if any(_HDR.match(w) for w in window):
             return "lotus"
+    if (line.strip() and not _HDR.match(line) and not _SENT_BY.match(line) and _SENT_BY.match(nxt)
+            and i + 2 < len(lines) and _LOTUS_DATE.match(lines[i + 2])):
+        if any(_TO_LINE.match(w) for w in lines[i + 3:i + 9]):
+            return "lotus"  # author, 'Sent by: delegate', date
+    if _SENT_BY.match(line) and i + 1 < len(lines) and _LOTUS_DATE.match(lines[i + 1]):
+        if any(_TO_LINE.match(w) for w in lines[i + 2:i + 8]):
+            return "lotus"  # 'Sent by: X' over the date, without the author's line
     if line.strip() and i + 1 < len(lines) and _LOTUS_DATE.match(lines[i + 1]) and not _HDR.match(line):
         if any(_TO_LINE.match(w) for w in lines[i + 2:i + 8]):
             return "lotus"
@@ -314,6 +325,8 @@ def segment_body(body: str) -> list[Segment]:
         hits |= _hit_lines(body, _QUOTE_LINE)
     if "/" in body:
         hits |= {k - 1 for k in _hit_lines(body, _SLASH_START) if k > 0}
+    if "Sent by:" in body or "sent by:" in body.lower():
+        hits |= {k - 1 for k in _hit_lines(body, _SENT_BY_LINE) if k > 0}
     special = sorted(hits)
     sp = 0
     while i < n:
@@ -346,6 +359,9 @@ def segment_body(body: str) -> list[Segment]:
             seg.marker.append(lines[i])  # the marker wrapped onto a second line
             i += 1
         if kind == "lotus" and not _FROM_HDR.match(line):
+            if not _SENT_BY.match(line) and _SENT_BY.match(lines[i]):
+                seg.marker.append(lines[i])  # 'Sent by: delegate' under the author's name
+                i += 1
             seg.marker.append(lines[i])  # the date line under the author's name
             i += 1
         elif kind == "lotus" and i < n and _AMPM_LINE.match(lines[i]):
@@ -430,10 +446,13 @@ class _Pool:
     def __init__(self) -> None:
         self.shingles: set = set()
         self.stream: list[str] = []
+        self.whole: set[str] = set()  # texts of fewer than SHINGLE words, whole
 
     def add(self, words: list[str]) -> None:
         self.shingles |= _shingles(words)
         self.stream.append(" " + " ".join(words) + " ")
+        if len(words) < SHINGLE:
+            self.whole.add(" " + " ".join(words) + " ")
 
     def contains(self, words: list[str]) -> bool:
         """True when every word of ``words`` is covered by text in the pool (a 5-word window of the
@@ -445,6 +464,19 @@ class _Pool:
             needle = " " + " ".join(words) + " "
             return any(needle in s for s in self.stream)
         return _covered(words, self.shingles)
+
+    def contains_in_place(self, left: list[str], words: list[str], right: list[str]) -> bool:
+        """True when every word of the short text ``words`` lies in a window of SHINGLE words of
+        ``left + words + right`` that is in the pool; with no words around it, when the same words
+        form a whole text already added (an identical short message)."""
+        if not words:
+            return True
+        ctx = [*left, *words, *right]
+        if len(ctx) < SHINGLE or not (left or right):
+            return " " + " ".join(words) + " " in self.whole
+        lo, hi = len(left), len(left) + len(words)
+        found = [tuple(ctx[i:i + SHINGLE]) in self.shingles for i in range(len(ctx) - SHINGLE + 1)]
+        return all(any(found[max(0, k - SHINGLE + 1):k + 1]) for k in range(lo, hi))
 
 
 # --------------------------------------------------------------------------- header collapsing
@@ -472,6 +504,8 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     key = None
     if cut is not None:  # the marker lines are rewritten ('Forwarded by X on D' -> 'Forwarded by: X (D)')
         cut.extend(("quoted header", line) for line in seg.marker)
+        if len(seg.marker) > 1:  # and as a whole: a run of removed words may span its lines
+            cut.append(("quoted header", "\n".join(seg.marker)))
     for h in seg.header:
         m = _HDR.match(h)
         if m:
@@ -482,6 +516,13 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
     label = {"original": "Original message", "forward": "Forwarded message", "wrote": "Quoted",
              "lotus": "Earlier message", "quote": "Quoted"}.get(seg.kind, "Quoted")
     if seg.kind == "lotus":
+        delegate = [m.group(1) for m in map(_SENT_BY.match, seg.marker) if m]
+        lines = [x for x in seg.marker if not _SENT_BY.match(x)]
+        if delegate and len(lines) == 1:  # 'Sent by: X' over the date: X is the author
+            lines = [delegate[0]] + lines
+        if delegate and delegate[0].strip() and delegate[0].strip() != lines[0].strip():
+            fields["Sent by"] = delegate[0].strip()
+        seg = Segment(seg.kind, lines, seg.header, seg.content)
         marker = " ".join(x.strip() for x in seg.marker)
         m = _LOTUS_FROM_ON.match(marker) or _FROM_VALUE.match(marker)
         if m and m.re is _LOTUS_FROM_ON:
@@ -501,7 +542,7 @@ def _collapse_header(seg: Segment, keep: int, cut: Optional[list[tuple[str, str]
         when = (fields.pop("Sent", "") or fields.pop("Date", "")).strip()
         label += f" from {fields.pop('From').strip()}" + (f", {when}" if when else "")
     parts = []
-    for k in ("Forwarded by", "From", "Sent", "Date", "To", "Cc", "Bcc", "Subject"):
+    for k in ("Forwarded by", "From", "Sent by", "Sent", "Date", "To", "Cc", "Bcc", "Subject"):
         if k not in fields:
             continue
         v = fields[k].strip()
@@ -646,6 +687,7 @@ def strip_signature(text: str) -> str:
 # ---------------------------------------------------------------------------------- stats
 AUDIT_EXAMPLES = 5  # unique removals kept as examples per step (prepare.json, report.md)
 AUDIT_EXAMPLE_CHARS = 300
+AUDIT_WARNINGS_MAX = 1000  # unique removals outside matched blocks listed per step (each one a warning)
 
 
 def new_stats() -> dict[str, Any]:
@@ -668,11 +710,13 @@ def new_audit() -> dict[str, Any]:
     disclaimer, signature, mobile footer, recipient list cut, ...); ``unique_words_unmatched`` is the
     rest, which must stay 0. ``examples``: the first unique removals, each with its thread, email
     index, field, text and the block kind that matched it (None when no pattern did);
-    ``unmatched_examples``: the first of those no pattern matched.
+    ``unmatched_examples``: the first of those no pattern matched; ``unmatched_removals``: every one of
+    them (up to ``AUDIT_WARNINGS_MAX`` per step) as {thread_id, email, field, text}, which ``prepare``
+    turns into warnings (``unique_text_removed``) and ``data.strict`` into a failure.
     """
     return {"removed_words": 0, "removed_chars": 0, "unique_words": 0, "unique_chars": 0,
             "unique_words_matched": 0, "unique_words_unmatched": 0, "blocks": {}, "examples": [],
-            "unmatched_examples": []}
+            "unmatched_examples": [], "unmatched_removals": []}
 
 
 _FIELDS = ("sender", "recipients", "cc", "body")
@@ -707,6 +751,7 @@ class _After:
         self.words = words
         self._shingles: Optional[set] = None
         self._vocab: set = set()
+        self._paragraphs: Optional[set] = None
 
     def _build(self) -> None:
         self._shingles = set()
@@ -715,6 +760,17 @@ class _After:
                 w = self.words(f)
                 self._shingles.update(zip(w, w[1:], w[2:], w[3:], w[4:]))
                 self._vocab.update(w)
+
+    def has_paragraph(self, words: list[str]) -> bool:
+        """True when a paragraph (or a whole field) of the thread after the step has exactly these words."""
+        if self._paragraphs is None:
+            self._paragraphs = set()
+            for e in self.emails:
+                for f in _fields(e):
+                    self._paragraphs.add(tuple(self.words(f)))
+                    if "\n" in f:
+                        self._paragraphs.update(tuple(_words(p)) for p in _PARA_GAP.split(f))
+        return tuple(words) in self._paragraphs
 
     def unique_mask(self, words: list[str], k1: int = 0, k2: Optional[int] = None) -> list[bool]:
         """For the removed words words[k1:k2] of a paragraph ``words``: True where a word is unique.
@@ -828,20 +884,51 @@ class _FieldAudit:
         else:
             ops = [(w1, w2)] if w2 > w1 else []
         first = 0
-        for p, pw in paras:
+        for n, (p, pw) in enumerate(paras):
             last = first + len(pw)
             for o1, o2 in ops:  # the removed words of this paragraph
                 k1, k2 = max(o1, first), min(o2, last)
                 if k1 < k2:
-                    self._piece(p, pw, k1 - first, k2 - first)
+                    ctx = self._context(lines, c1, c2, paras, n) if len(pw) < SHINGLE else ((), ())
+                    self._piece(p, pw, k1 - first, k2 - first, ctx)
             first = last
 
-    def _piece(self, para: str, pw: list[str], k1: int, k2: int) -> None:
+    def _context(self, lines: list[str], c1: int, c2: int, paras: list, n: int) -> tuple[tuple, tuple]:
+        """The last SHINGLE-1 words of the paragraph before paragraph ``n`` and the first of the one
+        after it (lines outside c1:c2 are read as needed): a short paragraph ('Thanks', 'Jeremy,',
+        'fyi') is judged in its place, not by whether its words occur anywhere in the thread."""
+        words_of = self.after.words
+        need = SHINGLE - 1
+        left: list[str] = list(paras[n - 1][1][-need:]) if n > 0 else []
+        if n == 0:
+            i = c1 - 1
+            while i >= 0 and _BLANKISH.fullmatch(lines[i]):
+                i -= 1
+            while i >= 0 and len(left) < need and not _BLANKISH.fullmatch(lines[i]):
+                left = list(words_of(lines[i])) + left
+                i -= 1
+        right: list[str] = list(paras[n + 1][1][:need]) if n + 1 < len(paras) else []
+        if n + 1 == len(paras):
+            i = c2
+            while i < len(lines) and _BLANKISH.fullmatch(lines[i]):
+                i += 1
+            while i < len(lines) and len(right) < need and not _BLANKISH.fullmatch(lines[i]):
+                right += words_of(lines[i])
+                i += 1
+        return tuple(left[-need:]), tuple(right[:need])
+
+    def _piece(self, para: str, pw: list[str], k1: int, k2: int, ctx: tuple[tuple, tuple] = ((), ())) -> None:
         rec = self.rec
         rec["removed_words"] += k2 - k1
         a, b = _word_span(para, k1, k2, len(pw))
         rec["removed_chars"] += b - a
-        mask = self.after.unique_mask(pw, k1, k2)
+        left, right = ctx
+        if (left or right) and self.after.has_paragraph(pw):
+            mask = [False] * (k2 - k1)  # the same short paragraph stands whole elsewhere in the thread
+        elif left or right:  # a short paragraph with its neighbours' words around it
+            mask = self.after.unique_mask([*left, *pw, *right], len(left) + k1, len(left) + k2)
+        else:
+            mask = self.after.unique_mask(pw, k1, k2)
         k = k1
         while k < k2:  # runs of unique words
             if not mask[k - k1]:
@@ -888,6 +975,8 @@ class _FieldAudit:
             rec["examples"].append(example)
         if not matched and len(rec["unmatched_examples"]) < AUDIT_EXAMPLES:
             rec["unmatched_examples"].append(example)
+        if not matched and len(rec["unmatched_removals"]) < AUDIT_WARNINGS_MAX:
+            rec["unmatched_removals"].append({k: example[k] for k in ("thread_id", "email", "field", "text")})
 
 
 def audit_step(rec: dict, thread_id: str, old: list[tuple[str, ...]], emails: list[Email],
@@ -986,14 +1075,31 @@ def _quoted_pass(emails: list[Email], remove: bool, collapse: bool, keep: int, s
                 # paragraph by paragraph: a quote often mixes copies of thread emails with unique text
                 paras = [p for p in _PARA_SPLIT.split("\n".join(s.content)) if p.strip(" \t\r\f\v>")]
                 unique = []
-                for para in paras:
+                pws = [_words(_QUOTE_PREFIX.sub(" ", p) if ">" in p else p) for p in paras]
+                head = _words("\n".join(s.marker + s.header))
+                for n, (para, words) in enumerate(zip(paras, pws)):
+                    if len(words) < SHINGLE:
+                        # a short paragraph ('Thanks', 'Jeremy,', 'fyi') is a duplicate only in its place:
+                        # with the words of the paragraphs around it (the header's for the first)
+                        left = (pws[n - 1] if n else head)[-(SHINGLE - 1):]
+                        right = pws[n + 1][:SHINGLE - 1] if n + 1 < len(pws) else []
+                        key = (tuple(left), para, tuple(right))
+                        if key in known:  # found in the pool before; the pool only grows
+                            continue
+                        if pool.contains_in_place(left, words, right) or (
+                                n == 0 and pool.contains_in_place([], words, right)):
+                            known.add(key)
+                        else:  # kept; a later copy is kept too unless its place is found by then
+                            unique.append(para)
+                        continue
                     if para in known:
                         continue
                     known.add(para)
-                    words = _words(_QUOTE_PREFIX.sub(" ", para) if ">" in para else para)
                     if not pool.contains(words):
                         unique.append(para)
                         pool.add(words)
+                if unique:  # the block as written: its short paragraphs' places, for later copies of it
+                    pool.add(head + [w for ws in pws for w in ws])
                 if not unique:
                     stats["quoted_blocks"]["removed"] += 1
                     if dropped is not None and (s.marker or s.header):
@@ -1179,6 +1285,30 @@ def clean_thread(thread: Thread, clean_cfg, stats: Optional[dict] = None) -> Thr
     return Thread(thread_id=thread.thread_id, subject=thread.subject, emails=steps.emails, summary=thread.summary)
 
 
+W_UNIQUE_TEXT_REMOVED = "unique_text_removed"
+
+
+def audit_warnings(stats: dict[str, Any], source: Any = None) -> list[dict[str, Any]]:
+    """Take the unique removals outside matched blocks out of ``stats`` (``new_stats`` layout; each
+    step's ``audit.unmatched_removals`` is emptied) and return them as warning records for
+    warnings.jsonl: {reason ``unique_text_removed``, detail, source, line None, thread_id, step,
+    email (index in the thread), field, words (the removed text)}. Never raises."""
+    out = []
+    for step, rec in stats.get("steps", {}).items():
+        audit = rec.get("audit") or {}
+        for r in audit.get("unmatched_removals", []):
+            words = " ".join(r["text"].split())
+            out.append({"reason": W_UNIQUE_TEXT_REMOVED, "source": str(source) if source else None, "line": None,
+                        "thread_id": r["thread_id"], "step": step, "email": r["email"], "field": r["field"],
+                        "words": words,
+                        "detail": f"step {step} removed text found nowhere else in the thread and in no matched "
+                                  f"block (email {r['email']}, {r['field']}): {words[:200]!r}; turn the step off "
+                                  f"(data.clean.{step}=false) to keep it"})
+        if audit.get("unmatched_removals"):
+            audit["unmatched_removals"] = []
+    return out
+
+
 def clean_threads(threads: list[Thread], clean_cfg) -> tuple[list[Thread], dict[str, Any]]:
     """Clean every thread (see ``clean_thread``) with fresh counts.
 
@@ -1204,6 +1334,8 @@ def merge_stats(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
             into.setdefault(key, []).extend(value)
             if key in ("examples", "unmatched_examples"):  # the audit keeps the first few
                 del into[key][AUDIT_EXAMPLES:]
+            elif key == "unmatched_removals":
+                del into[key][AUDIT_WARNINGS_MAX:]
         else:
             into[key] = into.get(key, 0) + value
     return into

@@ -14,17 +14,20 @@ import os
 import shutil
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from threadsum.config import Config
-from threadsum.data.clean import clean_threads, has_body_text, merge_stats, new_stats
+from threadsum.data.clean import W_UNIQUE_TEXT_REMOVED, audit_warnings, clean_threads, has_body_text, merge_stats, new_stats
+from threadsum.data.ledger import Ledger
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.readers import ReadResult, download_kaggle, read_source
 from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
 from threadsum.errors import UserError
 from threadsum.family import Family
+from threadsum.hashing import file_sha256, folder_sha256
 from threadsum.model import family_for
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
@@ -32,6 +35,7 @@ CACHE_VERSION = 2  # bump when the prepared format or the meaning of a setting c
 RAW_TOKEN_SAMPLE = 300  # raw (uncleaned) renders tokenized for the report: a sample keeps this cheap
 R_EMPTY_AFTER_CLEANING = "empty_after_cleaning"
 R_DUPLICATE_EMAIL = "duplicate_email"
+AUDIT_SHOWN = 20  # unique removals by cleaning shown in prepare.json, report.md and the console (all: warnings.jsonl)
 
 
 class PrepareError(UserError):
@@ -49,14 +53,6 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _input_files(source: Path) -> list[Path]:
     if source.is_file():
         files = [source]
@@ -67,15 +63,6 @@ def _input_files(source: Path) -> list[Path]:
                     files.append(p)
         return sorted(files)
     return sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def _dir_fingerprint(directory: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(directory).as_posix().encode())
-            h.update(_sha256(p).encode())
-    return h.hexdigest()
 
 
 def resolve_source(cfg: Config) -> Path:
@@ -115,7 +102,7 @@ def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str, budget: Optiona
     d = cfg.data
     parts = {
         "version": CACHE_VERSION,
-        "files": [{"name": p.name, "sha256": _sha256(p)} for p in files],
+        "files": [{"name": p.name, "sha256": file_sha256(p)} for p in files],
         "format": d.format,
         "clean": d.clean.model_dump(mode="json"),
         "render": d.render.model_dump(mode="json"),
@@ -181,38 +168,143 @@ def _problems(rejects: list[dict[str, Any]], limit: int = 10) -> str:
 
 
 # ------------------------------------------------------------------------------------- prepare
+class _Clock:
+    """Wall and CPU seconds per stage. CPU seconds count all threads and finished workers: on a
+    shared machine wall time mostly measures the load."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._t0 = self._t = time.perf_counter()
+        self._c0 = self._c = _cpu_seconds()
+
+    def lap(self, name: str) -> None:
+        now, cpu_now = time.perf_counter(), _cpu_seconds()
+        self.wall[name] = round(now - self._t, 3)
+        self.cpu[name] = round(cpu_now - self._c, 3)
+        self._t, self._c = now, cpu_now
+
+    def finish(self) -> None:
+        self.wall["total"] = round(time.perf_counter() - self._t0, 3)
+        self.cpu["total"] = round(_cpu_seconds() - self._c0, 3)
+
+
+@dataclass
+class _Inputs:
+    """What prepare works from: the source, its files, the output folder, the model family, the
+    tokenizer (None: one is trained on the training split) and the cache key."""
+    source: Path
+    files: list[Path]
+    out: Path
+    family: Family
+    tokenizer: Any
+    tokenizer_source: Optional[str]
+    key: str
+    key_parts: dict
+
+
+@dataclass
+class _Cleaned:
+    """The threads that survived cleaning (input order), their uncleaned versions by id (for the
+    report's raw token sample), the cleaning stats and the audit's unique removals."""
+    threads: list
+    raw_by_id: dict
+    stats: dict
+    lost: list[dict[str, Any]]
+
+
+@dataclass
+class _Rendered:
+    """Per split: the thread records (threads/<split>.jsonl) and their source ids; plus the token
+    accounting of truncation."""
+    records: dict[str, list[dict]]
+    source_ids: dict[str, list[list[int]]]
+    final_tokens: list[int]
+    kept_tokens: int = 0
+    full_tokens: int = 0
+    truncated: int = 0
+    emails_dropped: int = 0
+
+
 def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
-    """Build (or reuse) the prepared dataset of ``cfg``; returns the counts written to prepare.json."""
+    """Build (or reuse) the prepared dataset of ``cfg``; returns the counts written to prepare.json.
+
+    Stages: inputs (hashes, tokenizer, cache key) -> read -> clean -> split -> tokenizer -> render ->
+    tokenize -> report. Every reject and warning goes through one ``Ledger``, whose counts reconcile.
+
+    Raises:
+        PrepareError: the source is missing, nothing usable is left, or ``data.strict`` fails.
+    """
     from threadsum.deps import require
 
     require("datasets", "train")
-    from threadsum.model import (
-        load_tokenizer,
-        save_tokenizer,
-        tokenizer_source,
-        train_tokenizer_for,
-    )
+    clock = _Clock()
+    inp = _inputs(cfg)
+    clock.lap("hash_inputs")
+    if not force:
+        hit = _cached(inp.out, inp.key)
+        if hit is not None:
+            hit["cache"]["hit"] = True
+            hit["cache"]["note"] = f"reused {inp.out} (same inputs, settings and tokenizer; use --force to rebuild)"
+            return hit
 
     d = cfg.data
-    timings: dict[str, float] = {}
-    # CPU seconds (all threads, finished workers): on a shared machine wall time mostly measures the load
-    cpu_timings: dict[str, float] = {}
-    t_start = t = time.perf_counter()
-    cpu_start = cpu_t = _cpu_seconds()
+    rr: ReadResult = read_source(inp.source, d.format, max_body_chars=d.max_body_chars, require_summary=True)
+    led = Ledger.merged([(rr.rejects, rr.warnings, rr.counts)])
+    clock.lap("read")
+    cl = _clean(rr.threads, d, led, inp.source)
+    counts = led.reconciled(cl.threads)
+    clock.lap("clean")
+    _refuse_unusable(d, inp, led, counts, cl, clock)
 
-    def lap(name: str) -> None:
-        nonlocal t, cpu_t
-        now, cpu_now = time.perf_counter(), _cpu_seconds()
-        timings[name] = round(now - t, 3)
-        cpu_timings[name] = round(cpu_now - cpu_t, 3)
-        t, cpu_t = now, cpu_now
+    # split before the tokenizer: a trained tokenizer sees only the training split
+    split_of = {c.thread_id: assign_split(c.thread_id, d.validation_fraction, d.test_fraction, d.split_seed)
+                for c in cl.threads}
+    clock.lap("split")
+    tmp = _tmp_dir(inp.out)
+    try:
+        tokenizer = _tokenizer(cfg, inp, cl.threads, split_of, tmp / "tokenizer")
+        clock.lap("tokenizer")
+        source_tok = inp.family.source_tokenizer(tokenizer, d.prompt)
+        budget = source_budget(cfg, inp.family)
+        rendered = _render(cl.threads, split_of, d.render, source_tok, budget)
+        clock.lap("render")
+        # datasets (Arrow): the source ids come from render, the summaries are encoded here
+        dsd, target_stats = _tokenize(rendered.records, rendered.source_ids, tokenizer, source_tok, inp.family,
+                                      d, budget)
+        dsd.save_to_disk(str(tmp / "tokenized"))
+        clock.lap("tokenize")
+        (tmp / "threads").mkdir()
+        for s in SPLITS:
+            _write_jsonl(tmp / "threads" / f"{s}.jsonl", rendered.records[s])
+        _write_jsonl(tmp / "rejects.jsonl", led.rejects)
+        _write_jsonl(tmp / "warnings.jsonl", led.warnings)
+        cfg.save(tmp)
+        raw_sample = _raw_token_sample(cl.raw_by_id, d.render, source_tok)
+        info = _info(cfg, inp, counts, cl, rendered, target_stats, raw_sample, tokenizer, source_tok, budget, clock)
+        from threadsum.data.report import write_report
+
+        write_report(tmp, info, rendered.records, rendered.final_tokens, raw_sample, target_stats["lengths"],
+                     led.rejects)
+        clock.lap("report")
+        clock.finish()
+        # prepare.json last: its presence (with the key) marks the folder complete
+        (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
+        _swap_in(tmp, inp.out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _inputs(cfg: Config) -> _Inputs:
+    """Resolve the source, hash its files, load the tokenizer and build the cache key."""
+    from threadsum.model import load_tokenizer, tokenizer_source
 
     source = resolve_source(cfg)
     if not source.exists():
         raise PrepareError(f"data.source '{source}' does not exist; fix the path or run `threadsum synth {source}`")
     files = _input_files(source)
-    out = Path(d.prepared_dir)
-
     family = family_for(cfg.model)  # offline without the model's config: the loader's actionable error
     tok_src = tokenizer_source(cfg.model)
     tokenizer = None
@@ -222,190 +314,153 @@ def prepare(cfg: Config, force: bool = False) -> dict[str, Any]:
 
         with tempfile.TemporaryDirectory() as td:
             tokenizer.save_pretrained(td)
-            tok_fp = "files:" + _dir_fingerprint(Path(td))
+            tok_fp = "files:" + folder_sha256(Path(td))
     else:
         tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}:{cfg.model.tiny.architecture}"
     key, key_parts = cache_key(cfg, files, tok_fp, source_budget(cfg, family))
-    lap("hash_inputs")
+    return _Inputs(source, files, Path(cfg.data.prepared_dir), family, tokenizer, tok_src, key, key_parts)
 
-    if not force:
-        hit = _cached(out, key)
-        if hit is not None:
-            hit["cache"]["hit"] = True
-            hit["cache"]["note"] = f"reused {out} (same inputs, settings and tokenizer; use --force to rebuild)"
-            return hit
 
-    # ---- read
-    rr: ReadResult = read_source(source, d.format, max_body_chars=d.max_body_chars, require_summary=True)
-    rejects = list(rr.rejects)
-    counts = json.loads(json.dumps(rr.counts))  # deep copy: we add cleaning rejects below
-    lap("read")
-
-    # ---- clean
-    cleaned = []
-    raw_by_id = {}
-    cleaned_all, stats = clean_all(rr.threads, d.clean, d.num_proc)
-    for th, c in zip(rr.threads, cleaned_all):
+def _clean(threads: list, d, led: Ledger, source: Path) -> _Cleaned:
+    """Clean every thread; a thread left without text and each exact duplicate email are rejects,
+    the audit's unique removals are warnings (all in ``led``)."""
+    cleaned, raw_by_id = [], {}
+    cleaned_all, stats = clean_all(threads, d.clean, d.num_proc)
+    for th, c in zip(threads, cleaned_all):
         if not any(has_body_text(e.body) for e in c.emails):
-            rejects.append({"level": "thread", "reason": R_EMPTY_AFTER_CLEANING, "thread_id": th.thread_id,
-                            "detail": "no text left after cleaning (every body was whitespace, tags, quoted history or signature)",
-                            "source": str(source), "line": None, "n_emails": len(c.emails)})
-            counts["threads"]["rejected"] += 1
-            counts["threads"]["kept"] -= 1
-            _bump(counts["threads"]["by_reason"], R_EMPTY_AFTER_CLEANING)
-            counts["emails"]["rejected"] += len(c.emails)
-            counts["emails"]["kept"] -= len(c.emails)
-            _bump(counts["emails"]["by_reason"], f"thread_rejected:{R_EMPTY_AFTER_CLEANING}", len(c.emails))
-            if th.summary:  # its summary is no longer paired with a kept thread
-                counts["summaries"]["kept"] -= 1
-                counts["summaries"]["unpaired"] += 1
+            led.reject("thread", R_EMPTY_AFTER_CLEANING, "no text left after cleaning (every body was whitespace, "
+                       "tags, quoted history or signature)", source, thread_id=th.thread_id, n_emails=len(c.emails))
             continue
         cleaned.append(c)
         raw_by_id[th.thread_id] = th
     for drop in stats.pop("dropped"):
-        rejects.append({"level": "email", "reason": R_DUPLICATE_EMAIL, "thread_id": drop["thread_id"],
-                        "detail": f"exact duplicate of an earlier email (sender {drop['sender']!r}, {drop['date']})",
-                        "source": str(source), "line": None})
-        counts["emails"]["rejected"] += 1
-        counts["emails"]["kept"] -= 1
-        _bump(counts["emails"]["by_reason"], R_DUPLICATE_EMAIL)
-    lap("clean")
+        led.reject("email", R_DUPLICATE_EMAIL, f"exact duplicate of an earlier email (sender {drop['sender']!r}, "
+                   f"{drop['date']})", source, thread_id=drop["thread_id"])
+    # unique text a step removed outside any matched block: every one a warning, and a failure under strict
+    lost = audit_warnings(stats, source)
+    led.add_warnings(lost)
+    return _Cleaned(cleaned, raw_by_id, stats, lost)
 
-    if d.strict and rejects:
-        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "strict")
-        raise StrictModeError(f"data.strict: {len(rejects)} problem(s) in '{source}' (all of them in "
-                              f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}):\n" + _problems(rejects))
-    if not cleaned:
-        _write_failure(out, source, files, key_parts, counts, stats, rr, rejects, timings, "no usable threads")
+
+def _refuse_unusable(d, inp: _Inputs, led: Ledger, counts: dict, cl: _Cleaned, clock: _Clock) -> None:
+    """Under ``data.strict`` any reject or unique removal fails; with no thread left prepare fails. A
+    failed prepare still writes its account (``_write_failure``).
+
+    Raises:
+        StrictModeError, PrepareError: with the first problems and where all of them are.
+    """
+    out, source, rejects, lost = inp.out, inp.source, led.rejects, cl.lost
+    if d.strict and (rejects or lost):
+        _write_failure(inp, counts, cl.stats, led, clock.wall, "strict")
+        problems = rejects + [dict(w, level="audit") for w in lost]
+        raise StrictModeError(f"data.strict: {len(rejects)} rejected, {len(lost)} unique text removal(s) by cleaning "
+                              f"in '{source}' (rejects in {out / 'rejects.jsonl'}, removals in "
+                              f"{out / 'warnings.jsonl'}, counts in {out / 'prepare.json'}):\n" + _problems(problems))
+    if not cl.threads:
+        _write_failure(inp, counts, cl.stats, led, clock.wall, "no usable threads")
         raise PrepareError(f"no usable threads in '{source}' ({len(rejects)} rejected; all of them in "
                            f"{out / 'rejects.jsonl'}, counts in {out / 'prepare.json'}). First problems:\n"
                            + _problems(rejects))
 
-    # ---- split (before the tokenizer: a trained tokenizer sees only the training split)
-    split_of = {c.thread_id: assign_split(c.thread_id, d.validation_fraction, d.test_fraction, d.split_seed)
-                for c in cleaned}
-    plain = {c.thread_id: render_plain(c, d.render) for c in cleaned}
-    lap("split")
 
+def _tokenizer(cfg: Config, inp: _Inputs, threads: list, split_of: dict[str, str], tok_dir: Path):
+    """The configured tokenizer saved into ``tok_dir``, or one trained there on the training split
+    (plain renders and summaries; all threads when the split is empty)."""
+    from threadsum.model import save_tokenizer, train_tokenizer_for
+
+    if inp.tokenizer is not None:
+        save_tokenizer(inp.tokenizer, tok_dir)
+        return inp.tokenizer
+    train = [c for c in threads if split_of[c.thread_id] == "train"] or threads
+    texts = [render_plain(c, cfg.data.render) for c in train] + [c.summary or "" for c in train]
+    return train_tokenizer_for(cfg.model, texts, tok_dir)
+
+
+def _render(threads: list, split_of: dict[str, str], render_cfg, source_tok, budget: int) -> _Rendered:
+    """Render every thread within ``budget`` tokens (batched: one tokenizer call for all full renders)."""
+    out = _Rendered({s: [] for s in SPLITS}, {s: [] for s in SPLITS}, [])
+    for c, res in zip(threads, render_threads(threads, render_cfg, source_tok, budget)):
+        n_tok = res.n_tokens or 0
+        out.final_tokens.append(n_tok)
+        full = n_tok if not res.truncated else max(n_tok, round(n_tok / max(res.kept_fraction, 1e-9)))
+        out.kept_tokens += n_tok
+        out.full_tokens += full
+        if res.truncated:
+            out.truncated += 1
+            out.emails_dropped += res.emails_dropped
+        split = split_of[c.thread_id]
+        out.records[split].append({
+            "thread_id": c.thread_id, "subject": c.subject, "source": res.text, "summary": c.summary,
+            "first_email": c.emails[0].body, "n_emails": len(c.emails), "source_tokens": n_tok,
+            "truncated": res.truncated, "kept_fraction": round(res.kept_fraction, 4),
+            "clean_tokens": full,
+        })
+        out.source_ids[split].append(res.input_ids)
+    return out
+
+
+def _file_list(inp: _Inputs) -> list[dict[str, Any]]:
+    return [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
+            for p, f in zip(inp.files, inp.key_parts["files"])]
+
+
+def _info(cfg: Config, inp: _Inputs, counts: dict, cl: _Cleaned, r: _Rendered, target_stats: dict,
+          raw_sample: list[int], tokenizer, source_tok, budget: int, clock: _Clock) -> dict[str, Any]:
+    """The content of prepare.json (``threadsum.data.prepared`` documents it)."""
+    d, tiny = cfg.data, cfg.model.tiny
+    sample_ids = set(_raw_ids(cl.raw_by_id))
+    return {
+        "status": "ok",
+        "source": str(inp.source),
+        "prepared_dir": str(inp.out),
+        "files": _file_list(inp),
+        "emails": counts["emails"],
+        "threads": counts["threads"],
+        "summaries": counts["summaries"],
+        "files_rejected": counts["files"],
+        "warnings": counts["warnings"],
+        "audit_warnings": cl.lost[:AUDIT_SHOWN],
+        "splits": {s: len(r.records[s]) for s in SPLITS},
+        "family": inp.family.name,
+        "prompt": source_tok.describe() if hasattr(source_tok, "describe") else None,
+        "truncation": {
+            "max_source_tokens": budget,
+            "policy": d.render.truncation,
+            "threads_truncated": r.truncated,
+            "share_truncated": round(r.truncated / len(cl.threads), 4),
+            "tokens_kept_share": round(r.kept_tokens / max(r.full_tokens, 1), 4),
+            "emails_dropped": r.emails_dropped,
+            "max_target_tokens": d.max_target_tokens,
+            "targets_truncated": target_stats["truncated"],
+        },
+        "tokens": {"source_final_total": r.kept_tokens, "source_clean_total": r.full_tokens,
+                   "target_total": target_stats["total"],
+                   "source_raw_sample_threads": len(raw_sample),
+                   "source_raw_sample_total": sum(raw_sample),
+                   "source_clean_sample_total": sum(
+                       x["clean_tokens"] for s in SPLITS for x in r.records[s] if x["thread_id"] in sample_ids)},
+        "cleaning": cl.stats,
+        "tokenizer": {"source": inp.tokenizer_source or f"trained byte-level BPE, vocab {tiny.vocab_size}"
+                                + ("" if tiny.architecture == "bart" else f" with a chat template ({tiny.architecture})"),
+                      "vocab_size": len(tokenizer)},
+        "cache": {"key": inp.key, "hit": False},
+        "timings_s": clock.wall,
+        "timings_cpu_s": clock.cpu,
+    }
+
+
+def _write_failure(inp: _Inputs, counts: dict, stats: dict, led: Ledger, timings: dict, why: str) -> None:
+    """A failed prepare still explains itself: the output folder is replaced by one holding only
+    rejects.jsonl, warnings.jsonl and prepare.json (``"status": "failed"``, the counts and the cleaning
+    audit). It has no dataset, so ``open_prepared`` and the cache refuse it and nothing trains on a
+    stale dataset."""
+    out = inp.out
     tmp = _tmp_dir(out)
     try:
-        tok_dir = tmp / "tokenizer"
-        if tokenizer is None:
-            train_ids = [c for c in cleaned if split_of[c.thread_id] == "train"] or cleaned
-            texts = [plain[c.thread_id] for c in train_ids] + [c.summary or "" for c in train_ids]
-            tokenizer = train_tokenizer_for(cfg.model, texts, tok_dir)
-        else:
-            save_tokenizer(tokenizer, tok_dir)
-        lap("tokenizer")
-
-        # ---- render with the budget (batched: one tokenizer call for all full renderings)
-        records = {s: [] for s in SPLITS}
-        source_ids: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
-        trunc = Counter()
-        kept_tokens = full_tokens = 0
-        final_tokens: list[int] = []
-        source_tok = family.source_tokenizer(tokenizer, d.prompt)
-        budget = source_budget(cfg, family)
-        for c, res in zip(cleaned, render_threads(cleaned, d.render, source_tok, budget)):
-            n_tok = res.n_tokens or 0
-            final_tokens.append(n_tok)
-            full = n_tok if not res.truncated else max(n_tok, round(n_tok / max(res.kept_fraction, 1e-9)))
-            kept_tokens += n_tok
-            full_tokens += full
-            if res.truncated:
-                trunc["threads"] += 1
-                trunc["emails_dropped"] += res.emails_dropped
-            split = split_of[c.thread_id]
-            records[split].append({
-                "thread_id": c.thread_id, "subject": c.subject, "source": res.text, "summary": c.summary,
-                "first_email": c.emails[0].body, "n_emails": len(c.emails), "source_tokens": n_tok,
-                "truncated": res.truncated, "kept_fraction": round(res.kept_fraction, 4),
-                "clean_tokens": full,
-            })
-            source_ids[split].append(res.input_ids)
-        lap("render")
-
-        # ---- tokenize (datasets, Arrow): the source ids come from render, the summaries are encoded here
-        dsd, target_stats = _tokenize(records, source_ids, tokenizer, source_tok, family, d, budget)
-        dsd.save_to_disk(str(tmp / "tokenized"))
-        lap("tokenize")
-
-        (tmp / "threads").mkdir()
-        for s in SPLITS:
-            _write_jsonl(tmp / "threads" / f"{s}.jsonl", records[s])
-        _write_jsonl(tmp / "rejects.jsonl", rejects)
-        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
-        cfg.save(tmp)
-
-        raw_sample = _raw_token_sample(raw_by_id, d.render, source_tok)
-        sample_ids = set(_raw_ids(raw_by_id))
-        n_threads = len(cleaned)
-        info: dict[str, Any] = {
-            "status": "ok",
-            "source": str(source),
-            "prepared_dir": str(out),
-            "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
-                      for p, f in zip(files, key_parts["files"])],
-            "emails": counts["emails"],
-            "threads": counts["threads"],
-            "summaries": counts["summaries"],
-            "files_rejected": counts["files"],
-            "warnings": counts["warnings"],
-            "splits": {s: len(records[s]) for s in SPLITS},
-            "family": family.name,
-            "prompt": source_tok.describe() if hasattr(source_tok, "describe") else None,
-            "truncation": {
-                "max_source_tokens": budget,
-                "policy": d.render.truncation,
-                "threads_truncated": trunc["threads"],
-                "share_truncated": round(trunc["threads"] / n_threads, 4),
-                "tokens_kept_share": round(kept_tokens / max(full_tokens, 1), 4),
-                "emails_dropped": trunc["emails_dropped"],
-                "max_target_tokens": d.max_target_tokens,
-                "targets_truncated": target_stats["truncated"],
-            },
-            "tokens": {"source_final_total": kept_tokens, "source_clean_total": full_tokens,
-                       "target_total": target_stats["total"],
-                       "source_raw_sample_threads": len(raw_sample),
-                       "source_raw_sample_total": sum(raw_sample),
-                       "source_clean_sample_total": sum(
-                           r["clean_tokens"] for s in SPLITS for r in records[s] if r["thread_id"] in sample_ids)},
-            "cleaning": stats,
-            "tokenizer": {"source": tok_src or f"trained byte-level BPE, vocab {cfg.model.tiny.vocab_size}"
-                                    + ("" if cfg.model.tiny.architecture == "bart"
-                                       else f" with a chat template ({cfg.model.tiny.architecture})"),
-                          "vocab_size": len(tokenizer)},
-            "cache": {"key": key, "hit": False},
-            "timings_s": timings,
-            "timings_cpu_s": cpu_timings,
-        }
-        from threadsum.data.report import write_report
-
-        write_report(tmp, info, records, final_tokens, raw_sample, target_stats["lengths"], rejects)
-        lap("report")
-        timings["total"] = round(time.perf_counter() - t_start, 3)
-        cpu_timings["total"] = round(_cpu_seconds() - cpu_start, 3)
-        # prepare.json last: its presence (with the key) marks the folder complete
-        (tmp / "prepare.json").write_text(json.dumps(info, indent=2))
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return info
-
-
-def _write_failure(out: Path, source: Path, files: list[Path], key_parts: dict, counts: dict, stats: dict,
-                   rr: ReadResult, rejects: list[dict], timings: dict, why: str) -> None:
-    """A failed prepare still explains itself: ``out`` is replaced by a folder holding only rejects.jsonl,
-    warnings.jsonl and prepare.json (``"status": "failed"``, the counts and the cleaning audit). It has no
-    dataset, so ``open_prepared`` and the cache refuse it and nothing trains on a stale dataset."""
-    tmp = _tmp_dir(out)
-    try:
-        _write_jsonl(tmp / "rejects.jsonl", rejects)
-        _write_jsonl(tmp / "warnings.jsonl", rr.warnings)
-        info = {"status": "failed", "reason": why, "source": str(source), "prepared_dir": str(out),
-                "files": [{"path": str(p), "bytes": p.stat().st_size, "sha256": f["sha256"]}
-                          for p, f in zip(files, key_parts["files"])],
+        _write_jsonl(tmp / "rejects.jsonl", led.rejects)
+        _write_jsonl(tmp / "warnings.jsonl", led.warnings)
+        info = {"status": "failed", "reason": why, "source": str(inp.source), "prepared_dir": str(out),
+                "files": _file_list(inp),
                 "emails": counts["emails"], "threads": counts["threads"], "summaries": counts["summaries"],
                 "files_rejected": counts["files"], "warnings": counts["warnings"], "cleaning": stats,
                 "timings_s": timings}
@@ -440,10 +495,6 @@ def clean_all(threads: list, clean_cfg, num_proc: int = 1) -> tuple[list, dict[s
             cleaned.extend(part)
             merge_stats(stats, part_stats)
     return cleaned, stats
-
-
-def _bump(d: dict, key: str, n: int = 1) -> None:
-    d[key] = d.get(key, 0) + n
 
 
 def _raw_ids(raw_by_id: dict) -> list[str]:
@@ -544,8 +595,17 @@ def prepare_command(cfg: Config, force: bool = False, strict: bool = False) -> d
         reasons.update({f"{lvl}: {k}": v for k, v in info[lvl]["by_reason"].items()})
     if reasons:
         console.print("rejected: " + ", ".join(f"{k} x{v}" for k, v in reasons.most_common(8)))
-    if info.get("warnings"):
-        console.print("repaired: " + ", ".join(f"{k} x{v}" for k, v in info["warnings"].items()))
+    repaired = {k: v for k, v in (info.get("warnings") or {}).items() if k != W_UNIQUE_TEXT_REMOVED}
+    if repaired:
+        console.print("repaired: " + ", ".join(f"{k} x{v}" for k, v in repaired.items()))
+    lost = (info.get("warnings") or {}).get(W_UNIQUE_TEXT_REMOVED, 0)
+    if lost:
+        console.print(f"[bold yellow]warning[/]: cleaning removed unique text outside matched blocks {lost} time(s) "
+                      f"(all in {Path(info['prepared_dir']) / 'warnings.jsonl'}; data.strict fails on it):",
+                      highlight=False)
+        for w in info.get("audit_warnings", [])[:5]:
+            console.print(f"  - thread {w['thread_id']}, {w['step']}, email {w['email']} {w['field']}: "
+                          f"{w['words'][:120]!r}", markup=False, highlight=False)
     out = Path(info["prepared_dir"])
     console.print(f"report: {out / 'report.md'}  rejects: {out / 'rejects.jsonl'}")
     if info["cache"].get("hit"):

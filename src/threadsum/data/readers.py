@@ -24,7 +24,7 @@ import json
 import re
 import sys
 import warnings
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import getaddresses, parsedate_to_datetime
@@ -34,7 +34,8 @@ from typing import Any, Iterable, Optional
 
 from dateutil import parser as dateutil_parser
 
-from threadsum.data.charset import decode_bytes, decode_utf8_or_cp1252
+from threadsum.data.charset import control_share, decode_bytes, decode_utf8_or_cp1252, looks_binary
+from threadsum.data.ledger import Ledger
 from threadsum.data.types import Email, Thread
 from threadsum.errors import UserError
 
@@ -66,7 +67,6 @@ R_NO_VALID_EMAILS = "thread_without_valid_emails"
 R_INVALID_JSON = "invalid_json"
 R_NOT_A_THREAD = "not_a_thread_object"
 R_UNPARSEABLE_MAIL = "unparseable_mail"
-R_THREAD_REJECTED = "thread_rejected"
 # warnings (the data is kept, repaired)
 W_TO_UNPARSED = "to_not_a_list_literal"
 W_INVALID_UTF8 = "invalid_utf8_replaced"
@@ -79,6 +79,7 @@ W_CHARSET = "charset_not_as_declared"
 W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
 W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
+R_BINARY_FILE = "binary_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
@@ -99,53 +100,6 @@ class ReadResult:
     counts: dict[str, Any] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-
-
-class _Ledger:
-    """Collects rejects and warnings and keeps the per-level input/kept/rejected counts consistent."""
-
-    def __init__(self) -> None:
-        self.rejects: list[dict[str, Any]] = []
-        self.warnings: list[dict[str, Any]] = []
-        self.inputs: Counter = Counter()
-
-    def reject(self, level: str, reason: str, detail: str, source: Any = None, line: Optional[int] = None,
-               thread_id: Optional[str] = None, n_emails: int = 0) -> None:
-        rec = {"level": level, "reason": reason, "detail": detail, "source": str(source) if source else None,
-               "line": line, "thread_id": thread_id}
-        if n_emails:
-            rec["n_emails"] = n_emails
-        self.rejects.append(rec)
-
-    def warn(self, reason: str, detail: str, source: Any = None, line: Optional[int] = None,
-             thread_id: Optional[str] = None) -> None:
-        self.warnings.append({"reason": reason, "detail": detail, "source": str(source) if source else None,
-                              "line": line, "thread_id": thread_id})
-
-    def counts(self, kept_threads: list[Thread]) -> dict[str, Any]:
-        by = {lvl: Counter() for lvl in ("email", "summary", "thread", "file")}
-        emails_rejected = 0
-        for r in self.rejects:
-            by[r["level"]][r["reason"]] += 1
-            if r["level"] == "email":
-                emails_rejected += 1
-            elif r["level"] == "thread" and r.get("n_emails"):
-                by["email"][f"{R_THREAD_REJECTED}:{r['reason']}"] += r["n_emails"]
-                emails_rejected += r["n_emails"]
-        kept_emails = sum(len(t.emails) for t in kept_threads)
-        paired = sum(1 for t in kept_threads if t.summary)
-        return {
-            "emails": {"input": self.inputs["email"], "kept": kept_emails, "rejected": emails_rejected,
-                       "by_reason": dict(by["email"])},
-            "threads": {"input": self.inputs["thread"], "kept": len(kept_threads),
-                        "rejected": sum(by["thread"].values()), "by_reason": dict(by["thread"])},
-            # kept: paired with a kept thread; unpaired: valid rows whose thread is missing or rejected
-            "summaries": {"input": self.inputs["summary"], "kept": paired, "rejected": sum(by["summary"].values()),
-                          "unpaired": self.inputs["summary"] - paired - sum(by["summary"].values()),
-                          "by_reason": dict(by["summary"])},
-            "files": {"rejected": sum(by["file"].values()), "by_reason": dict(by["file"])},
-            "warnings": dict(Counter(w["reason"] for w in self.warnings)),
-        }
 
 
 # ------------------------------------------------------------------------------ field parsing
@@ -291,7 +245,7 @@ def _norm_thread_id(raw: Any, kaggle: bool) -> tuple[Optional[str], Optional[str
 
 
 # ------------------------------------------------------------------------------- file decoding
-def _decode(data: bytes, path: Path, led: _Ledger) -> str:
+def _decode(data: bytes, path: Path, led: Ledger) -> str:
     if b"\x00" in data:
         n_nul = data.count(b"\x00")
         led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
@@ -302,7 +256,7 @@ def _decode(data: bytes, path: Path, led: _Ledger) -> str:
     return text
 
 
-def _csv_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
+def _csv_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
                  ) -> Optional[list[tuple[int, dict[str, str]]]]:
     """Rows of a CSV file as (line, {column: value}); None when the file itself is unusable."""
     if not path.exists():
@@ -360,7 +314,7 @@ def _csv_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
     return out
 
 
-def _json_records(path: Path, required: tuple[str, ...], led: _Ledger, level: str
+def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
                   ) -> Optional[list[tuple[int, dict[str, Any]]]]:
     """Records of a Kaggle JSON copy: a list of objects, pandas 'columns' layout, or JSON lines."""
     if not path.exists():
@@ -411,7 +365,7 @@ def _json_records(path: Path, required: tuple[str, ...], led: _Ledger, level: st
 
 
 # --------------------------------------------------------------------------------- Kaggle pair
-def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: _Ledger, max_body_chars: int,
+def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: Ledger, max_body_chars: int,
                        kaggle: bool = True) -> Optional[tuple[str, Email]]:
     tid, why = _norm_thread_id(rec.get("thread_id"), kaggle)
     if why:
@@ -444,7 +398,7 @@ def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: _Ledger, 
                       cc=cc)
 
 
-def _summaries_from_records(records: Optional[list], src: Path, led: _Ledger) -> dict[str, str]:
+def _summaries_from_records(records: Optional[list], src: Path, led: Ledger) -> dict[str, str]:
     out: dict[str, str] = {}
     for line, rec in records or []:
         tid, why = _norm_thread_id(rec.get("thread_id"), True)
@@ -464,7 +418,7 @@ def _summaries_from_records(records: Optional[list], src: Path, led: _Ledger) ->
     return out
 
 
-def _assemble(emails: dict[str, list[Email]], summaries: dict[str, Optional[str]], led: _Ledger, src: Any,
+def _assemble(emails: dict[str, list[Email]], summaries: dict[str, Optional[str]], led: Ledger, src: Any,
               require_summary: bool, subjects: Optional[dict[str, str]] = None,
               seen_ids: Iterable[str] = ()) -> list[Thread]:
     """Group emails into threads (sorted by time, stable), pair with summaries, reject what cannot train."""
@@ -513,7 +467,7 @@ def read_kaggle(details: Path, summaries: Path, fmt: str = "csv", max_body_chars
     Returns:
         The threads grouped by thread_id, with rejects, counts and warnings.
     """
-    led = _Ledger()
+    led = Ledger()
     read = _csv_records if fmt == "csv" else _json_records
     rows = read(details, DETAIL_COLUMNS, led, "email")
     srows = read(summaries, SUMMARY_COLUMNS, led, "summary")
@@ -677,7 +631,7 @@ def _email_name(e: Email) -> str:
     return e.message_id or f"from {e.sender or 'unknown'!r}, subject {e.subject[:60]!r}"
 
 
-def _read_message(data: bytes, where: str, led: _Ledger, envelope_date: Optional[datetime] = None) -> Email:
+def _read_message(data: bytes, where: str, led: Ledger, envelope_date: Optional[datetime] = None) -> Email:
     """Parse one raw message; its notes become counted warnings naming the email."""
     notes: list = []
     e = email_from_message(_parse_message(data), notes, envelope_date)
@@ -785,7 +739,7 @@ def content_thread_id(emails: list[Email]) -> str:
     return "t-" + hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-def _mail_threads(emails: list[tuple[Email, str]], led: _Ledger, summaries: dict[str, str],
+def _mail_threads(emails: list[tuple[Email, str]], led: Ledger, summaries: dict[str, str],
                   require_summary: bool, src: Any) -> list[Thread]:
     kept: list[Email] = []
     for e, where in emails:
@@ -802,7 +756,7 @@ def _mail_threads(emails: list[tuple[Email, str]], led: _Ledger, summaries: dict
     return _assemble(by_id, summ, led, src, require_summary, subjects)
 
 
-def _sidecar_summaries(folder: Path, led: _Ledger) -> dict[str, str]:
+def _sidecar_summaries(folder: Path, led: Ledger) -> dict[str, str]:
     """Optional summaries next to mail files: summaries.csv / summaries.jsonl with thread_id,summary."""
     for name in ("summaries.csv", "summaries.jsonl"):
         p = folder / name
@@ -827,13 +781,17 @@ def _parse_message(data: bytes):
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
-def _eml_emails(files: list[Path], led: _Ledger) -> list[tuple[Email, str]]:
+def _eml_emails(files: list[Path], led: Ledger) -> list[tuple[Email, str]]:
     emails = []
     for p in files:
         led.inputs["email"] += 1
         data = p.read_bytes()
         if not data.strip():
             led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
+            continue
+        if looks_binary(data):  # the email package parses any bytes; noise must not become a thread
+            led.reject("email", R_BINARY_FILE, f"'{p.name}' is not mail: {control_share(data):.0%} control bytes "
+                       f"(binary data); remove it or export the message again", p)
             continue
         try:
             emails.append((_read_message(data, str(p), led), str(p)))
@@ -918,7 +876,7 @@ def _is_separator(line: bytes) -> bool:
     return line.startswith(b"From ") and _separator_date(line) is not None
 
 
-def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
+def _mbox_emails(path: Path, led: Ledger) -> list[tuple[Email, str]]:
     data = path.read_bytes()
     if not data.strip():
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
@@ -944,7 +902,7 @@ def _mbox_emails(path: Path, led: _Ledger) -> list[tuple[Email, str]]:
 
 def read_mail_folder(folder: Path, require_summary: bool = True) -> ReadResult:
     """A folder of .eml and .mbox files (searched recursively), threaded together."""
-    led = _Ledger()
+    led = Ledger()
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".eml", ".mbox", ".mbx"))
     emails = _eml_emails([p for p in files if p.suffix.lower() == ".eml"], led)
     for p in files:
@@ -961,7 +919,7 @@ def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
 
 def read_mbox(path: Path, require_summary: bool = True) -> ReadResult:
     """One mbox file (RFC 4155, see ``split_mbox``)."""
-    led = _Ledger()
+    led = Ledger()
     emails = _mbox_emails(path, led)
     threads = _mail_threads(emails, led, _sidecar_summaries(path.parent, led), require_summary, path)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
@@ -982,7 +940,7 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
     Raises:
         FileNotFoundError: ``path`` does not exist (``read_source`` checks this first).
     """
-    led = _Ledger()
+    led = Ledger()
     data = path.read_bytes()
     if not data.strip():
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
@@ -1119,7 +1077,7 @@ _SIDE_FILES = {"summaries.csv", "summaries.jsonl", DETAILS_CSV, SUMMARIES_CSV, D
 def _with_unread_files(folder: Path, result: ReadResult) -> ReadResult:
     """``result`` plus a file reject for each file in ``folder`` that no reader took (hidden files aside)."""
     taken = {f.resolve() for f in result.files}
-    extra = _Ledger()
+    extra = Ledger()
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder)
         if not f.is_file() or f.resolve() in taken or f.name in _SIDE_FILES \
@@ -1140,7 +1098,7 @@ def read_eml_files(files: list[Path], require_summary: bool = False) -> ReadResu
         files: the .eml files.
         require_summary: reject threads that have no summary (mail carries none, so all are rejected).
     """
-    led = _Ledger()
+    led = Ledger()
     emails = _eml_emails(files, led)
     threads = _mail_threads(emails, led, {}, require_summary, files[0] if files else None)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, list(files))
@@ -1150,15 +1108,9 @@ def _merge(results: list[ReadResult]) -> ReadResult:
     out = ReadResult()
     for r in results:
         out.threads.extend(r.threads)
-        out.rejects.extend(r.rejects)
-        out.warnings.extend(r.warnings)
         out.files.extend(r.files)
-    led = _Ledger()
-    led.rejects, led.warnings = out.rejects, out.warnings
-    for r in results:
-        led.inputs["email"] += r.counts["emails"]["input"]
-        led.inputs["thread"] += r.counts["threads"]["input"]
-        led.inputs["summary"] += r.counts["summaries"]["input"]
+    led = Ledger.merged((r.rejects, r.warnings, r.counts) for r in results)
+    out.rejects, out.warnings = led.rejects, led.warnings
     out.counts = led.counts(out.threads)
     return out
 
@@ -1166,7 +1118,7 @@ def _merge(results: list[ReadResult]) -> ReadResult:
 # ---------------------------------------------------------------------------- single documents
 def parse_mail_bytes(data: bytes) -> list[Thread]:
     """Threads from one raw message or an mbox file's bytes (for summarize/serve; no summary needed)."""
-    led = _Ledger()
+    led = Ledger()
     messages = split_mbox(data) if data.lstrip().startswith(b"From ") else None
     if messages is not None:
         emails = []

@@ -100,6 +100,19 @@ def _audit_lines(steps: dict[str, Any]) -> list[str]:
     return L
 
 
+def _audit_warning_lines(info: dict[str, Any]) -> list[str]:
+    """A warning section when some step removed unique text outside matched blocks (none otherwise)."""
+    n = (info.get("warnings") or {}).get("unique_text_removed", 0)
+    if not n:
+        return []
+    L = ["", f"**Warning: cleaning removed unique text outside matched blocks {n:,} time(s)** (every one in "
+         "`warnings.jsonl`, reason `unique_text_removed`; `data.strict` fails on it). The first:", ""]
+    for w in info.get("audit_warnings", []):
+        words = " ".join(w["words"].split())[:160].replace("|", "\\|")
+        L.append(f"- thread {w['thread_id']}, `{w['step']}`, email {w['email']}, {w['field']}: \"{words}\"")
+    return L
+
+
 def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: list[int], raw_sample: list[int],
                  target_lengths: list[int], rejects: list[dict]) -> None:
     """Write ``report.md`` into ``out``: counts (input = kept + rejected), rejects by reason, repaired
@@ -149,6 +162,7 @@ def write_report(out: Path, info: dict[str, Any], records: dict, final_tokens: l
         L.append(f"| {name} | {'yes' if st['enabled'] else 'no'} | {st['chars_before']:,} | {st['chars_after']:,} | "
                  f"{st['words_before']:,} | {st['words_after']:,} | {st['emails_changed']:,} |")
     L += _audit_lines(cl["steps"])
+    L += _audit_warning_lines(info)
     qb = cl["quoted_blocks"]
     L += ["", f"Quoted blocks removed as duplicates of thread text: {qb['removed']:,}; "
           f"kept because their content exists nowhere else in the thread: {qb['kept_unique']:,}. "

@@ -49,10 +49,10 @@ import uuid
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
@@ -103,6 +103,9 @@ def is_protected(path: str) -> bool:
 
 CLIENT_GONE = 499
 """Status logged for a request whose client disconnected before its answer (nginx's convention)."""
+
+TOO_LARGE_ADVICE = "send a shorter thread or raise the limit"
+"""The fix a 413 answer names (``create_app(too_large_advice=...)`` replaces it)."""
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -302,9 +305,10 @@ class BodyLimitMiddleware:
     client sending Content-Length.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, advice: str = TOO_LARGE_ADVICE):
         self.app = app
         self.max_bytes = max_bytes
+        self.advice = advice
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -349,7 +353,7 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope, send, size: int):
         await _send_json(scope, send, 413, f"request body of {size} bytes or more exceeds serve.max_body_bytes="
-                                    f"{self.max_bytes}; send a shorter thread or raise the limit")
+                                    f"{self.max_bytes}; {self.advice}")
 
 
 class APIKeyMiddleware:
@@ -613,7 +617,7 @@ def _repairs_by_item(request: Request, n_items: int) -> dict[int, list[str]]:
 def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     """The OpenAPI schema with this service's limits stated on the fields they bound."""
     comps = schema.get("components", {}).get("schemas", {})
-    batch_limit = min(cfg.max_batch_threads, cfg.queue_size)
+    batch_limit = cfg.batch_limit
     thread = comps.get("ThreadIn", {}).get("properties", {})
     if "emails" in thread:
         thread["emails"]["maxItems"] = cfg.max_emails
@@ -631,7 +635,7 @@ def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     return schema
 
 
-def _install_middleware(app: FastAPI, service: Service) -> None:
+def _install_middleware(app: FastAPI, service: Service, too_large_advice: str = TOO_LARGE_ADVICE) -> None:
     """Body limit, API key, CORS, metrics and drain, and the request log, in that order from the inside out."""
     # add_middleware puts each new one outside the previous: the request log wraps everything
     # (it sees 401s and 413s too), the service middleware counts every answer (CORS preflights,
@@ -639,7 +643,7 @@ def _install_middleware(app: FastAPI, service: Service) -> None:
     # wraps auth and the body limit so a browser can read them cross-origin, and the key is
     # checked before the body limit reads a byte of the body
     cfg = service.cfg
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, advice=too_large_advice)
     if cfg.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
     if cfg.cors_origins:
@@ -761,18 +765,19 @@ class _Pipeline:
         return results, (time.perf_counter() - t0) * 1000
 
 
-def service_app(service: Service, **fastapi_kwargs: Any) -> FastAPI:
+def service_app(service: Service, too_large_advice: str = TOO_LARGE_ADVICE, **fastapi_kwargs: Any) -> FastAPI:
     """A FastAPI app around ``service`` with what every route set shares: its lifespan (batcher and
     warm-up), the middleware (request log, metrics and drain, CORS, API key, body limit), the error
     handlers, ``/healthz``, ``/readyz`` and ``/metrics``. ``app.state.service`` is the service.
-    ``fastapi_kwargs`` go to the FastAPI constructor (title, summary, ...)."""
+    ``too_large_advice`` is the fix a 413 answer names; ``fastapi_kwargs`` go to the FastAPI
+    constructor (title, summary, ...)."""
     # Swagger UI / ReDoc assets come from the fastapi-offline package: /docs works with no network
     app = FastAPIOffline(version=_version(), lifespan=service.lifespan, default_response_class=SafeJSONResponse,
                          **{"title": "threadsum", **fastapi_kwargs})
     app.state.service = service
     app.state.batcher = service.batcher
     app.state.summarizer = service.summarizer
-    _install_middleware(app, service)
+    _install_middleware(app, service, too_large_advice)
     _install_error_handlers(app)
 
     @app.get("/healthz", response_model=StatusOut, summary="Liveness: the process answers")
@@ -795,16 +800,22 @@ def service_app(service: Service, **fastapi_kwargs: Any) -> FastAPI:
     return app
 
 
-def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
+def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig, routers: Sequence[APIRouter] = (),
+               too_large_advice: str = TOO_LARGE_ADVICE) -> FastAPI:
     """The service's app (:func:`app_for`) around a loaded Summarizer and a new :class:`Service`."""
-    return app_for(Service(summarizer, serve_cfg))
+    return app_for(Service(summarizer, serve_cfg), routers, too_large_advice)
 
 
-def app_for(service: Service) -> FastAPI:
+def app_for(service: Service, routers: Sequence[APIRouter] = (), too_large_advice: str = TOO_LARGE_ADVICE) -> FastAPI:
     """The HTTP service around ``service``: ``/v1/summarize``, ``/v1/summarize/batch``, ``/v1/status``
-    and the page, on :func:`service_app`; the batcher starts with the app's lifespan."""
+    and the page, on :func:`service_app`; the batcher starts with the app's lifespan.
+
+    ``routers`` add routes that answer through the same pipeline (``app.state.pipeline``), batcher,
+    metrics and drain, e.g. the SageMaker container contract of :mod:`threadsum.serve.sagemaker`;
+    ``too_large_advice`` is the fix a 413 answer names.
+    """
     cfg = service.cfg
-    app = service_app(service, summary="Summaries of email threads by a fine-tuned BART-family model.")
+    app = service_app(service, too_large_advice, summary="Summaries of email threads by a fine-tuned BART-family model.")
     pipeline = _Pipeline(service)
     app.state.pipeline = pipeline
 
@@ -824,7 +835,7 @@ def app_for(service: Service) -> FastAPI:
               summary="Summarize several threads, or every thread of an mbox (results in order, per thread)")
     async def summarize_batch(batch: BatchIn, request: Request) -> BatchOut:
         items: list = batch.threads
-        limit = min(cfg.max_batch_threads, cfg.queue_size)
+        limit = cfg.batch_limit
         if batch.text is not None and len(batch.text) > cfg.max_chars * limit:
             raise _HTTPError(422, f"text has {len(batch.text)} characters; the limit is serve.max_chars x the batch "
                                   f"limit = {cfg.max_chars * limit}")
@@ -859,6 +870,8 @@ def app_for(service: Service) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
+    for router in routers:
+        app.include_router(router)
     return app
 
 
@@ -871,8 +884,11 @@ def _version() -> str:
         return "0"
 
 
-def serve(cfg: Config, model_dir: str) -> None:
-    """`threadsum serve`: load the model once, then serve until SIGTERM/SIGINT and a drain (:func:`run_server`)."""
+def serve(cfg: Config, model_dir: str, **app_options: Any) -> None:
+    """`threadsum serve`: load the model once, then serve until SIGTERM/SIGINT and a drain (:func:`run_server`).
+
+    ``app_options`` go to :func:`app_for` (``routers``, ``too_large_advice``: ``serve --sagemaker``).
+    """
     s = cfg.serve
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -880,7 +896,7 @@ def serve(cfg: Config, model_dir: str) -> None:
     if s.host not in ("127.0.0.1", "localhost", "::1") and s.api_key is None:
         log.warning("listening on %s without serve.api_key: anyone who can reach this port can use the model", s.host)
     service = load_service(model_dir, s)
-    run_server(app_for(service), service, s.host, s.port)
+    run_server(app_for(service, **app_options), service, s.host, s.port)
 
 
 def run_server(app: FastAPI, service: Service, host: str, port: int) -> None:
