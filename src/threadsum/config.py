@@ -381,6 +381,10 @@ class ServeConfig(_Section):
     """Device of the served model: auto, cpu, cuda or cuda:N."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32."""
+    malloc_trim_interval_s: float = Field(1.0, ge=0)
+    """Least seconds between glibc malloc_trim(0) calls after batches (0: never); keeps RSS flat (docs/serving.md)."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """After SIGTERM: seconds to finish accepted work (new work gets 503) before exiting anyway."""
 
     @property
     def batch_limit(self) -> int:

@@ -6,7 +6,8 @@ import importlib.util
 from threadsum.errors import MissingExtraError  # noqa: F401 - re-exported
 
 # import name -> distribution name where they differ
-_DIST = {"rouge_score": "rouge-score", "yaml": "pyyaml", "multipart": "python-multipart"}
+_DIST = {"rouge_score": "rouge-score", "yaml": "pyyaml", "multipart": "python-multipart",
+         "prometheus_client": "prometheus-client"}
 
 
 def require(module: str, extra: str) -> None:

@@ -76,3 +76,8 @@ class DivergedError(ThreadsumError):
     No checkpoint or model of the bad weights is written (exit 4)."""
 
     exit_code = ExitCode.DIVERGED
+
+
+class DrainTimeoutError(ThreadsumError):
+    """The service was stopped (SIGTERM) and accepted work was still unfinished when
+    ``serve.drain_timeout_s`` ran out; the message says how much (exit 1)."""

@@ -52,6 +52,25 @@ def sample_thread(seed: int = 0, n_emails: int = 3, words: int = 60) -> dict:
     return {"thread_id": f"t{seed}", "subject": "gas contract", "emails": emails}
 
 
+def varied_thread(seed: int) -> dict:
+    """A thread shaped like real mail, in the JSONL thread form: 1-5 emails of 1-4 sentences of 3-30
+    words each, so lengths (and so the batches' padded shapes) vary from one request to the next as
+    they do in real traffic. Deterministic in ``seed``; the serving memory benchmark's requests."""
+    rng = random.Random(seed)
+    emails = []
+    for i in range(rng.randint(1, 5)):
+        sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 30))).capitalize() + "."
+                     for _ in range(rng.randint(1, 4))]
+        emails.append({
+            "from": rng.choice(_NAMES),
+            "to": [rng.choice(_NAMES)],
+            "date": f"2001-05-{10 + i:02d} 09:{rng.randint(0, 59):02d}:00",
+            "subject": ("Re: " if i else "") + f"{rng.choice(_WORDS)} {rng.choice(_WORDS)}",
+            "body": " ".join(sentences),
+        })
+    return {"thread_id": f"v{seed}", "subject": emails[0]["subject"], "emails": emails}
+
+
 def tiny_config(overrides: Optional[dict] = None) -> Config:
     """Config of the tiny model: small shapes, short greedy generation."""
     data = {

@@ -21,7 +21,20 @@ one bad thread never sinks the others. Text repairs (lone surrogates replaced by
 in ``warnings``. A client that disconnects has its queued threads withdrawn (never generated).
 
 ``/healthz`` and ``/readyz`` are public and say only alive / ready; model, device, versions,
-limits and batching statistics are at ``/v1/status`` (behind the key when one is set).
+limits and batching statistics are at ``/v1/status`` and Prometheus metrics at ``/metrics``
+(:mod:`threadsum.serve.metrics`), both behind the key when one is set.
+
+Everything the routes share (the Summarizer, the batcher, metrics, the heap trimmer, readiness and
+the drain) is one :class:`Service`, built from a model folder by :func:`load_service`;
+:func:`service_app` puts the shared middleware, health checks and ``/metrics`` around it, so other
+route sets (a container contract's) reuse the batcher, the metrics and the drain as they are.
+
+Stopping (``threadsum serve``, :func:`run_server`): the first SIGTERM or SIGINT starts a drain. New
+work (every POST) is answered 503 with ``Retry-After`` and ``Connection: close``, ``/readyz`` turns
+503 so load balancers stop routing here, and the requests already accepted (queued or being
+generated) are finished; the process then exits 0. When ``serve.drain_timeout_s`` (30 s, what
+SageMaker and Kubernetes allow) passes first, the unfinished requests are logged and the process
+exits 1. A second signal stops at once (uvicorn's own shutdown).
 """
 from __future__ import annotations
 
@@ -30,6 +43,7 @@ import hmac
 import json
 import logging
 import re
+import signal
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
@@ -37,9 +51,10 @@ from functools import partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
+import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import (
     BaseModel,
@@ -61,7 +76,10 @@ from threadsum.inference.inputs import (
     threads_from_text,
 )
 from threadsum.inference.summarizer import EmptySummaryError, claims_of
+from threadsum.errors import DrainTimeoutError
 from threadsum.serve.batching import BatcherStoppedError, MicroBatcher, QueueFullError
+from threadsum.serve.memory import HeapTrimmer, active_allocator
+from threadsum.serve.metrics import OTHER_ENDPOINT, ServiceMetrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from threadsum.data.types import Thread
@@ -70,7 +88,18 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("threadsum.serve")
 
 PROTECTED_PREFIX = "/v1/"
-"""Routes under this prefix need X-API-Key when serve.api_key is set; the rest is public."""
+"""Routes under this prefix need X-API-Key when serve.api_key is set (and ``PROTECTED_PATHS``)."""
+
+PROTECTED_PATHS = ("/metrics",)
+"""Routes outside ``PROTECTED_PREFIX`` that need the key too (metrics reveal traffic and the model)."""
+
+DRAIN_RETRY_AFTER_S = 1
+"""Retry-After (seconds) of work refused while draining: another replica can take it at once."""
+
+
+def is_protected(path: str) -> bool:
+    """True for a path that needs X-API-Key when serve.api_key is set."""
+    return path.startswith(PROTECTED_PREFIX) or path in PROTECTED_PATHS
 
 CLIENT_GONE = 499
 """Status logged for a request whose client disconnected before its answer (nginx's convention)."""
@@ -335,7 +364,7 @@ class APIKeyMiddleware:
         self.key = api_key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIX) and scope["method"] != "OPTIONS":
+        if scope["type"] == "http" and is_protected(scope["path"]) and scope["method"] != "OPTIONS":
             given = dict(scope["headers"]).get(b"x-api-key")
             if given is None or not hmac.compare_digest(given, self.key):
                 return await _send_json(scope, send, 401, "missing or wrong X-API-Key header (this service has "
@@ -373,12 +402,179 @@ class RequestLogMiddleware:
             )
 
 
+def endpoint_label(scope) -> str:
+    """The ``endpoint`` metric label of a request: its route's path, or ``other`` for unknown paths
+    (a scanner's random paths must not create one time series each)."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if path:
+        return path
+    app = scope.get("app")
+    known = {getattr(r, "path", None) for r in getattr(app, "routes", ())}
+    return scope["path"] if scope["path"] in known else OTHER_ENDPOINT
+
+
+class ServiceMiddleware:
+    """Counts every request (metrics, in-flight) and refuses new work while the service drains.
+
+    While draining, a POST (all work is POSTed) gets 503 with Retry-After and ``Connection: close``
+    before any byte of its body is read: it was never accepted, so nothing of it is lost.
+    """
+
+    def __init__(self, app, service: "Service"):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        service, metrics = self.service, self.service.metrics
+        t0 = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        if service.draining and scope["method"] == "POST":
+            body = json.dumps({"detail": "the service is shutting down; retry on another replica"}).encode()
+            await send({"type": "http.response.start", "status": 503, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", str(DRAIN_RETRY_AFTER_S).encode()),
+                (b"connection", b"close"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            service.refused_while_draining += 1
+            metrics.observe_request(endpoint_label(scope), scope["method"], 503, time.perf_counter() - t0)
+            return
+        service.in_flight += 1
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            service.in_flight -= 1
+            metrics.in_flight.dec()
+            metrics.observe_request(endpoint_label(scope), scope["method"], status["code"], time.perf_counter() - t0)
+
+
 # ------------------------------------------------------------------------------------ the app
-class _ServiceState:
-    def __init__(self) -> None:
+class Service:
+    """What every route of one service shares: the Summarizer, the :class:`MicroBatcher` that
+    routes submit rendered threads to (``service.batcher.submit``), the metrics, the heap trimmer,
+    readiness and the drain.
+
+    ``lifespan`` starts the batcher and the warm-up and stops them; ``draining`` is set by the first
+    SIGTERM (:func:`run_server`) or :meth:`begin_drain`; ``idle`` says all accepted work is answered.
+    """
+
+    def __init__(self, summarizer: "Summarizer", cfg: ServeConfig):
+        self.summarizer = summarizer
+        self.cfg = cfg
+        self.metrics = ServiceMetrics()
+        self.trimmer = HeapTrimmer(cfg.malloc_trim_interval_s)
+        self.batcher = MicroBatcher(
+            partial(summarizer.generate, batch_size=cfg.max_batch_size),
+            max_batch_size=cfg.max_batch_size,
+            max_wait_ms=cfg.max_wait_ms,
+            queue_size=cfg.queue_size,
+            after_batch=self.trimmer.maybe_trim,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.batcher.on_after_batch = self.metrics.observe_trim
+        self.metrics.track_queue(lambda: self.batcher.queued, lambda: self.batcher.pending)
+        self.metrics.describe({**summarizer.info(), "allocator": active_allocator(), "version": _version()})
         self.ready = False
         self.warmup_s: Optional[float] = None
         self.started = time.time()
+        self.draining = False
+        """Set (only) by :meth:`begin_drain` or the signal handler; POSTs are refused from then on."""
+        self.drain_started: Optional[float] = None
+        self.in_flight = 0
+        """HTTP requests being handled (ServiceMiddleware)."""
+        self.refused_while_draining = 0
+        self._warm_task: Optional[asyncio.Task] = None
+
+    @property
+    def accepting(self) -> bool:
+        """True when new work is taken: warmed up, the batch worker running, not draining."""
+        return self.ready and self.batcher.running and not self.draining
+
+    @property
+    def idle(self) -> bool:
+        """True when no request is being handled and no thread is queued or generating."""
+        return self.in_flight == 0 and self.batcher.pending == 0
+
+    def begin_drain(self) -> None:
+        """Refuse new work from now on (503); accepted work goes on. Safe to call more than once."""
+        self.draining = True
+        if self.drain_started is None:
+            self.drain_started = time.monotonic()
+        self.metrics.draining.set(1)
+        self.metrics.ready.set(0)
+
+    async def drain(self, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """:meth:`begin_drain`, then wait until :attr:`idle` or ``timeout_s`` seconds pass; True when idle."""
+        self.begin_drain()
+        deadline = time.monotonic() + timeout_s
+        while not self.idle:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+        return True
+
+    async def start(self) -> None:
+        """Start the batch worker and, in the background, the warm-up (``ready`` once it is done)."""
+        await self.batcher.start()
+        self._warm_task = asyncio.create_task(self._warm())
+
+    async def _warm(self) -> None:
+        try:
+            if self.cfg.warmup:
+                self.warmup_s = await self.batcher.run_in_worker(self.summarizer.warmup)
+            self.ready = True
+            self.metrics.ready.set(0 if self.draining else 1)
+            log.info("model ready: %s", json.dumps({**self.summarizer.info(), **self.trimmer.describe()}))
+        except Exception as exc:  # noqa: BLE001 - readiness stays false; the log says why
+            log.error("warm-up generation failed: %s: %s", type(exc).__name__, exc)
+
+    async def stop(self) -> None:
+        """Stop the warm-up and the batch worker (queued threads fail with BatcherStoppedError: 503)."""
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+        await self.batcher.stop()
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        """The app's lifespan: :meth:`start` on startup, :meth:`stop` on shutdown."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def status(self) -> dict[str, Any]:
+        """What ``/v1/status`` reports: readiness, uptime, model, batching, memory and drain state."""
+        cfg = self.cfg
+        return {"status": "ready" if self.accepting else ("draining" if self.draining else "not ready"),
+                "uptime_s": round(time.time() - self.started, 1), "warmup_s": round(self.warmup_s or 0.0, 3),
+                **self.summarizer.info(), "max_batch_size": cfg.max_batch_size, "auth": cfg.api_key is not None,
+                "pending": self.batcher.pending, "batching": self.batcher.stats.to_dict(),
+                "memory": self.trimmer.describe(),
+                "limits": {"max_body_bytes": cfg.max_body_bytes, "max_emails": cfg.max_emails,
+                           "max_chars": cfg.max_chars, "max_batch_threads": cfg.max_batch_threads}}
+
+
+def load_service(model_dir: str, cfg: ServeConfig) -> Service:
+    """The :class:`Service` around the model folder ``model_dir``, loaded on ``cfg.device`` in ``cfg.dtype``
+    (the engine is the folder's config's ``inference.engine``; see ``Summarizer.from_pretrained``).
+
+    Raises ModelLoadError, ConfigError, DeviceError or MissingExtraError as ``from_pretrained`` does.
+    """
+    from threadsum.inference.summarizer import Summarizer, quiet_loading
+
+    quiet_loading()
+    return Service(Summarizer.from_pretrained(model_dir, device=cfg.device, dtype=cfg.dtype), cfg)
 
 
 class _HTTPError(Exception):
@@ -439,11 +635,14 @@ def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     return schema
 
 
-def _install_middleware(app: FastAPI, cfg: ServeConfig, too_large_advice: str = TOO_LARGE_ADVICE) -> None:
-    """Body limit, API key, CORS and the request log, in that order from the inside out."""
+def _install_middleware(app: FastAPI, service: Service, too_large_advice: str = TOO_LARGE_ADVICE) -> None:
+    """Body limit, API key, CORS, metrics and drain, and the request log, in that order from the inside out."""
     # add_middleware puts each new one outside the previous: the request log wraps everything
-    # (it sees 401s and 413s too), CORS wraps auth and the body limit so a browser can read them
-    # cross-origin, and the key is checked before the body limit reads a byte of the body
+    # (it sees 401s and 413s too), the service middleware counts every answer (CORS preflights,
+    # 401s and 413s included) and refuses work while draining before auth reads a header, CORS
+    # wraps auth and the body limit so a browser can read them cross-origin, and the key is
+    # checked before the body limit reads a byte of the body
+    cfg = service.cfg
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, advice=too_large_advice)
     if cfg.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
@@ -457,6 +656,7 @@ def _install_middleware(app: FastAPI, cfg: ServeConfig, too_large_advice: str = 
             allow_headers=["Content-Type", "X-API-Key"],
             expose_headers=["Retry-After", "X-Request-Id"],
         )
+    app.add_middleware(ServiceMiddleware, service=service)
     app.add_middleware(RequestLogMiddleware)
 
 
@@ -484,8 +684,9 @@ class _Pipeline:
     """One request's path: limits, input checks and cleaning (thread pool), the batcher, and the
     per-thread results with their status."""
 
-    def __init__(self, summarizer: "Summarizer", cfg: ServeConfig, batcher: MicroBatcher, state: _ServiceState):
-        self.summarizer, self.cfg, self.batcher, self.state = summarizer, cfg, batcher, state
+    def __init__(self, service: Service):
+        self.service = service
+        self.summarizer, self.cfg, self.batcher = service.summarizer, service.cfg, service.batcher
 
     def check_limits(self, thread: Union[ThreadIn, "Thread"]) -> None:
         if isinstance(thread, ThreadIn):
@@ -534,7 +735,7 @@ class _Pipeline:
     async def run(self, request: Request, items: list) -> tuple[list[BatchItemOut], float]:
         """Per-thread results (``BatchItemOut``) for ``items`` and the elapsed milliseconds."""
         t0 = time.perf_counter()
-        if not self.state.ready:
+        if not self.service.ready:
             raise _HTTPError(503, "the model is loading or warming up; retry shortly", retry_after=1)
         # cleaning and rendering are CPU work of up to tens of ms per long thread: off the loop
         prepared = await run_in_threadpool(self.prepare_all, items)
@@ -559,62 +760,63 @@ class _Pipeline:
         claims = await run_in_threadpool(lambda: [claims_of(p, out) for _, p, out in checks])
         for (item, _, _), found in zip(checks, claims):
             item.claims = [ClaimOut(**c) for c in found]
+        for r in results:
+            self.service.metrics.observe_thread(r.status, [{"kind": c.kind, "supported": c.supported} for c in r.claims])
         return results, (time.perf_counter() - t0) * 1000
+
+
+def service_app(service: Service, too_large_advice: str = TOO_LARGE_ADVICE, **fastapi_kwargs: Any) -> FastAPI:
+    """A FastAPI app around ``service`` with what every route set shares: its lifespan (batcher and
+    warm-up), the middleware (request log, metrics and drain, CORS, API key, body limit), the error
+    handlers, ``/healthz``, ``/readyz`` and ``/metrics``. ``app.state.service`` is the service.
+    ``too_large_advice`` is the fix a 413 answer names; ``fastapi_kwargs`` go to the FastAPI
+    constructor (title, summary, ...)."""
+    # Swagger UI / ReDoc assets come from the fastapi-offline package: /docs works with no network
+    app = FastAPIOffline(version=_version(), lifespan=service.lifespan, default_response_class=SafeJSONResponse,
+                         **{"title": "threadsum", **fastapi_kwargs})
+    app.state.service = service
+    app.state.batcher = service.batcher
+    app.state.summarizer = service.summarizer
+    _install_middleware(app, service, too_large_advice)
+    _install_error_handlers(app)
+
+    @app.get("/healthz", response_model=StatusOut, summary="Liveness: the process answers")
+    async def healthz() -> StatusOut:
+        return StatusOut(status="ok")
+
+    @app.get("/readyz", response_model=StatusOut, summary="Readiness: model warmed up, the batch worker running, "
+             "not draining", responses={503: {"model": ErrorOut}})
+    async def readyz():
+        if not service.accepting:
+            raise _HTTPError(503, "draining" if service.draining else "not ready", retry_after=1)
+        return StatusOut(status="ready")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        # rendering walks every series under the registry's lock: tiny, so on the loop
+        body, content_type = service.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
+    return app
 
 
 def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig, routers: Sequence[APIRouter] = (),
                too_large_advice: str = TOO_LARGE_ADVICE) -> FastAPI:
-    """The FastAPI app around a loaded Summarizer; the batcher starts with the app's lifespan.
+    """The service's app (:func:`app_for`) around a loaded Summarizer and a new :class:`Service`."""
+    return app_for(Service(summarizer, serve_cfg), routers, too_large_advice)
 
-    ``routers`` add routes that answer through the same pipeline (``app.state.pipeline``), e.g. the
-    SageMaker container contract of :mod:`threadsum.serve.sagemaker`; ``too_large_advice`` is the
-    fix a 413 answer names.
+
+def app_for(service: Service, routers: Sequence[APIRouter] = (), too_large_advice: str = TOO_LARGE_ADVICE) -> FastAPI:
+    """The HTTP service around ``service``: ``/v1/summarize``, ``/v1/summarize/batch``, ``/v1/status``
+    and the page, on :func:`service_app`; the batcher starts with the app's lifespan.
+
+    ``routers`` add routes that answer through the same pipeline (``app.state.pipeline``), batcher,
+    metrics and drain, e.g. the SageMaker container contract of :mod:`threadsum.serve.sagemaker`;
+    ``too_large_advice`` is the fix a 413 answer names.
     """
-    cfg = serve_cfg
-    state = _ServiceState()
-    batcher = MicroBatcher(
-        partial(summarizer.generate, batch_size=cfg.max_batch_size),
-        max_batch_size=cfg.max_batch_size,
-        max_wait_ms=cfg.max_wait_ms,
-        queue_size=cfg.queue_size,
-    )
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await batcher.start()
-
-        async def warm() -> None:
-            try:
-                if cfg.warmup:
-                    state.warmup_s = await batcher.run_in_worker(summarizer.warmup)
-                state.ready = True
-                log.info("model ready: %s", json.dumps(summarizer.info()))
-            except Exception as exc:  # noqa: BLE001 - readiness stays false; the log says why
-                log.error("warm-up generation failed: %s: %s", type(exc).__name__, exc)
-
-        warm_task = asyncio.create_task(warm())
-        try:
-            yield
-        finally:
-            state.ready = False
-            warm_task.cancel()
-            await batcher.stop()
-
-    # Swagger UI / ReDoc assets come from the fastapi-offline package: /docs works with no network
-    app = FastAPIOffline(
-        title="threadsum",
-        version=_version(),
-        summary="Summaries of email threads by a fine-tuned BART-family model.",
-        lifespan=lifespan,
-        default_response_class=SafeJSONResponse,
-    )
-    app.state.batcher = batcher
-    app.state.summarizer = summarizer
-    app.state.service = state
-
-    _install_middleware(app, cfg, too_large_advice)
-    _install_error_handlers(app)
-    pipeline = _Pipeline(summarizer, cfg, batcher, state)
+    cfg = service.cfg
+    app = service_app(service, too_large_advice, summary="Summaries of email threads by a fine-tuned BART-family model.")
+    pipeline = _Pipeline(service)
     app.state.pipeline = pipeline
 
     errors = {401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
@@ -649,26 +851,10 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig, routers: Sequen
         n_ok = sum(r.status == 200 for r in results)
         return BatchOut(results=results, n_ok=n_ok, n_failed=len(results) - n_ok, elapsed_ms=round(elapsed, 1))
 
-    @app.get("/healthz", response_model=StatusOut, summary="Liveness: the process answers")
-    async def healthz() -> StatusOut:
-        return StatusOut(status="ok")
-
-    @app.get("/readyz", response_model=StatusOut, summary="Readiness: model warmed up and the batch worker running",
-             responses={503: {"model": ErrorOut}})
-    async def readyz():
-        if not (state.ready and batcher.running):
-            raise _HTTPError(503, "not ready", retry_after=1)
-        return StatusOut(status="ready")
-
-    @app.get("/v1/status", summary="Model, device, versions, limits and batching statistics",
+    @app.get("/v1/status", summary="Model, device, versions, limits, batching and memory statistics",
              responses={401: {"model": ErrorOut}})
     async def status() -> dict[str, Any]:
-        return {"status": "ready" if state.ready and batcher.running else "not ready",
-                "uptime_s": round(time.time() - state.started, 1), "warmup_s": round(state.warmup_s or 0.0, 3),
-                **summarizer.info(), "max_batch_size": cfg.max_batch_size, "auth": cfg.api_key is not None,
-                "pending": batcher.pending, "batching": batcher.stats.to_dict(),
-                "limits": {"max_body_bytes": cfg.max_body_bytes, "max_emails": cfg.max_emails,
-                           "max_chars": cfg.max_chars, "max_batch_threads": cfg.max_batch_threads}}
+        return service.status()
 
     page = _static_page()
 
@@ -699,25 +885,92 @@ def _version() -> str:
 
 
 def serve(cfg: Config, model_dir: str, **app_options: Any) -> None:
-    """`threadsum serve`: load the model once, then run uvicorn until interrupted.
+    """`threadsum serve`: load the model once, then serve until SIGTERM/SIGINT and a drain (:func:`run_server`).
 
-    ``app_options`` go to :func:`create_app` (``routers``, ``too_large_advice``: ``serve --sagemaker``).
+    ``app_options`` go to :func:`app_for` (``routers``, ``too_large_advice``: ``serve --sagemaker``).
     """
-    import uvicorn
-
-    from threadsum.inference.summarizer import Summarizer, quiet_loading
-
     s = cfg.serve
-    quiet_loading()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     if s.host not in ("127.0.0.1", "localhost", "::1") and s.api_key is None:
         log.warning("listening on %s without serve.api_key: anyone who can reach this port can use the model", s.host)
-    summarizer = Summarizer.from_pretrained(model_dir, device=s.device, dtype=s.dtype)
-    app = create_app(summarizer, s, **app_options)
+    service = load_service(model_dir, s)
+    run_server(app_for(service, **app_options), service, s.host, s.port)
+
+
+def run_server(app: FastAPI, service: Service, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn on ``host:port`` until a signal, then drain ``service`` (the module
+    docstring says how) and return.
+
+    Raises:
+        DrainTimeoutError: accepted work was still unfinished ``serve.drain_timeout_s`` seconds after
+            the signal (the CLI exits 1; the log names how much).
+    """
     # uvicorn's access log would duplicate RequestLogMiddleware's line (which carries timing and size)
-    uvicorn.run(app, host=s.host, port=s.port, access_log=False, log_level="info", timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info", lifespan="on",
+                            timeout_graceful_shutdown=UVICORN_GRACE_S)
+    server = DrainingServer(config, service, service.cfg.drain_timeout_s)
+    server.run()
+    if server.unfinished is not None:
+        in_flight, pending = server.unfinished
+        raise DrainTimeoutError(f"stopped with {in_flight} request(s) and {pending} thread(s) unfinished after "
+                                f"serve.drain_timeout_s={service.cfg.drain_timeout_s:g} s; raise it (and the "
+                                f"platform's grace period) or lower serve.queue_size")
+
+
+UVICORN_GRACE_S = 5
+"""Seconds uvicorn's own shutdown waits for open connections after the drain (only a drain that
+timed out leaves any): the process is gone at most drain_timeout_s + this (+ a tick) after SIGTERM."""
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server whose first SIGTERM/SIGINT drains the service instead of stopping at once.
+
+    The signal handler only sets flags (a handler that logged or took a metrics lock could
+    deadlock the thread it interrupted); ``on_tick``, which uvicorn's main loop runs every
+    0.1 s, logs, watches the drain and sets ``should_exit`` when the service is idle or the
+    deadline passed. The signal is not recorded for uvicorn to re-raise after shutdown, so a
+    finished drain exits 0.
+    """
+
+    def __init__(self, config, service: Service, timeout_s: float):
+        super().__init__(config)
+        self.service = service
+        self.timeout_s = timeout_s
+        self.deadline: Optional[float] = None
+        self.signal_name = ""
+        self.unfinished: Optional[tuple[int, int]] = None
+        self._announced = False
+
+    def handle_exit(self, sig, frame) -> None:
+        """Signal handler: the first signal starts the drain (flags only), a later one is uvicorn's own."""
+        if self.deadline is None and not self.should_exit:
+            self.deadline = time.monotonic() + self.timeout_s
+            self.signal_name = getattr(signal.Signals(sig), "name", str(sig))
+            self.service.draining = True  # from here on ServiceMiddleware refuses new work
+            return
+        super().handle_exit(sig, frame)  # a second signal: uvicorn's own shutdown
+
+    async def on_tick(self, counter: int) -> bool:
+        """Every 0.1 s: watch the drain (log, idle or deadline), then uvicorn's own tick; True to exit."""
+        if self.deadline is not None and not self.should_exit:
+            svc = self.service
+            if not self._announced:
+                self._announced = True
+                svc.begin_drain()
+                log.info("%s: draining: refusing new work (503), finishing %d request(s) and %d thread(s), "
+                         "at most %g s", self.signal_name, svc.in_flight, svc.batcher.pending, self.timeout_s)
+            if svc.idle:
+                log.info("drained in %.1f s (%d request(s) refused meanwhile); exiting",
+                         time.monotonic() - (self.deadline - self.timeout_s), svc.refused_while_draining)
+                self.should_exit = True
+            elif time.monotonic() >= self.deadline:
+                self.unfinished = (svc.in_flight, svc.batcher.pending)
+                log.error("drain timed out after %g s: %d request(s) and %d thread(s) unfinished",
+                          self.timeout_s, *self.unfinished)
+                self.should_exit = True
+        return await super().on_tick(counter)
 
 
 @contextmanager

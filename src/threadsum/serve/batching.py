@@ -25,6 +25,8 @@ from typing import Any, Callable, Optional, Sequence
 log = logging.getLogger("threadsum.serve")
 
 GenerateFn = Callable[[Sequence[str]], list[str]]
+BatchObserver = Callable[[int, float, bool, Sequence[float]], None]
+"""``(threads, seconds, failed, queue waits in seconds per thread)`` of one generate call."""
 
 MERGE_WAIT_FRACTION = 0.25
 """After a batch, how long the worker may wait for the clients it just answered, as a share of the
@@ -97,8 +99,16 @@ class BatcherStats:
 class MicroBatcher:
     """Collects texts from concurrent ``submit`` calls into batches for ``generate``."""
 
-    def __init__(self, generate: GenerateFn, max_batch_size: int, max_wait_ms: float, queue_size: int):
+    def __init__(self, generate: GenerateFn, max_batch_size: int, max_wait_ms: float, queue_size: int,
+                 after_batch: Optional[Callable[[], Any]] = None, on_batch: Optional[BatchObserver] = None):
+        """``after_batch`` runs on the generation thread after every batch (e.g. returning freed
+        memory, :class:`threadsum.serve.memory.HeapTrimmer`), outside the batch's measured time; its
+        result goes to ``on_after_batch`` when set. ``on_batch(size, seconds, failed, waits_s)`` is
+        called on the event loop after every generate call (metrics)."""
         self.generate = generate
+        self.after_batch = after_batch
+        self.on_after_batch: Optional[Callable[[Any], None]] = None
+        self.on_batch = on_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_size = queue_size
@@ -124,6 +134,11 @@ class MicroBatcher:
     def pending(self) -> int:
         """Texts accepted and not yet answered (queued plus being generated)."""
         return self._pending
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a batch (accepted, not yet being generated)."""
+        return len(self._items)
 
     async def start(self) -> None:
         """Start the worker task on the running event loop; ``submit`` refuses texts until then."""
@@ -217,7 +232,9 @@ class MicroBatcher:
             live = [i for i in batch if not i.future.done()]
             try:
                 if live:
-                    await self._run_batch(live)
+                    now = loop.time()
+                    await self._run_batch(live, [now - i.arrived for i in live])
+                    await self._after_batch(loop)
             finally:
                 self._pending -= len(batch)
                 self._last_done = loop.time()
@@ -246,7 +263,25 @@ class MicroBatcher:
             except asyncio.TimeoutError:
                 return
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
+    async def _after_batch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.after_batch is None:
+            return
+        try:
+            result = await loop.run_in_executor(self._executor, self.after_batch)
+        except Exception as exc:  # noqa: BLE001 - housekeeping must never stop the worker
+            log.warning("after-batch step failed: %s: %s", type(exc).__name__, exc)
+            return
+        if self.on_after_batch is not None:
+            self.on_after_batch(result)
+
+    def _observe(self, size: int, seconds: float, failed: bool, waits: Sequence[float]) -> None:
+        if self.on_batch is not None:
+            try:
+                self.on_batch(size, seconds, failed, waits)
+            except Exception as exc:  # noqa: BLE001 - metrics must never fail a batch
+                log.warning("batch observer failed: %s: %s", type(exc).__name__, exc)
+
+    async def _run_batch(self, batch: list[_Item], waits: Sequence[float] = ()) -> None:
         loop = asyncio.get_running_loop()
         texts = [i.text for i in batch]
         t0 = time.perf_counter()
@@ -256,6 +291,7 @@ class MicroBatcher:
                 raise RuntimeError(f"generate returned {len(outputs)} summaries for {len(batch)} texts")
         except Exception as exc:  # noqa: BLE001 - isolate the failing input below
             self.stats.failed_batches += 1
+            self._observe(len(batch), time.perf_counter() - t0, True, waits)
             log.error("generation of a batch of %d failed: %s: %s", len(batch), type(exc).__name__, exc)
             if len(batch) == 1:
                 if not batch[0].future.done():
@@ -265,7 +301,9 @@ class MicroBatcher:
             for item in batch:
                 await self._run_batch([item])
             return
-        self.stats.record(len(batch), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.stats.record(len(batch), seconds)
+        self._observe(len(batch), seconds, False, waits)
         for item, out in zip(batch, outputs):
             if not item.future.done():
                 item.future.set_result(out)
