@@ -523,3 +523,11 @@ class MessageCutter:
                     self._part = ("preamble", None)
                 return True
         return False
+
+
+def cut_message(data: bytes, max_part_bytes: int) -> tuple[bytes, list[PartCut]]:
+    """A raw message in memory with each MIME part cut to ``max_part_bytes`` (``MessageCutter``)."""
+    cutter = MessageCutter(max_part_bytes)
+    for piece, start in bounded_lines(io.BytesIO(data)):
+        cutter.add(piece, start)
+    return cutter.finish()
