@@ -1,8 +1,17 @@
 """Readers: raw mail in several formats -> ``Thread`` records, with every rejected row accounted for.
 
-Formats: the Kaggle CSV pair (``email_thread_details.csv`` + ``email_thread_summaries.csv``) and its
-JSON copies (epoch timestamps), a folder of ``.eml`` files, an ``.mbox`` file, and JSONL of threads
-``{thread_id, subject?, emails: [{from, to, cc?, date, subject?, body}], summary?}``.
+Formats (``FORMATS``, one table that ``read_source``, ``detect_format``, prepare, summarize and the
+archive job all use): the Kaggle CSV pair (``email_thread_details.csv`` + ``email_thread_summaries.csv``)
+and its JSON copies (epoch timestamps), Maildirs (Maildir++ subfolders included), ``.eml`` files,
+``.mbox`` files, Gmail API threads and Microsoft Graph messages saved as JSON (``threadsum.data.mail_api``),
+and JSONL of threads ``{thread_id, subject?, emails: [{from, to, cc?, date, subject?, body}], summary?}``.
+Mail is threaded by the service's thread id where there is one and by Message-ID / In-Reply-To /
+References across every source. An Outlook ``.msg`` file is refused with a message naming how to save
+it as ``.eml``, whatever format is asked for.
+
+Memory: files are read in a stream and a body is cut to ``max_body_chars`` while it is read
+(``threadsum.data.stream``: each CSV field, JSON string or MIME part to ``max_part_bytes``), so peak
+memory follows that limit and not the size of the file or of its largest body.
 
 Bad input never raises out of ``read_source``: a bad row, summary or file becomes a reject record
 ``{level, reason, detail, source, line, thread_id}`` and is counted, so ``input = kept + rejected``
@@ -36,7 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from dateutil import parser as dateutil_parser
 
 from threadsum.data import mail_api
-from threadsum.data.charset import Utf8OrCp1252Decoder, decode_bytes, decode_utf8_or_cp1252
+from threadsum.data.charset import Utf8OrCp1252Decoder, decode_bytes
 from threadsum.data.ledger import Ledger
 from threadsum.data.mail_api import ApiMessage, ApiPart
 from threadsum.data.stream import (
@@ -283,18 +292,6 @@ def _is_blank(path: Path) -> bool:
     """Whether a file holds nothing but whitespace (read in chunks, stopping at the first other byte)."""
     with path.open("rb") as fh:
         return all(not c.strip() for c in file_chunks(fh))
-
-
-def _decode(data: bytes, path: Path, led: Ledger) -> str:
-    """All of a small data file's bytes as text, by the rule of ``_DataFile``."""
-    if b"\x00" in data:
-        n_nul = data.count(b"\x00")
-        led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
-        data = data.replace(b"\x00", b"")
-    text, bad = decode_utf8_or_cp1252(data)
-    if bad is not None:
-        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {bad}; bytes that are not UTF-8 read as cp1252", path)
-    return text
 
 
 class _DataFile:
@@ -1421,8 +1418,10 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
                        n_emails=len(obj["emails"]))
             continue
         seen.add(tid)
-        _take_cuts(obj)
-        _warn_cut_fields(obj, led, path, n, tid, skip=("emails",))
+        cut = source.cutter.n_cut > 0  # the line was read, so a cut in it has been made
+        if cut:
+            _take_cuts(obj)
+            _warn_cut_fields(obj, led, path, n, tid, skip=("emails",))
         subjects[tid] = str(obj.get("subject") or "")
         s = obj.get("summary")
         summaries[tid] = str(s).strip() if s and str(s).strip() else None
@@ -1432,7 +1431,7 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
             if not isinstance(e, dict):
                 led.reject("email", R_MALFORMED_ROW, "email entry is not an object", path, n, tid)
                 continue
-            rec = _take_cuts(dict(e, thread_id=tid))
+            rec = _take_cuts(dict(e, thread_id=tid)) if cut else dict(e, thread_id=tid)
             rec.setdefault("timestamp", e.get("date"))
             got = _email_from_record(rec, path, n, led, max_body_chars, kaggle=False)
             if got:

@@ -297,6 +297,31 @@ class CsvFieldCutter(_Cutter):
 
 # ----------------------------------------------------------------------------------------- JSON
 _JSON_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*')  # a string's content up to its closing quote
+def _unfinished_string(buf: bytes, i: int) -> int:
+    """Where the string that ``buf`` leaves open begins (``len(buf)`` when none), for JSON from ``i``
+    outside any string. Outside strings JSON holds no backslash and every quote that an even run of
+    backslashes precedes opens or closes a string, so the parity of those quotes tells whether one is
+    left open: counted with ``bytes.count``, without walking the escapes."""
+    n = len(buf)
+    escaped = buf.count(b'\\"', i)  # a quote after one backslash or more; after an even run it is not escaped
+    j = buf.find(b'\\\\"', i)
+    while j >= 0:  # quotes after two backslashes or more are rare: look at the run of each
+        q = k = j + 2
+        while k > i and buf[k - 1] == 0x5C:
+            k -= 1
+        escaped -= (q - k) % 2 == 0
+        j = buf.find(b'\\\\"', q + 1)
+    if (buf.count(b'"', i) - escaped) % 2 == 0:
+        return n
+    end = n
+    while True:  # the last quote that is not escaped opens the unfinished string
+        j = buf.rfind(b'"', i, end)
+        k = j
+        while k > i and buf[k - 1] == 0x5C:
+            k -= 1
+        if (j - k) % 2 == 0:
+            return j
+        end = j
 _JSON_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|\\.")
 _ESCAPE_ROOM = 12  # the longest escape: a surrogate pair, \\uXXXX\\uXXXX
 
@@ -341,6 +366,14 @@ class JsonStringCutter(_Cutter):
         i, n, out = 0, len(buf), self._out
         while i < n:
             if not self._in_string:
+                if n - i <= self.max_bytes:
+                    # fast path: no string that ends in these bytes can be over the limit, so pass on
+                    # everything up to a string that runs past them
+                    j = _unfinished_string(buf, i)
+                    out.append(buf[i:j])
+                    i = j
+                    if i == n:
+                        break
                 j = buf.find(b'"', i)
                 if j < 0:
                     out.append(buf[i:])
