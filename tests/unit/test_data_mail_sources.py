@@ -89,9 +89,9 @@ def test_maildir_tmp_file_is_a_reject_and_a_msg_inside_is_never_a_body(tmp_path)
     (root / "new" / "1700000001.M2P3.host").write_bytes(_outlook_msg())
     res = read_source(root, "maildir", require_summary=False)
     reasons = sorted(r["reason"] for r in res.rejects)
-    assert reasons == [R_OUTLOOK_MSG, "unsupported_file"]
+    assert reasons == ["maildir_unfinished_delivery", R_OUTLOOK_MSG]
     assert all("\x00" not in e.body for t in res.threads for e in t.emails)
-    assert "tmp/" in next(r["detail"] for r in res.rejects if r["reason"] == "unsupported_file")
+    assert "tmp/" in next(r["detail"] for r in res.rejects if r["reason"] == "maildir_unfinished_delivery")
 
 
 # ---------------------------------------------------------------------------------------- Gmail API

@@ -107,6 +107,7 @@ W_CHARSET = "charset_not_as_declared"
 W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
 W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
+R_MAILDIR_TMP = "maildir_unfinished_delivery"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
@@ -1224,7 +1225,7 @@ def _maildir_emails(folder: Path, led: Ledger, max_body_chars: int) -> tuple[lis
     tmp = folder / "tmp"
     for f in sorted(tmp.iterdir()) if tmp.is_dir() else []:
         if f.is_file():
-            led.reject("file", R_UNSUPPORTED_FILE, f"'{f.relative_to(folder)}' is in a Maildir's tmp/: a delivery "
+            led.reject("file", R_MAILDIR_TMP, f"'{f.relative_to(folder)}' is in a Maildir's tmp/: a delivery "
                        f"that did not finish; not read (deliveries move to new/ when they finish)", f)
             files.append(f)
     return emails, files
