@@ -75,7 +75,7 @@ class ApiMessage:
 
 def sniff(head: bytes) -> Optional[str]:
     """``GMAIL`` or ``GRAPH`` when the first bytes of a JSON file hold keys only that shape has, else None."""
-    if not head.lstrip()[:1] in (b"{", b"["):
+    if head.lstrip()[:1] not in (b"{", b"["):
         return None
     graph, gmail = _GRAPH_KEYS.search(head), _GMAIL_KEYS.search(head)
     if graph and (not gmail or graph.start() < gmail.start()):
