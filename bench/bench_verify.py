@@ -17,10 +17,19 @@ perturbed per applicable kind:
 A perturbation counts as flagged when an unsupported claim overlaps the changed span. False
 alarms: the share of untouched reference summaries with any unsupported claim, on the synthetic
 references and on the real public sample (Kaggle reader). Goals: recall >= 95%, false alarms <= 5%.
+
+Names as people write them: every supported organisation and person name of the real references
+(and one per synthetic reference) is rewritten the ways a correct summary may write it (plural or
+singular, possessive 's and s', an abbreviation of ``names.ABBREVIATIONS`` swapped either way,
+upper case, an acronym in title case, a legal form added to an organisation); a rewritten
+reference with any unsupported claim is a false alarm. The same names with one letter changed
+("EPMI" -> "EPMX"), alone, made plural, made possessive and with a legal form added, are invented
+names that must be flagged (recall of near misses).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import random
@@ -30,12 +39,13 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Optional
 
 from threadsum.data.readers import read_kaggle
 from threadsum.data.synth import COMPANIES, FIRST, generate, write_kaggle_csv
 from threadsum.verify.claims import check_indexed
 from threadsum.verify.evidence import index_thread
-from threadsum.verify.names import fold
+from threadsum.verify.names import ABBREVIATIONS, fold
 from threadsum.verify.values import WEEKDAYS
 
 OUTSIDERS = ["Okafor", "Lindqvist", "Tanaka", "Moreau", "Novak", "Castillo", "Brennan", "Haddad", "Petrov", "Achebe"]
@@ -133,6 +143,132 @@ def real_perturbation(claim, summary: str, thread_text: str, rng: random.Random)
     return summary[:claim.start] + new + summary[claim.end:], (claim.start, claim.start + len(new))
 
 
+_ABBREVIATION_OF = {full: short for short, full in ABBREVIATIONS.items()}
+
+
+def pluralise(word: str) -> str:
+    """English plural of one word, keeping its case: List -> Lists, Utility -> Utilities, Box -> Boxes."""
+    low = word.lower()
+    upper = word.isupper() and len(word) > 1
+    if low.endswith("y") and len(low) > 2 and low[-2] not in "aeiou":
+        tail, word = ("IES" if upper else "ies"), word[:-1]
+    elif low.endswith(("s", "x", "z", "ch", "sh")):
+        tail = "ES" if upper else "es"
+    else:
+        tail = "s"  # 'LDCs', 'ISDAs': an acronym's plural is a lower-case s
+    return word + tail
+
+
+def name_variants(text: str, kind: str) -> list[tuple[str, str]]:
+    """(variant kind, the name written another correct way) for a person or organisation name."""
+    words = text.split()
+    last = words[-1]
+    out = []
+    if kind == "organisation" and last.isalpha():
+        low = last.lower()
+        if low.endswith("s") and not low.endswith("ss") and len(low) > 3:
+            single = last[:-3] + ("y" if last[-3] == "i" else "Y") if low.endswith("ies") else last[:-1]
+            out.append(("singular", " ".join(words[:-1] + [single])))
+        else:
+            out.append(("plural", " ".join(words[:-1] + [pluralise(last)])))
+    out.append(("possessive 's", text + "'s"))
+    if text.endswith("s"):
+        out.append(("possessive s'", text + "'"))
+    if kind == "organisation":
+        for i, w in enumerate(words):
+            f = fold(w.rstrip("."))
+            swap = ABBREVIATIONS.get(f) or _ABBREVIATION_OF.get(f)
+            if swap:
+                out.append(("abbreviation", " ".join(words[:i] + [swap.title()] + words[i + 1:])))
+        if not any(fold(w.rstrip(".")) in ("inc", "corp", "co", "llc", "ltd", "company", "corporation") for w in words):
+            out.append(("legal form", text + " Inc."))
+    if not text.isupper():
+        out.append(("upper case", text.upper()))
+    elif len(text) > 3 and text.isalpha():
+        out.append(("title case", text.title()))
+    return out
+
+
+def near_miss(text: str, thread_text: str, rng: random.Random) -> Optional[str]:
+    """``text`` with one letter of its longest word changed so that no word of the thread starts
+    with the result ('EPMI' -> 'EPMX', 'Theriot' -> 'Therion'); None when no such change is found."""
+    words = text.split()
+    i = max(range(len(words)), key=lambda k: len(words[k]))
+    w = words[i]
+    letters = [k for k in range(1, len(w)) if w[k].isalpha()]
+    for _ in range(20):
+        if not letters:
+            return None
+        k = rng.choice(letters)
+        c = rng.choice([x for x in "abcdefghijklmnopqrstuvwxyz" if x != w[k].lower()])
+        new = w[:k] + (c.upper() if w[k].isupper() else c) + w[k + 1:]
+        if f" {fold(new.rstrip('.'))}" not in thread_text:
+            return " ".join(words[:i] + [new] + words[i + 1:])
+    return None
+
+
+def name_checks(idx, summary: str, claims, rng: random.Random, variants: dict, near: dict, examples: dict,
+                limit: Optional[int] = None) -> int:
+    """Rewrite supported names of one reference both ways (see the module docstring); returns checks run.
+
+    ``variants[kind]`` / ``near[kind]`` gather [alarms or hits, tries]; ``limit`` caps the names used.
+    """
+    names = [c for c in claims if c.supported and c.kind in ("person", "organisation") and c.text[:1].isupper()]
+    if limit is not None and len(names) > limit:
+        names = rng.sample(names, limit)
+    n = 0
+    for c in names:
+        for vkind, text in name_variants(c.text, c.kind):
+            changed = summary[:c.start] + text + summary[c.end:]
+            bad = [b for b in check_indexed(idx, changed) if not b.supported]
+            n += 1
+            variants[vkind][0] += bool(bad)
+            variants[vkind][1] += 1
+            if bad and len(examples["alarm"]) < 6:
+                examples["alarm"].append(f"[{vkind}] {c.text!r} -> {text!r}: " + "; ".join(f"{b.text!r}" for b in bad))
+        wrong = near_miss(c.text, idx.folded_text, rng)
+        if wrong is None:
+            continue
+        for nkind, text in (("changed letter", wrong), ("changed letter, plural", None),
+                            ("changed letter, possessive", wrong + "'s"), ("changed letter, legal form", wrong + " Corp")):
+            if text is None:
+                ws = wrong.split()
+                if not ws[-1].isalpha():
+                    continue
+                text = " ".join(ws[:-1] + [pluralise(ws[-1])])
+            changed = summary[:c.start] + text + summary[c.end:]
+            ok = flagged(check_indexed(idx, changed), (c.start, c.start + len(text)))
+            n += 1
+            near[nkind][0] += ok
+            near[nkind][1] += 1
+            if not ok and len(examples["miss"]) < 6:
+                examples["miss"].append(f"[{nkind}] {c.text!r} -> {text!r}")
+    return n
+
+
+def thread_side_checks(thread, claims, variants: dict, examples: dict) -> None:
+    """The other direction: the thread writes a supported organisation name another way (its bodies and
+    subjects rewritten with :func:`name_variants`) and the untouched reference must still pass."""
+    seen = set()
+    for c in claims:
+        if not (c.supported and c.kind == "organisation" and c.text[:1].isupper()) or c.text in seen:
+            continue
+        seen.add(c.text)
+        pattern = re.compile(rf"(?<![\w'’]){re.escape(c.text)}(?![\w'’])")
+        for vkind, text in name_variants(c.text, c.kind):
+            emails = [dataclasses.replace(e, body=pattern.sub(text, e.body or ""), subject=pattern.sub(text, e.subject or ""))
+                      for e in thread.emails]
+            if emails == thread.emails:
+                continue
+            changed = dataclasses.replace(thread, emails=emails, subject=pattern.sub(text, thread.subject or ""))
+            bad = [b for b in check_indexed(index_thread(changed), thread.summary) if not b.supported]
+            variants[vkind][0] += bool(bad)
+            variants[vkind][1] += 1
+            if bad and len(examples["alarm"]) < 6:
+                examples["alarm"].append(f"[{vkind}, in the thread] {c.text!r} -> {text!r}: " +
+                                         "; ".join(f"{b.text!r}" for b in bad))
+
+
 def flagged(claims, span: tuple[int, int]) -> bool:
     return any(not c.supported and c.start < span[1] and c.end > span[0] for c in claims)
 
@@ -148,6 +284,7 @@ def run(n_threads: int, seed: int, sample: Path) -> dict:
     hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     misses: dict[str, list[str]] = defaultdict(list)
     n_checks = 0
+    synth_names, real_names, real_thread_names = _name_tally(), _name_tally(), _name_tally()
     for st in synth:
         thread = threads[str(st.thread_id)]
         idx = index_thread(thread)
@@ -161,6 +298,8 @@ def run(n_threads: int, seed: int, sample: Path) -> dict:
                 print(f"false alarm, synthetic thread {st.thread_id}: " +
                       "; ".join(f"[{c.kind}] {c.text!r}: {c.reason}" for c in bad), file=sys.stderr)
             continue
+        n_checks += name_checks(idx, thread.summary, base, rng, synth_names["variants"], synth_names["near"],
+                                synth_names["examples"], limit=1)
         for kind, text, span in perturbations(st, idx.folded_text, rng):
             claims = check_indexed(idx, text)
             n_checks += 1
@@ -179,6 +318,8 @@ def run(n_threads: int, seed: int, sample: Path) -> dict:
         bad = [c for c in claims if not c.supported]
         if bad:
             real_alarms.append((t.thread_id, [(c.kind, c.text, c.reason) for c in bad]))
+        name_checks(idx, t.summary or "", claims, rng, real_names["variants"], real_names["near"], real_names["examples"])
+        thread_side_checks(t, claims, real_thread_names["variants"], real_thread_names["examples"])
         writers = sorted({a.first for a, _, _ in idx.authors if len(a.first) > 2})
         for c in claims:
             subject = next((p for p in claims if p.kind == "person" and p.start == c.start), None)
@@ -196,15 +337,25 @@ def run(n_threads: int, seed: int, sample: Path) -> dict:
             real_hits[c.kind][1] += 1
     return {"n_threads": n_threads, "seed": seed, "hits": dict(hits), "misses": dict(misses),
             "false_alarm_synth": false_alarm_synth, "alarm_kinds": dict(alarms), "real": len(real),
-            "real_alarms": real_alarms, "real_hits": dict(real_hits), "seconds": seconds, "checks": n_checks}
+            "real_alarms": real_alarms, "real_hits": dict(real_hits), "seconds": seconds, "checks": n_checks,
+            "names": {"synthetic": synth_names, "real": real_names, "real_thread": real_thread_names}}
+
+
+def _name_tally() -> dict:
+    return {"variants": defaultdict(lambda: [0, 0]), "near": defaultdict(lambda: [0, 0]),
+            "examples": {"alarm": [], "miss": []}}
 
 
 def _cpu() -> str:
     try:
-        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        info = open("/proc/cpuinfo").read().splitlines()
+        model = next(ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name"))
+        flags = set(next(ln.split(":", 1)[1] for ln in info if ln.startswith("flags")).split())
     except (OSError, StopIteration):
-        model = platform.machine()
-    return f"{model}, {os.cpu_count()} CPUs"
+        model, flags = platform.machine(), set()
+    has = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} CPUs (flags: {', '.join(has) or 'none of avx512_bf16/amx/vnni'}; load average {load})"
 
 
 def report(r: dict, command: str) -> str:
@@ -241,6 +392,26 @@ def report(r: dict, command: str) -> str:
                   f"('Kay suggests ...' -> 'Reagan suggests ...'): **{100 * act[0] / act[1]:.1f}%** ({act[0]} of "
                   f"{act[1]}). Real references paraphrase, so most of their action clauses match no sentence of the "
                   f"thread closely and only authorship is checked: a writer of the thread passes."]
+    for scope, label in (("real", f"the {r['real']} real references"),
+                         ("real_thread", f"the threads of the {r['real']} real references, rewritten"),
+                         ("synthetic", "synthetic references")):
+        tally = r["names"][scope]
+        va, vn = sum(a for a, _ in tally["variants"].values()), sum(b for _, b in tally["variants"].values())
+        nh, nn = sum(a for a, _ in tally["near"].values()), sum(b for _, b in tally["near"].values())
+        if not vn:
+            continue
+        how = {"synthetic": " (one name per reference)", "real": " (every supported name)",
+               "real_thread": " (every supported organisation name, written another way in the thread)"}[scope]
+        lines += ["", f"Names as people write them, {label}{how}:",
+                  f"- false alarms on rewritten correct names: **{100 * va / vn:.1f}%** ({va} of {vn}; goal <= 5%: "
+                  f"{verdict(va <= 0.05 * vn)}); by kind: "
+                  + ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(tally["variants"].items()))]
+        if nn:
+            lines += ["- recall of changed names (one letter changed; alone, plural, possessive, with a legal form): "
+                      f"**{100 * nh / nn:.1f}%** ({nh} of {nn}; goal >= 95%: {verdict(nh >= 0.95 * nn)}); by kind: "
+                      + ", ".join(f"{k} {a}/{b}" for k, (a, b) in sorted(tally["near"].items()))]
+        lines += [f"  - false alarm: {e}" for e in tally["examples"]["alarm"]]
+        lines += [f"  - missed: {e}" for e in tally["examples"]["miss"]]
     if r["alarm_kinds"]:
         lines += ["", "Unsupported claims on untouched synthetic references, by kind: " +
                   ", ".join(f"{k} {v}" for k, v in sorted(r["alarm_kinds"].items()))]

@@ -84,6 +84,13 @@ def _run(fn, *args, **kwargs):
         raise typer.Exit(int(exc.exit_code))
 
 
+def _usage_error(message: str) -> None:
+    """A command line that combines options wrongly: exit 2 with ``message`` (through ``_run``)."""
+    from threadsum.errors import ConfigError
+
+    raise ConfigError(message)
+
+
 @app.command("config")
 def config_cmd(
     config: Optional[Path] = ConfigOpt,
@@ -193,15 +200,41 @@ def evaluate(
 
 @app.command()
 def summarize(
-    path: str = typer.Argument(..., help="An .eml, .mbox (one summary per thread), a JSON thread, Gmail API / Graph JSON, a mail folder (Maildir), or '-' for text on stdin."),
+    paths: List[str] = typer.Argument(..., metavar="INPUT...", help="Without --out: one .eml, .mbox (one summary per thread), JSON thread, Gmail API / Graph JSON, a mail folder (Maildir), or '-' for stdin. With --out: any number of files and folders in every format prepare reads."),
     model: Path = typer.Option(..., "--model", "-m", help="Model folder (a trained threadsum model or any seq2seq model)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON lines (thread_id, summary) instead of text."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON lines (thread_id, summary) instead of text (without --out)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Job folder: summarize whole archives into resumable shards instead of printing."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="With --out: run the shards on Ray Data: local, auto (the cluster Ray finds) or a cluster address."),
+    restart: bool = typer.Option(False, "--restart", help="With --out: discard the folder's results and start over (after a change of inputs, model or settings)."),
+    shard_size: Optional[int] = typer.Option(None, "--shard-size", help="With --out: threads per shard (default 100; a resumed job keeps its own)."),
+    cores: int = typer.Option(0, "--cores", help="With --out: CPU threads per engine (local: the one engine; Ray: each actor); 0: all usable cores locally, 4 per CPU actor."),
+    actors: int = typer.Option(0, "--actors", help="With --ray: actor pool size (0: as many as the CPUs or GPUs allow)."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="With --ray: GPUs per actor (0: 1 when the cluster has GPUs)."),
+    settings: Optional[List[str]] = typer.Option(None, "--set", help="With --out: section.key=value over the model's saved config, e.g. eval.generation.num_beams=2 (repeatable)."),
 ) -> None:
-    """Summarize a thread. Exit codes: 0 ok, 2 bad input, 1 failure."""
-    from threadsum.inference.summarizer import summarize_command
+    """Summarize a thread, or whole archives into a resumable job folder (--out). Exit codes: 0 ok, 2 bad input, 1 failure."""
+    if out is None:
+        archive_only = [name for name, given in (("--ray", ray), ("--restart", restart), ("--shard-size", shard_size),
+                                                 ("--cores", cores), ("--actors", actors),
+                                                 ("--gpus-per-actor", gpus_per_actor), ("--set", settings)) if given]
+        if archive_only or len(paths) != 1:
+            what = f"{', '.join(archive_only)} need(s)" if archive_only else f"{len(paths)} inputs need"
+            _run(_usage_error, f"{what} --out DIR (a job folder); without it summarize prints the summaries of "
+                               f"one input")
+        from threadsum.inference.summarizer import summarize_command
 
-    _run(summarize_command, str(model), path, as_json=as_json, device=device)
+        _run(summarize_command, str(model), paths[0], as_json=as_json, device=device)
+        return
+    if as_json:
+        _run(_usage_error, "--json prints to the terminal; with --out the results are JSON lines in DIR/shards/ "
+                           "already: drop --json")
+    from threadsum.archive.job import ArchiveOptions, archive_command
+
+    opts = ArchiveOptions(inputs=list(paths), model=str(model), out=out, device=device, overrides=list(settings or []),
+                          shard_size=shard_size, cores=cores, ray=ray, actors=actors, gpus_per_actor=gpus_per_actor,
+                          restart=restart)
+    _run(archive_command, opts)
 
 
 @app.command()
@@ -236,11 +269,12 @@ def export(
 
 @app.command()
 def serve(
-    model: Path = typer.Option(..., "--model", "-m", help="Model folder to serve."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder to serve (with --sagemaker: default SM_MODEL_DIR or /opt/ml/model)."),
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
-    host: Optional[str] = typer.Option(None, "--host", help="Interface (default serve.host = 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Interface (default serve.host = 127.0.0.1; 0.0.0.0 with --sagemaker)."),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default serve.port = 8000; SAGEMAKER_BIND_TO_PORT or 8080 with --sagemaker)."),
+    sagemaker: bool = typer.Option(False, "--sagemaker", help="The SageMaker inference container contract: GET /ping, POST /invocations, GET /execution-parameters."),
 ) -> None:
     """HTTP service: POST /v1/summarize, /v1/summarize/batch; GET /healthz, /readyz, /docs; page at /."""
     extra = []
@@ -248,11 +282,23 @@ def serve(
         extra.append(f"serve.host={host}")
     if port is not None:
         extra.append(f"serve.port={port}")
-    cfg = _load(config, (overrides or []) + extra)
     from threadsum.deps import require
 
     _run(require, "fastapi", "serve")
     _run(require, "uvicorn", "serve")
+    if sagemaker:
+        from threadsum.serve.sagemaker import serve_sagemaker
+
+        _run(serve_sagemaker, config, (overrides or []) + extra, model)
+        return
+    if model is None:
+        from threadsum.errors import ConfigError
+
+        def need_model() -> None:
+            raise ConfigError("--model is required: pass the model folder to serve (e.g. --model models/bart-email)")
+
+        _run(need_model)
+    cfg = _load(config, (overrides or []) + extra)
     from threadsum.serve.app import serve as serve_fn
 
     _run(serve_fn, cfg, str(model))
@@ -333,7 +379,7 @@ def _mount_sagemaker() -> None:
         from threadsum.cloud.cli import app as sagemaker_app
     except ImportError:
         return
-    app.add_typer(sagemaker_app, name="sagemaker", help="Launch, watch, stop and fetch SageMaker training jobs.")
+    app.add_typer(sagemaker_app, name="sagemaker", help="SageMaker training jobs, endpoints (package, deploy, invoke, undeploy) and Batch Transform.")
 
 
 _mount_sagemaker()

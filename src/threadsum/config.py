@@ -345,8 +345,10 @@ class TrackConfig(_Section):
     """MLflow experiment name."""
     run_name: Optional[str] = None
     """MLflow run name; default: '<name>-<output folder name>'."""
+    log_model: bool = False
+    """Copy the model folder's weights (*.safetensors, *.bin, *.pt) into MLflow's artifact store; false: log their path and sha256 only."""
     artifact_max_mb: float = Field(50.0, ge=0)
-    """Files above this size in a logged folder (model weights) stay in the output dir instead of being copied to MLflow (0: no limit)."""
+    """Other files above this size in a logged folder stay in the output dir instead of being copied to MLflow (MiB; 0: no limit)."""
 
 
 # --------------------------------------------------------------------------------------- serve
@@ -381,6 +383,11 @@ class ServeConfig(_Section):
     """Device of the served model: auto, cpu, cuda or cuda:N."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32."""
+
+    @property
+    def batch_limit(self) -> int:
+        """Most threads one request may hold: max_batch_threads, and never more than queue_size."""
+        return min(self.max_batch_threads, self.queue_size)
 
 
 # --------------------------------------------------------------------------------------- cloud

@@ -19,6 +19,7 @@ from threadsum.family import (  # noqa: F401 - model_positions is re-exported
     CAUSAL,
     CAUSAL_ARCHITECTURES,
     SEQ2SEQ,
+    UNRESOLVED,
     Family,
     family_of,
     family_of_folder,
@@ -446,15 +447,32 @@ def family_for(model_cfg: "ModelConfig") -> Family:
     """The family a run's ``model`` section means: ``model.family`` when set, else
     ``model.tiny.architecture`` for a random init, else the pretrained model's config (read with
     ``AutoConfig``; offline without a cached copy this raises the loader's actionable ModelLoadError)."""
-    if model_cfg.family != "auto":
-        return get_family(model_cfg.family)
+    if model_cfg.family == "auto":
+        return _family_of_model(model_cfg)
+    chosen = get_family(model_cfg.family)
+    try:
+        found = _family_of_model(model_cfg, explicit=True)
+    except ModelLoadError:  # a hub id not cached while offline: the explicit family stands
+        return chosen
+    if found is not None and found.name != chosen.name:
+        what = (f"model.tiny.architecture={model_cfg.tiny.architecture}" if model_cfg.init == "random"
+                else f"{model_cfg.name_or_path!r}")
+        raise ModelLoadError(f"model.family={chosen.name} contradicts {what}, a {found.name} model; "
+                             f"set model.family=auto (or {found.name})")
+    return chosen
+
+
+def _family_of_model(model_cfg: "ModelConfig", explicit: bool = False) -> Optional[Family]:
+    """The family the model itself declares; with ``explicit``, None where it declares none (a
+    folder with no model config), so an explicit ``model.family`` decides."""
     if model_cfg.init == "random":
         return CAUSAL if model_cfg.tiny.architecture in CAUSAL_ARCHITECTURES else SEQ2SEQ
     if not model_cfg.name_or_path:
         raise ModelLoadError("model.name_or_path is empty; set a hub id (facebook/bart-large) or a local directory")
     path = Path(model_cfg.name_or_path).expanduser()
     if path.is_dir():  # a folder without a transformers config.json (a tokenizer alone): seq2seq, as before
-        return family_of_folder(path)
+        found = family_of_folder(path, UNRESOLVED if explicit else None)
+        return None if found is UNRESOLVED else found
     return family_of(load_model_config(model_cfg.name_or_path))
 
 

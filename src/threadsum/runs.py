@@ -268,14 +268,16 @@ def run_row(rec: dict) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- formatting
-def _dur(seconds: Optional[float]) -> str:
+def format_duration(seconds: Optional[float], missing: str = "-") -> str:
+    """A duration for tables: seconds under 90 s, minutes under 90 min, else hours ('41 s', '12.5 min',
+    '3.2 h'); ``missing`` for None."""
     if seconds is None:
-        return "-"
+        return missing
     if seconds < 90:
-        return f"{seconds:.0f}s"
+        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
     if seconds < 5400:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _f(v: Optional[float], fmt: str, scale: float = 1.0) -> str:
@@ -288,7 +290,7 @@ def _steps(row: dict) -> str:
 
 
 def _table_cells(row: dict) -> list[str]:
-    return [row["id"], row["model"], row["device"], row["status"], _steps(row), _dur(row["time_per_epoch_s"]),
+    return [row["id"], row["model"], row["device"], row["status"], _steps(row), format_duration(row["time_per_epoch_s"]),
             _f(row["peak_memory_gb"], ".1f"), _f(row["best_rougeL"], ".2f", 100), _f(row["cost_usd"], ".2f")]
 
 
@@ -389,7 +391,7 @@ def render_report(records: list[dict[str, Any]], root: str | Path) -> str:
         tags = rec.get("tags") or {}
         lines += [f"### {row['id']} ({row['kind']}, {row['status']})", ""]
         lines.append(f"- when: {_when(rec.get('started'))} to {_when(rec.get('ended') or rec.get('updated'))}"
-                     f" ({_dur(row['seconds'])}); host {tags.get('host', '?')}, device {row['device']}"
+                     f" ({format_duration(row['seconds'])}); host {tags.get('host', '?')}, device {row['device']}"
                      + (f", commit {tags['git_commit'][:10]}" if tags.get("git_commit") else ""))
         if cfg:
             lines.append(f"- setup: {_setup_line(cfg)}")
@@ -410,7 +412,7 @@ def render_report(records: list[dict[str, Any]], root: str | Path) -> str:
         if tps is not None:
             outcome.append(f"{tps:.0f} tokens/s")
         if row["time_per_epoch_s"] is not None:
-            outcome.append(f"{_dur(row['time_per_epoch_s'])} per epoch")
+            outcome.append(f"{format_duration(row['time_per_epoch_s'])} per epoch")
         if row["peak_memory_gb"] is not None:
             outcome.append(f"peak memory {row['peak_memory_gb']:.1f} GB")
         if row["cost_usd"] is not None:

@@ -7,6 +7,7 @@ API used by train / evaluate (keep it stable):
     tracker.log_params(dict); tracker.set_tags(dict)
     tracker.log_metrics({"loss": 1.2}, step=10)
     tracker.log_artifact(path)
+    tracker.log_model(model_dir)                     # path + sha256 of the weights; copied with track.log_model
     tracker.finish("FINISHED" | "FAILED" | "KILLED", cause=None, last_step=None, summary=None)
 
 Also: ``with RunTracker(...) as t:`` (starts; an exception finishes the run FAILED/KILLED with the
@@ -19,6 +20,11 @@ file ``<output_dir>/mlflow.db`` with artifacts in ``<output_dir>/mlartifacts`` (
 ``mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db``). The MLflow run id is kept in
 ``run.json`` so a resumed run continues the same MLflow run. MLflow errors never stop training:
 they are reported once and tracking goes on in the JSON record only.
+
+Weights are not copied by default: the model folder stays in the output dir, and the run records
+its absolute path and a sha256 of its weight files (``WEIGHT_SUFFIXES``) as ``run.json``'s
+``model`` and the MLflow tags ``model.path`` / ``model.sha256``. ``track.log_model=true`` copies
+them into the artifact store too (BART-large: 1.6 GB more per run).
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from threadsum import __version__
 from threadsum.config import Config, flatten
 from threadsum.deps import MissingExtraError, require
 from threadsum.errors import UserError
+from threadsum.hashing import folder_files, folder_sha256
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ RECORD_FILE = "run.json"
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 _MLFLOW_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "KILLED": "KILLED", "RUNNING": "RUNNING"}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+"""Files of a logged folder that are weights: copied to MLflow only with ``track.log_model``."""
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 
@@ -349,12 +358,39 @@ class RunTracker:
         if self._client is not None:
             self._mlflow(lambda c: c.log_batch(self._run_id, metrics=self._metric_entities(numeric, step)))
 
+    def log_model(self, model_dir: str | Path) -> None:
+        """Record the exported model folder by path and content hash, and log it as an artifact.
+
+        run.json's ``model`` gets ``path`` (absolute), ``sha256`` (``hashing.folder_sha256`` over
+        the files ending in ``WEIGHT_SUFFIXES``), ``weights`` (their names relative to the folder),
+        ``bytes`` (their total size) and ``copied`` (whether MLflow holds a copy); MLflow gets the
+        tags ``model.path`` and ``model.sha256``. The folder is copied as :meth:`log_artifact` says:
+        the weights only with ``track.log_model``. Hashing reads every weight byte once (about 2 s per GB
+        on one core).
+
+        Raises:
+            OSError: a weight file cannot be read.
+        """
+        if not self.enabled:
+            return
+        p = Path(model_dir).resolve()
+        weights = folder_files(p, WEIGHT_SUFFIXES) if p.is_dir() else []
+        digest = folder_sha256(p, WEIGHT_SUFFIXES) if weights else None
+        self.log_artifact(model_dir)
+        self.record["model"] = {
+            "path": str(p), "sha256": digest, "weights": [w.relative_to(p).as_posix() for w in weights],
+            "bytes": sum(w.stat().st_size for w in weights),
+            "copied": bool(self.cfg.track.log_model and self._client is not None and weights),
+        }
+        self.set_tags({"model.path": str(p), "model.sha256": digest or ""})
+
     def log_artifact(self, path: str | Path) -> None:
         """List ``path`` in run.json's ``artifacts`` and copy it to the MLflow artifact store.
 
-        A folder is copied file by file; files above ``track.artifact_max_mb`` (MiB; 0: no limit)
-        stay in the output dir only and are named in an ``artifacts.not_copied.<folder>`` tag. A
-        path that does not exist is listed but not copied.
+        A folder is copied file by file. Weight files (``WEIGHT_SUFFIXES``) are copied only with
+        ``track.log_model`` (then whatever their size); other files above ``track.artifact_max_mb``
+        (MiB; 0: no limit) are not. What is not copied stays in the output dir only and is named in
+        an ``artifacts.not_copied.<folder>`` tag. A path that does not exist is listed but not copied.
         """
         if not self.enabled:
             return
@@ -368,12 +404,16 @@ class RunTracker:
         if p.is_file():
             self._mlflow(lambda c: c.log_artifact(self._run_id, str(p)))
             return
-        # a model folder: config, tokenizer and card go to MLflow; weights above the limit stay in
-        # the output dir (a bart-large copy would be 1.6 GB per run in the artifact store)
+        # a model folder: config, tokenizer and card go to MLflow; the weights stay in the output dir
+        # unless asked for (a bart-large copy would be 1.6 GB per run in the artifact store)
         limit = self.cfg.track.artifact_max_mb * 2**20
         skipped = []
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            if limit and f.stat().st_size > limit:
+        for f in folder_files(p):
+            if f.name.endswith(WEIGHT_SUFFIXES):
+                copy = self.cfg.track.log_model
+            else:
+                copy = not limit or f.stat().st_size <= limit
+            if not copy:
                 skipped.append(f.relative_to(p).as_posix())
                 continue
             dest = (Path(p.name) / f.relative_to(p).parent).as_posix()

@@ -1,4 +1,4 @@
-"""The cleaning audit speaks up (issue 26): unique text removed outside matched blocks becomes a
+"""The cleaning audit speaks up: unique text removed outside matched blocks becomes a
 warning with its thread, step and words; short quoted paragraphs (Thanks, greetings, sign-offs, a
 forward's 'fyi') are removed only where the same text stands in the same place elsewhere."""
 from datetime import datetime
@@ -77,6 +77,27 @@ def test_greetings_and_sign_offs_stay_with_kept_quoted_text_and_go_with_copies()
     kept = dutch[dutch.index("Quigley, Dutch"):]
     assert kept.split("\n\n")[1:] == ["Jeremy,", "The compressor station in the fall is a risk we should price in now.", "Dutch"]
     assert "Blachman, Jeremy | Sent" not in dutch and A not in dutch  # the copy of Jeremy's email goes whole
+
+
+def test_a_later_copy_of_a_kept_quote_goes_whole_when_a_paragraph_before_its_sign_off_was_a_duplicate():
+    """The sign-off's place is the quote as written: in the first copy it follows a paragraph found
+    elsewhere (removed there), so judging it by the kept text alone would keep every later copy's
+    header and sign-off."""
+    busy = "The group has a lot on its plate this week and the desk is short of people."
+    note = ("Diane,\n\n" + A + "\n\n" + busy + "\n\nJulie Anderson\nDuke Energy")
+    lotus = ('\n\n---------------------- Forwarded by Diane Diamond/HOU/ECT on 05/17/2001 11:24 PM '
+             '---------------------------\n\n\n"Julie Anderson" <julie.anderson@duke-energy.com>\n'
+             "05/17/2001 09:24 PM\nTo: Diane Diamond/HOU/ECT@ECT\ncc:\nSubject: Capacity\n\n" + note)
+    fwd = "James, FYI see the note below from Julie Anderson of Duke Energy.\n\nDiane" + lotus
+    emails = [Email("Tracy Rorschach", body="Diane,\n\n" + busy + "\n\nTracy", date=_d(8)),
+              Email("Diane Diamond", body=fwd, date=_d(9)),
+              Email("Chris Lavorato", date=_d(11), body="Good catch, thanks.\n\nChris"
+                    + _hdr("Diamond, Diane", "Taylor, James", "FW: Capacity", 9) + fwd)]
+    c, lost = _clean(emails)
+    assert lost == {s: 0 for s in STEPS}
+    first, later = c.emails[1].body, c.emails[2].body
+    assert "Julie Anderson\nDuke Energy" in first and A in first and busy not in first
+    assert later == "Good catch, thanks.\n\nChris"
 
 
 def test_unique_removals_become_warnings_and_the_report_names_them():

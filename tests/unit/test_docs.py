@@ -189,8 +189,10 @@ def _extras() -> set[str]:
 
 
 def _service_routes() -> set[str]:
-    source = (ROOT / "src" / "threadsum" / "serve" / "app.py").read_text(encoding="utf-8")
-    return set(re.findall(r"@app\.(?:get|post|put|delete)\(\s*\"([^\"]+)\"", source)) | {"/docs", "/openapi.json"}
+    # the app's own routes and those of the routers it mounts (serve --sagemaker)
+    source = "".join((ROOT / "src" / "threadsum" / "serve" / f).read_text(encoding="utf-8")
+                     for f in ("app.py", "sagemaker.py"))
+    return set(re.findall(r"@(?:app|router)\.(?:get|post|put|delete)\(\s*\"([^\"]+)\"", source)) | {"/docs", "/openapi.json"}
 
 
 def check_shown(words: list[str], complete: bool = True) -> list[str]:

@@ -223,3 +223,21 @@ def test_data_prepared_for_the_other_family_is_refused_with_the_fix(tmp_path):
     with pytest.raises(FamilyError, match="prepared for a seq2seq model, but this model is causal.*threadsum prepare") as e:
         check_prepared_family(tmp_path, CAUSAL)
     assert e.value.exit_code == ExitCode.USAGE == 2
+
+
+def test_an_explicit_family_that_contradicts_the_model_is_a_one_line_error(tmp_path):
+    from threadsum.config import load_config
+    from threadsum.model import ModelLoadError, family_for
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bart", "is_encoder_decoder": True}))
+    with pytest.raises(ModelLoadError) as err:
+        family_for(load_config(None, [f"model.name_or_path={tmp_path}", "model.family=causal"]).model)
+    msg = str(err.value)
+    assert "\n" not in msg and "a seq2seq model" in msg and "model.family=auto" in msg
+    assert family_for(load_config(None, [f"model.name_or_path={tmp_path}", "model.family=seq2seq"]).model) is SEQ2SEQ
+    with pytest.raises(ModelLoadError, match="model.tiny.architecture=qwen2, a causal model"):
+        family_for(load_config(None, ["model.init=random", "model.tiny.architecture=qwen2",
+                                      "model.family=seq2seq"]).model)
+    bare = tmp_path / "tokenizer-only"
+    bare.mkdir()  # no model config: the explicit family decides
+    assert family_for(load_config(None, [f"model.name_or_path={bare}", "model.family=causal"]).model) is CAUSAL

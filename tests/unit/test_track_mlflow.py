@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 
@@ -10,6 +12,7 @@ pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from threadsum.config import config_from_dict  # noqa: E402
+from threadsum.hashing import folder_sha256  # noqa: E402
 from threadsum.runs import (  # noqa: E402
     collect_runs,
     find_runs,
@@ -124,3 +127,56 @@ def test_success_failure_resume_and_report(backend):
     assert "preempted: spot interruption" in failed and "OOM: RuntimeError" in failed
     # both sources together: each run once
     assert len(collect_runs(runs, tracking_uri=f"sqlite:///{db}")) == 2
+
+
+def _model_folder(path, fill: float):
+    """A model folder as export writes it: weights in safetensors, config, tokenizer."""
+    import torch
+    from safetensors.torch import save_file
+
+    (path / "tokenizer").mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "tokenizer" / "vocab.json").write_text("{}")
+    save_file({"w": torch.full((64, 64), fill)}, str(path / "model.safetensors"))
+    return path
+
+
+def _artifact_files(run) -> list[str]:
+    """Every file of the run's artifact folder (mlartifacts/<experiment>/<run>/artifacts), relative."""
+    root = Path(urlparse(run.info.artifact_uri).path)
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("log_model", [False, True])
+def test_model_weights_are_recorded_by_hash_and_copied_only_when_asked(backend, log_model):
+    root, db = backend
+    out = root / f"weights-{log_model}"
+    model = _model_folder(out / "model", fill=float(log_model))
+    cfg = config_from_dict({"name": "tiny", "model": {"init": "random"},
+                            "track": {"tracking_uri": db, "experiment": "unit-weights", "log_model": log_model}})
+    tracker = RunTracker(cfg, out, kind="train")
+    tracker.start()
+    tracker.log_model(model)
+    tracker.finish("FINISHED", last_step=1)
+
+    run = MlflowClient(f"sqlite:///{db}").get_run(tracker.run_id)
+    files = _artifact_files(run)
+    assert "model/config.json" in files and "model/tokenizer/vocab.json" in files
+    assert ("model/model.safetensors" in files) is log_model
+    assert any(f.endswith(".safetensors") for f in files) is log_model
+    digest = folder_sha256(model, (".safetensors",))
+    assert run.data.tags["model.sha256"] == digest and run.data.tags["model.path"] == str(model.resolve())
+    record = json.loads((out / "run.json").read_text())["model"]
+    assert record == {"path": str(model.resolve()), "sha256": digest, "weights": ["model.safetensors"],
+                      "bytes": (model / "model.safetensors").stat().st_size, "copied": log_model}
+    assert (run.data.tags.get("artifacts.not_copied.model") == "model.safetensors") is not log_model
+
+
+def test_model_hash_follows_the_weights_not_the_folder(tmp_path):
+    a = _model_folder(tmp_path / "a", fill=1.0)
+    b = _model_folder(tmp_path / "b", fill=1.0)
+    (b / "config.json").write_text('{"other": 1}')  # not a weight file: same hash
+    c = _model_folder(tmp_path / "c", fill=2.0)
+    weights = (".safetensors",)
+    assert folder_sha256(a, weights) == folder_sha256(b, weights) != folder_sha256(c, weights)
+    assert folder_sha256(a) != folder_sha256(b)  # every file counts without a suffix filter

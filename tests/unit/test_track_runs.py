@@ -73,7 +73,7 @@ def test_runs_report(outputs, tmp_path):
     text = path.read_text()
     assert text.startswith("# Experiment log")
     assert "### bart-base (train, FINISHED)" in text
-    assert "RL 28.00" in text and "5.0m per epoch" in text and "estimated cost $1.50" in text
+    assert "RL 28.00" in text and "5.0 min per epoch" in text and "estimated cost $1.50" in text
     assert "changed from the previous run: `train.max_tokens`: 4096 -> 65536" in text
     failed = text.split("## Failed approaches", 1)[1]
     assert "| big-batch |" in failed and "OOM: CUDA out of memory (max_tokens=65536 on a 24 GB GPU)" in failed

@@ -1,7 +1,8 @@
-"""`threadsum sagemaker ...`: launch, status, logs, stop and fetch SageMaker training jobs.
+"""`threadsum sagemaker ...`: training jobs (launch, status, logs, stop, fetch) and inference (package, deploy, invoke, undeploy, transform).
 
 Mounted by threadsum.cli with ``app.add_typer(cloud_cli.app, name="sagemaker")``. Thin: every
-command calls one function of :mod:`threadsum.cloud.sagemaker`.
+command calls one function of :mod:`threadsum.cloud.sagemaker` (training) or
+:mod:`threadsum.cloud.deploy` (inference).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from threadsum.errors import ThreadsumError
 
 app = typer.Typer(
     name="sagemaker",
-    help="Run training as AWS SageMaker training jobs (needs: pip install 'threadsum[sagemaker]').",
+    help="SageMaker training jobs, endpoints and Batch Transform (needs: pip install 'threadsum[sagemaker]').",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -140,3 +141,145 @@ def fetch_command(
     typer.echo(f"model: {info['model_dir']} ({info['files']} files from {info['model_artifacts']})")
     if not info["loadable"]:
         typer.echo("warning: no config.json found; this archive is not a Hugging Face model folder", err=True)
+
+
+# ------------------------------------------------------------------------------ inference
+def _print_requests(pairs) -> None:
+    # stdout carries only the requests, one JSON object per call, in the order they are sent
+    from threadsum.cloud.sagemaker import redact
+
+    for op, req in pairs:
+        typer.echo(redact(json.dumps({"operation": op, "request": req}, indent=2, default=str)))
+
+
+@app.command("package")
+def package_command(
+    model_dir: Path = typer.Argument(..., help="Model folder (`threadsum train` or `threadsum export` output)."),
+    out: Path = typer.Option(Path("model.tar.gz"), "--out", "-o", help="Archive to write."),
+) -> None:
+    """Write model.tar.gz for SageMaker hosting: weights, tokenizer, config, code/ (inference.py, serve, requirements.txt, threadsum)."""
+    from threadsum.cloud import deploy
+
+    try:
+        info = deploy.package(model_dir, out)
+    except _errors() as exc:
+        _fail(exc)
+    typer.echo(f"{info['archive']}: {info['files']} files, {info['bytes'] / 1e6:.1f} MB before compression")
+
+
+@app.command("deploy")
+def deploy_command(
+    model: str = typer.Argument(..., help="Model folder, model.tar.gz, or s3://.../model.tar.gz."),
+    name: str = typer.Option(..., "--name", help="Name of the model, endpoint config and endpoint."),
+    role: Optional[str] = typer.Option(None, "--role", help="IAM role ARN SageMaker runs the model as."),
+    s3_prefix: Optional[str] = typer.Option(None, "--s3-prefix", help="s3://bucket/prefix for model.tar.gz."),
+    region: Optional[str] = typer.Option(None, "--region"),
+    instance_type: str = typer.Option("ml.g5.xlarge", "--instance-type", help="Real-time instance type."),
+    instance_count: int = typer.Option(1, "--instance-count", min=1),
+    serverless: bool = typer.Option(False, "--serverless", help="Serverless endpoint (CPU)."),
+    memory_mb: int = typer.Option(4096, "--memory-mb", help="Serverless memory: 1024-6144 in steps of 1024."),
+    max_concurrency: int = typer.Option(5, "--max-concurrency", help="Serverless concurrent invocations (1-200)."),
+    asynchronous: bool = typer.Option(False, "--async", help="Asynchronous endpoint; results go to --output-s3."),
+    output_s3: Optional[str] = typer.Option(None, "--output-s3", help="s3://... for asynchronous results."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image URI (default: the AWS PyTorch inference image)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value for the container (THREADSUM_OVERRIDES)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the endpoint is InService."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests as JSON; upload and call nothing."),
+) -> None:
+    """Deploy a model to a SageMaker endpoint: real-time, serverless or asynchronous."""
+    from threadsum.cloud import deploy
+    from threadsum.cloud.sagemaker import LaunchValidationError
+
+    try:
+        if asynchronous and not output_s3:
+            raise LaunchValidationError("--async needs --output-s3 s3://<bucket>/<prefix> for the results")
+        result = deploy.deploy(model, name=name, role=role, s3_prefix=s3_prefix, region=region,
+                               instance_type=instance_type, instance_count=instance_count, serverless=serverless,
+                               memory_mb=memory_mb, max_concurrency=max_concurrency,
+                               async_output=output_s3 if asynchronous else None, image=image,
+                               overrides=sets or [], wait=wait, dry_run=dry_run)
+    except _errors() as exc:
+        _fail(exc)
+    if dry_run:
+        for up in result["uploads"]:
+            typer.echo(f"would upload {up['local']} -> {up['s3']}", err=True)
+        _print_requests(result["requests"].items())
+        return
+    typer.echo(f"endpoint: {result['name']} ({result['status']})")
+    typer.echo(f"invoke: threadsum sagemaker invoke {result['name']} --file thread.json")
+
+
+@app.command("invoke")
+def invoke_command(
+    name: str = typer.Argument(..., help="Endpoint name."),
+    file: Path = typer.Option(..., "--file", "-f", help="A JSON thread, {\"threads\": [...]}, or a .jsonl file."),
+    region: Optional[str] = typer.Option(None, "--region"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the request; call nothing."),
+) -> None:
+    """Send a request to an endpoint and print the answer."""
+    from threadsum.cloud import deploy, hosting
+    from threadsum.cloud.sagemaker import SageMakerError
+
+    try:
+        if not file.is_file():
+            raise SageMakerError(f"--file '{file}' does not exist; pass a JSON or JSON Lines file")
+        ctype = hosting.JSONLINES if file.suffix in (".jsonl", ".jsonlines", ".ndjson") else hosting.JSON
+        result = deploy.invoke(name, file.read_bytes(), content_type=ctype, region=region, dry_run=dry_run)
+    except _errors() as exc:
+        _fail(exc)
+    if dry_run:
+        _print_requests([("InvokeEndpoint", result["request"])])
+        return
+    typer.echo(result["body"].decode("utf-8", "replace"))
+
+
+@app.command("undeploy")
+def undeploy_command(
+    name: str = typer.Argument(..., help="Endpoint name."),
+    region: Optional[str] = typer.Option(None, "--region"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the delete requests; call nothing."),
+) -> None:
+    """Delete an endpoint, its endpoint config and its model."""
+    from threadsum.cloud import deploy
+
+    try:
+        result = deploy.undeploy(name, region=region, dry_run=dry_run)
+    except _errors() as exc:
+        _fail(exc)
+    if dry_run:
+        _print_requests(result["requests"])
+        return
+    for op, req in result["requests"]:
+        typer.echo(f"{op}: {next(iter(req.values()))}")
+
+
+@app.command("transform")
+def transform_command(
+    model_name: str = typer.Argument(..., help="SageMaker model name (the --name given to deploy)."),
+    input_s3: str = typer.Option(..., "--input-s3", help="s3://... prefix of JSON Lines files (one thread a line)."),
+    output_s3: str = typer.Option(..., "--output-s3", help="s3://... for the results (<file>.out)."),
+    job: Optional[str] = typer.Option(None, "--job-name", help="Default: <model>-transform-<UTC time>."),
+    instance_type: str = typer.Option("ml.g5.xlarge", "--instance-type"),
+    instance_count: int = typer.Option(1, "--instance-count", min=1),
+    to: Optional[Path] = typer.Option(None, "--to", help="Folder to download the results into."),
+    region: Optional[str] = typer.Option(None, "--region"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the request; call nothing."),
+) -> None:
+    """Batch Transform over JSON Lines in S3 (SplitType Line, AssembleWith Line); fetch the results."""
+    from datetime import datetime, timezone
+
+    from threadsum.cloud import deploy
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    job = job or f"{model_name[: 63 - len(stamp) - 11].rstrip('-')}-transform-{stamp}"
+    try:
+        result = deploy.transform(model_name, input_s3, output_s3, job=job, instance_type=instance_type,
+                                  instance_count=instance_count, region=region, to=to, dry_run=dry_run)
+    except _errors() as exc:
+        _fail(exc)
+    if dry_run:
+        _print_requests([("CreateTransformJob", result["request"])])
+        return
+    typer.echo(f"transform job {job}: {result['status']}; {len(result['files'])} result files")
+    for f in result["files"]:
+        typer.echo(f)

@@ -70,18 +70,19 @@ class LaunchValidationError(SageMakerError, ValueError):
 
 
 # ------------------------------------------------------------------------------ validation
-def validate_job_name(name: str) -> str:
-    """Return ``name`` if it is a valid SageMaker training job name.
+def validate_job_name(name: str, what: str = "job name") -> str:
+    """Return ``name`` if it is a valid SageMaker resource name (``what`` names it in the message).
 
     The rule (1-63 letters, digits and hyphens, starting and ending with a letter or digit) is
-    SageMaker's TrainingJobName constraint.
+    SageMaker's TrainingJobName constraint, and equally EndpointName's, ModelName's and
+    TransformJobName's.
 
     Raises:
         LaunchValidationError: ``name`` is empty or breaks the rule; the message gives an example.
     """
     if not _JOB_NAME.match(name or ""):
         raise LaunchValidationError(
-            f"job name '{name}' is invalid: use 1-63 letters, digits and hyphens, starting and ending "
+            f"{what} '{name}' is invalid: use 1-63 letters, digits and hyphens, starting and ending "
             "with a letter or digit (e.g. threadsum-bart-large-20250101-120000)"
         )
     return name
@@ -150,7 +151,25 @@ def validate_region(region: Optional[str]) -> str:
     return region
 
 
+def validate_image_uri(uri: str, what: str = "sagemaker.image_uri") -> str:
+    """Return ``uri`` if it has the form of a container image URI (registry/repository:tag or @sha256:digest).
+
+    Raises:
+        LaunchValidationError: the text is not an image URI; the message shows the expected form.
+    """
+    if not _IMAGE.match(uri or ""):
+        raise LaunchValidationError(
+            f"{what} '{uri}' is not an image URI like <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>"
+        )
+    return uri
+
+
 # ------------------------------------------------------------------------------ images, instances
+def images() -> dict[str, Any]:
+    """The image table ``resources/sagemaker_images.json`` (training and inference images, registries)."""
+    return _images()
+
+
 def _images() -> dict[str, Any]:
     return json.loads(resources.files("threadsum").joinpath("resources/sagemaker_images.json").read_text())
 
@@ -210,13 +229,14 @@ def _package_dir() -> Path:
     return Path(threadsum.__file__).resolve().parent
 
 
-def requirements_txt() -> str:
-    """requirements.txt for the job: the package's core + train dependencies, minus torch."""
+def requirements_txt(extra: str = "train") -> str:
+    """requirements.txt for a SageMaker container: the package's core + ``extra`` dependencies
+    (``train`` for jobs, ``serve`` for endpoints), minus torch (the image's CUDA build is kept)."""
     lines: list[str] = []
     seen: set[str] = set()
     for req in metadata.requires("threadsum") or []:
         spec, _, marker = req.partition(";")
-        if marker and "extra" in marker and "train" not in marker:
+        if marker and "extra" in marker and f'"{extra}"' not in marker and f"'{extra}'" not in marker:
             continue
         spec = spec.strip()
         name = re.split(r"[<>=!~\[ ]", spec, maxsplit=1)[0].lower()
@@ -475,12 +495,7 @@ def launch(
     bucket, prefix = parse_s3_uri(s3_prefix or sm.s3_prefix)
     region = validate_region(_session_region(region or sm.region))
     job_name = validate_job_name(job_name or default_job_name(cfg))
-    image_uri = sm.image_uri or default_image_uri(region)
-    if not _IMAGE.match(image_uri):
-        raise LaunchValidationError(
-            f"sagemaker.image_uri '{image_uri}' is not an image URI like "
-            "<account>.dkr.ecr.<region>.amazonaws.com/<repository>:<tag>"
-        )
+    image_uri = validate_image_uri(sm.image_uri or default_image_uri(region))
     channel, local_data, extra_hps = _data_plan(cfg)
 
     request = build_request(

@@ -14,6 +14,26 @@ from __future__ import annotations
 import codecs
 from typing import Optional
 
+MAX_CONTROL_SHARE = 0.01
+"""Share of control bytes (C0 other than tab/newline/CR/FF/ESC, and DEL) above which input is
+binary. Text in any common charset has none; 20 kB of random bytes has ~11 %."""
+BINARY_SAMPLE_BYTES = 65536
+"""Bytes at the start of a file that :func:`control_share` looks at."""
+_TEXT_CONTROLS = b"\t\n\r\x0c\x1b"
+
+
+def control_share(data: bytes) -> float:
+    """Share of control bytes in the first :data:`BINARY_SAMPLE_BYTES` bytes of ``data`` (0.0 for none)."""
+    sample = data[:BINARY_SAMPLE_BYTES]
+    n = sum(sample.count(bytes([b])) for b in range(32) if bytes([b]) not in _TEXT_CONTROLS) + sample.count(b"\x7f")
+    return n / max(1, len(sample))
+
+
+def looks_binary(data: bytes) -> bool:
+    """Whether ``data`` is not text or mail in any charset: more than :data:`MAX_CONTROL_SHARE` control bytes."""
+    return control_share(data) > MAX_CONTROL_SHARE
+
+
 COMMON_CHARSETS = ("cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1255", "cp1256", "cp1257",
                    "iso8859_15", "koi8_r", "gb18030", "big5", "shift_jis", "euc_jp", "euc_kr")
 

@@ -27,6 +27,7 @@ from threadsum.data.render import encode_ids, render_plain, render_threads
 from threadsum.data.split import assign_split
 from threadsum.errors import UserError
 from threadsum.family import Family
+from threadsum.hashing import file_sha256, folder_sha256
 from threadsum.model import family_for
 
 CLEAN_CHUNK = 200  # threads per task of the cleaning pool: ~0.3 s of work, small next to the pickling
@@ -52,14 +53,6 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _input_files(source: Path) -> list[Path]:
     if source.is_file():
         files = [source]
@@ -70,15 +63,6 @@ def _input_files(source: Path) -> list[Path]:
                     files.append(p)
         return sorted(files)
     return sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def _dir_fingerprint(directory: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(directory).as_posix().encode())
-            h.update(_sha256(p).encode())
-    return h.hexdigest()
 
 
 def resolve_source(cfg: Config) -> Path:
@@ -118,7 +102,7 @@ def cache_key(cfg: Config, files: list[Path], tokenizer_fp: str, budget: Optiona
     d = cfg.data
     parts = {
         "version": CACHE_VERSION,
-        "files": [{"name": p.name, "sha256": _sha256(p)} for p in files],
+        "files": [{"name": p.name, "sha256": file_sha256(p)} for p in files],
         "format": d.format,
         "clean": d.clean.model_dump(mode="json"),
         "render": d.render.model_dump(mode="json"),
@@ -330,7 +314,7 @@ def _inputs(cfg: Config) -> _Inputs:
 
         with tempfile.TemporaryDirectory() as td:
             tokenizer.save_pretrained(td)
-            tok_fp = "files:" + _dir_fingerprint(Path(td))
+            tok_fp = "files:" + folder_sha256(Path(td))
     else:
         tok_fp = f"trained-bpe:{cfg.model.tiny.vocab_size}:{cfg.model.tiny.architecture}"
     key, key_parts = cache_key(cfg, files, tok_fp, source_budget(cfg, family))

@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from dateutil import parser as dateutil_parser
 
 from threadsum.data import mail_api
-from threadsum.data.charset import Utf8OrCp1252Decoder, decode_bytes
+from threadsum.data.charset import Utf8OrCp1252Decoder, control_share, decode_bytes, looks_binary
 from threadsum.data.ledger import Ledger
 from threadsum.data.mail_api import ApiMessage, ApiPart
 from threadsum.data.stream import (
@@ -108,6 +108,7 @@ W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
 W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
 R_MAILDIR_TMP = "maildir_unfinished_delivery"
+R_BINARY_FILE = "binary_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
 _SAFE_ID = re.compile(r"^[^\s\x00-\x1f]{1,200}$")
@@ -981,6 +982,15 @@ def _message_file(path: Path, max_body_chars: int) -> tuple[bytes, list[PartCut]
     return cutter.finish()
 
 
+def _refuse_binary(name: str, head: bytes, led: Ledger, where: Any) -> bool:
+    """An email reject when a message file's first bytes are not text or mail; True when they were not."""
+    if not looks_binary(head):  # the email package parses any bytes; noise must not become a thread
+        return False
+    led.reject("email", R_BINARY_FILE, f"'{name}' is not mail: {control_share(head):.0%} control bytes "
+               f"(binary data); remove it or export the message again", where)
+    return True
+
+
 def _eml_emails(files: list[Path], led: Ledger, max_body_chars: int = DEFAULT_MAX_BODY_CHARS
                 ) -> list[tuple[Email, str]]:
     """One email per message file (.eml, or a Maildir message); an Outlook .msg file is a file reject."""
@@ -991,6 +1001,8 @@ def _eml_emails(files: list[Path], led: Ledger, max_body_chars: int = DEFAULT_MA
         led.inputs["email"] += 1
         if _is_blank(p):
             led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
+            continue
+        if _refuse_binary(p.name, _head(p), led, p):
             continue
         try:
             data, cuts = _message_file(p, max_body_chars)
@@ -1204,12 +1216,14 @@ def _maildir_emails(folder: Path, led: Ledger, max_body_chars: int) -> tuple[lis
     emails = []
     for key in sorted(md.iterkeys()):
         with md.get_file(key) as fh:
-            head = fh.read(len(OLE2_MAGIC))
+            head = fh.read(SNIFF_BYTES)
         where = str(folder / key)
         if is_outlook_msg(head):
             led.reject("file", R_OUTLOOK_MSG, outlook_msg_message(key), where)
             continue
         led.inputs["email"] += 1
+        if _refuse_binary(key, head, led, where):
+            continue
         cutter = MessageCutter(max_part_bytes(max_body_chars))
         with md.get_file(key) as fh:
             for piece, start in bounded_lines(fh):

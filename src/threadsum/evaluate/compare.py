@@ -29,7 +29,7 @@ from typing import Any, Optional, Sequence
 
 from threadsum.errors import ThreadsumError, UserError
 from threadsum.evaluate import metrics as M
-from threadsum.runs import model_label
+from threadsum.runs import format_duration, model_label
 
 log = logging.getLogger(__name__)
 
@@ -585,16 +585,6 @@ def _count(n: Optional[float]) -> str:
     return f"{n:.0f}"
 
 
-def _seconds(s: Optional[float]) -> str:
-    if s is None:
-        return "?"
-    if s < 90:
-        return f"{s:.1f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
 def _usd(v: float) -> str:
     return f"${v:.2f}" if v >= 0.01 else f"${v:.2g}"
 
@@ -650,7 +640,7 @@ def render_markdown(table: dict[str, Any]) -> str:
         t = e["training"]
         if t["train_seconds"] is None:
             return na(e, "train_seconds")
-        return _seconds(t["train_seconds"]) + (f" ({t['steps']} steps)" if t["steps"] is not None else "")
+        return format_duration(t["train_seconds"], "?") + (f" ({t['steps']} steps)" if t["steps"] is not None else "")
 
     def tps(e: dict) -> str:
         v = e["training"]["tokens_per_s"]

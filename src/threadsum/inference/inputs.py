@@ -30,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from threadsum.data.charset import MAX_CONTROL_SHARE, control_share  # noqa: F401 - MAX_CONTROL_SHARE re-exported
 from threadsum.data.clean import has_body_text
 from threadsum.data.readers import (
     OLE2_MAGIC,
@@ -43,9 +44,6 @@ from threadsum.errors import InputError
 
 ThreadLike = Union[Thread, str, email.message.Message, dict]
 
-MAX_CONTROL_SHARE = 0.01
-"""Share of control bytes (C0 other than tab/newline/CR/FF/ESC, and DEL) above which input is
-binary. Text in any common charset has none; 20 kB of random bytes has ~11 %."""
 
 EXPECTED_FORMS = ("an .eml message, an .mbox file, a JSON thread {thread_id, emails: [{from, to, date, body}]} "
                   "(or a list / JSON lines of those), a Gmail API thread or Microsoft Graph messages saved as "
@@ -347,19 +345,12 @@ def to_thread(item: ThreadLike, index: int = 0, warnings: Optional[list[str]] = 
 
 
 # ------------------------------------------------------------------------- files / stdin
-def _control_share(data: bytes) -> float:
-    sample = data[:65536]
-    text_controls = b"\t\n\r\x0c\x1b"
-    n = sum(sample.count(bytes([b])) for b in range(32) if bytes([b]) not in text_controls) + sample.count(b"\x7f")
-    return n / max(1, len(sample))
-
-
 def refuse_binary(data: bytes, name: str) -> None:
     """Raise InputError when ``data`` is not text or mail (NUL bytes or too many control bytes); an
     Outlook .msg file gets a message saying how to save it as .eml."""
     if is_outlook_msg(data):
         raise InputError(outlook_msg_message(name))
-    share = _control_share(data)
+    share = control_share(data)
     has_nul = b"\x00" in data[:65536]
     if has_nul or share > MAX_CONTROL_SHARE:
         nul = ", NUL bytes" if has_nul else ""

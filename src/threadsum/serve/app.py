@@ -35,9 +35,9 @@ import uuid
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -74,6 +74,9 @@ PROTECTED_PREFIX = "/v1/"
 
 CLIENT_GONE = 499
 """Status logged for a request whose client disconnected before its answer (nginx's convention)."""
+
+TOO_LARGE_ADVICE = "send a shorter thread or raise the limit"
+"""The fix a 413 answer names (``create_app(too_large_advice=...)`` replaces it)."""
 
 
 # ------------------------------------------------------------------------------------ schemas
@@ -273,9 +276,10 @@ class BodyLimitMiddleware:
     client sending Content-Length.
     """
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, advice: str = TOO_LARGE_ADVICE):
         self.app = app
         self.max_bytes = max_bytes
+        self.advice = advice
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -320,7 +324,7 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope, send, size: int):
         await _send_json(scope, send, 413, f"request body of {size} bytes or more exceeds serve.max_body_bytes="
-                                    f"{self.max_bytes}; send a shorter thread or raise the limit")
+                                    f"{self.max_bytes}; {self.advice}")
 
 
 class APIKeyMiddleware:
@@ -417,7 +421,7 @@ def _repairs_by_item(request: Request, n_items: int) -> dict[int, list[str]]:
 def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     """The OpenAPI schema with this service's limits stated on the fields they bound."""
     comps = schema.get("components", {}).get("schemas", {})
-    batch_limit = min(cfg.max_batch_threads, cfg.queue_size)
+    batch_limit = cfg.batch_limit
     thread = comps.get("ThreadIn", {}).get("properties", {})
     if "emails" in thread:
         thread["emails"]["maxItems"] = cfg.max_emails
@@ -435,12 +439,12 @@ def _limit_schema(schema: dict, cfg: ServeConfig) -> dict:
     return schema
 
 
-def _install_middleware(app: FastAPI, cfg: ServeConfig) -> None:
+def _install_middleware(app: FastAPI, cfg: ServeConfig, too_large_advice: str = TOO_LARGE_ADVICE) -> None:
     """Body limit, API key, CORS and the request log, in that order from the inside out."""
     # add_middleware puts each new one outside the previous: the request log wraps everything
     # (it sees 401s and 413s too), CORS wraps auth and the body limit so a browser can read them
     # cross-origin, and the key is checked before the body limit reads a byte of the body
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes, advice=too_large_advice)
     if cfg.api_key is not None:
         app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
     if cfg.cors_origins:
@@ -558,8 +562,14 @@ class _Pipeline:
         return results, (time.perf_counter() - t0) * 1000
 
 
-def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
-    """The FastAPI app around a loaded Summarizer; the batcher starts with the app's lifespan."""
+def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig, routers: Sequence[APIRouter] = (),
+               too_large_advice: str = TOO_LARGE_ADVICE) -> FastAPI:
+    """The FastAPI app around a loaded Summarizer; the batcher starts with the app's lifespan.
+
+    ``routers`` add routes that answer through the same pipeline (``app.state.pipeline``), e.g. the
+    SageMaker container contract of :mod:`threadsum.serve.sagemaker`; ``too_large_advice`` is the
+    fix a 413 answer names.
+    """
     cfg = serve_cfg
     state = _ServiceState()
     batcher = MicroBatcher(
@@ -602,9 +612,10 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
     app.state.summarizer = summarizer
     app.state.service = state
 
-    _install_middleware(app, cfg)
+    _install_middleware(app, cfg, too_large_advice)
     _install_error_handlers(app)
     pipeline = _Pipeline(summarizer, cfg, batcher, state)
+    app.state.pipeline = pipeline
 
     errors = {401: {"model": ErrorOut}, 413: {"model": ErrorOut}, 422: {"model": ErrorOut},
               500: {"model": ErrorOut}, 503: {"model": ErrorOut}}
@@ -622,7 +633,7 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
               summary="Summarize several threads, or every thread of an mbox (results in order, per thread)")
     async def summarize_batch(batch: BatchIn, request: Request) -> BatchOut:
         items: list = batch.threads
-        limit = min(cfg.max_batch_threads, cfg.queue_size)
+        limit = cfg.batch_limit
         if batch.text is not None and len(batch.text) > cfg.max_chars * limit:
             raise _HTTPError(422, f"text has {len(batch.text)} characters; the limit is serve.max_chars x the batch "
                                   f"limit = {cfg.max_chars * limit}")
@@ -673,6 +684,8 @@ def create_app(summarizer: "Summarizer", serve_cfg: ServeConfig) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi
+    for router in routers:
+        app.include_router(router)
     return app
 
 
@@ -685,8 +698,11 @@ def _version() -> str:
         return "0"
 
 
-def serve(cfg: Config, model_dir: str) -> None:
-    """`threadsum serve`: load the model once, then run uvicorn until interrupted."""
+def serve(cfg: Config, model_dir: str, **app_options: Any) -> None:
+    """`threadsum serve`: load the model once, then run uvicorn until interrupted.
+
+    ``app_options`` go to :func:`create_app` (``routers``, ``too_large_advice``: ``serve --sagemaker``).
+    """
     import uvicorn
 
     from threadsum.inference.summarizer import Summarizer, quiet_loading
@@ -699,7 +715,7 @@ def serve(cfg: Config, model_dir: str) -> None:
     if s.host not in ("127.0.0.1", "localhost", "::1") and s.api_key is None:
         log.warning("listening on %s without serve.api_key: anyone who can reach this port can use the model", s.host)
     summarizer = Summarizer.from_pretrained(model_dir, device=s.device, dtype=s.dtype)
-    app = create_app(summarizer, s)
+    app = create_app(summarizer, s, **app_options)
     # uvicorn's access log would duplicate RequestLogMiddleware's line (which carries timing and size)
     uvicorn.run(app, host=s.host, port=s.port, access_log=False, log_level="info", timeout_graceful_shutdown=10)
 

@@ -500,7 +500,7 @@ def _finish(run: Run) -> dict[str, Any]:
     if acc.is_main_process:
         counts = {name: len(ds) for name, ds in run.splits.items()}
         model_dir = export_model(export_target, run.tokenizer, run.cfg, run.out_dir, summary, counts)
-        run.tracker.log_artifact(model_dir)
+        run.tracker.log_model(model_dir)
     run.tracker.finish("FINISHED", last_step=c.step, summary=summary)
     return {"status": "finished", "exit_code": int(ExitCode.OK), "model_dir": str(model_dir) if model_dir else None,
             "checkpoint": str(final_ckpt), **summary}

@@ -6,7 +6,9 @@ A claim is a span of the summary with a kind:
   supported when someone in From/To/Cc, quoted headers, sign-offs, addresses or bodies can be
   that person (Enron "Theriot, Kim S.", first name only, nicknames, case and diacritics ignored);
 - organisation: any other capitalised name; supported when its words occur in the thread
-  (headers, bodies, e-mail domains);
+  (headers, bodies, e-mail domains), as written or with plurals, possessives, the abbreviations of
+  ``names.ABBREVIATIONS`` and case evened out ("Watch Lists" = "Watch List", "Corp" =
+  "Corporation"), and with or without a legal form ("Dynegy Inc." = "Dynegy");
 - money, number, percent, date, time, weekday: normalised values ($45 = 45 dollars,
   1:30 p.m. = 13:30, May 5th = May 5); supported by the same value in an email's text, or
   (dates, times, weekdays) by an email's date unless the summary uses it as a deadline or a
@@ -31,6 +33,9 @@ What this check cannot catch:
   ("tomorrow", "next week"), parts of the day ("afternoon");
 - a word that is both a company and an ordinary word counts as supported wherever the word occurs
   (case is ignored), and a name found in an e-mail address counts as support;
+- an organisation name that differs from the thread's only by a plural or a legal form passes
+  ("Dynegys", "Mirant LLC"); a one-word name read as a person takes no plural (surnames such as
+  Edwards look like plurals), and a plural whose singular is a given name is not made singular;
 - a capitalised word that starts a sentence and is neither a known given name nor followed by a
   verb of communication is not checked; whether an unknown capitalised name is a person or an
   organisation is a guess (the kind label may be wrong, the flag is not);
@@ -53,11 +58,15 @@ from threadsum.verify.evidence import (
     stem,
 )
 from threadsum.verify.names import (
+    ABBREVIATIONS,
+    LEGAL_FORMS,
     Name,
     fold,
     is_known_first_name,
+    name_key,
     parse_name,
     same_person,
+    word_key,
 )
 from threadsum.verify.values import MONTHS, WEEKDAYS, Value, find_values, same_value
 
@@ -134,11 +143,14 @@ OWN_SHARE = 0.5
 _GREETING = re.compile(r"^\s*(?:hi|hello|dear|hey)?\s*([A-Z][\w'’-]+)\s*(?:[,:!-]|$)")
 
 # ------------------------------------------------------------------------ capitalised names
-_CAP = (r"(?:\p{Lu}\.|(?:St|Mr|Mrs|Ms|Dr|Jr|Sr|Inc|Corp|Co|Ltd)\.|"
+_ORG_ABBREV = "|".join(sorted((a.title() for a in ABBREVIATIONS), key=len, reverse=True))  # 'Dept.', 'Intl.'
+_ORG_WORDS = LEGAL_FORMS | {word_key(w) for w in ABBREVIATIONS.values()}
+"""Keys that mark a name as an organisation's ('company', 'department', 'service')."""
+_CAP = (rf"(?:\p{{Lu}}\.|(?:St|Mr|Mrs|Ms|Dr|Jr|Sr|{_ORG_ABBREV})\.|"
         r"\p{Lu}[\p{L}\p{M}\p{N}'’&-]*)")
 _RUN = regex.compile(rf"(?<![\p{{L}}\p{{N}}@.])({_CAP}(?:[ \t]+{_CAP})*)")
 _SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+[\"')\]]*|$)")
-_ABBREV_END = re.compile(r"\b(?:St|Mr|Mrs|Ms|Dr|Jr|Sr|Inc|Corp|Co|Ltd|vs|etc|p\.m|a\.m|[A-Z])\.$")
+_ABBREV_END = re.compile(rf"\b(?:St|Mr|Mrs|Ms|Dr|Jr|Sr|{_ORG_ABBREV}|vs|etc|p\.m|a\.m|[A-Z])\.$")
 _TITLES = {"mr", "mrs", "ms", "dr", "prof", "sir"}
 _START_WORDS = set("""
 the a an this that these those he she they it we i you his her their its our my your in on at for after before
@@ -146,7 +158,7 @@ also however then finally both all some each everyone there here when while if a
 additionally overall later first second third lastly next no yes please thanks thank although since because
 another other one two three four five several many most none nobody someone anyone what who which how why
 during despite according given once until unless upon with without by from of to into over under about
-subject re fw fwd attached dear hi hello regarding
+subject re fw fwd attached dear hi hello regarding today tomorrow yesterday tonight everybody
 """.split())
 GENERIC_ACRONYMS = {
     "AM", "PM", "FYI", "ASAP", "RSVP", "OK", "TBD", "EOD", "ETA", "FAQ", "CEO", "CFO", "COO", "CTO", "VP", "HR",
@@ -219,12 +231,14 @@ def _name_runs(summary: str, sentence: tuple[int, int], idx: ThreadIndex) -> lis
                                                   else last[1])
             span = _Span(start, end, summary[start:end], sentence)
             if at_start and len(g) == 1 and not (is_known_first_name(g[0][1]) or _verb_after(summary, end) or (
-                    _subject_like(summary, end) and fold(g[0][1]) not in idx.lower_words)):
-                continue  # 'Attendees are asked': an ordinary word that starts the sentence
+                    (_subject_like(summary, end) or _POSSESSIVE_TAIL.search(g[0][1]))
+                    and fold(g[0][1]) not in idx.lower_words)):
+                continue  # 'Attendees are asked': an ordinary word that starts the sentence ('Xu's team' is a name)
             out.append(span)
     return out
 
 
+_POSSESSIVE_TAIL = re.compile(r"\w['’]s?$")
 _SUBJECT_VERBS = {"is", "was", "has", "had", "will", "would", "can", "could", "also", "then", "and"}
 
 
@@ -280,6 +294,8 @@ def _is_person(idx: ThreadIndex, span: _Span, summary: str) -> bool:
     words = [w.rstrip(".") for w in span.text.split()]
     if any(w.isupper() and len(w) > 1 for w in words) or len(words) > 4:
         return False
+    if any(k in _ORG_WORDS for k in name_key(span.text)):
+        return False  # 'Hope Gas Company agrees', 'Enron Intl Svcs sent': a legal form or an organisation word
     if re.search(r"\b(?:(?:of|at)\s+(?:the\s+)?|the\s+|an?\s+)$", summary[span.sentence[0]:span.start], re.I):
         return False  # 'Tracy Nemec of Duke Energy', 'a trader at Reliant', 'the Hope Gas offer' 
     if is_known_first_name(words[0]):
@@ -296,6 +312,10 @@ def _check_person(idx: ThreadIndex, span: _Span) -> Claim:
     ev = _person_evidence(idx, name, idx.authors) or _person_evidence(idx, name, idx.names)
     if ev is None:
         ev = _phrase_in_thread(idx, [w for w in re.findall(r"[^\W_]+", fold(span.text)) if len(w) > 1])
+    if ev is None and len(span.text.split()) > 1:
+        # a name read as a person may be a company's or a document's ('Master Termination Logs agree');
+        # one word is not: 'Banks' would take the thread's 'bank'
+        ev = _organisation_in_thread(idx, span.text)
     if ev is not None:
         return Claim(span.text, "person", True, ev, span.start, span.end)
     similar = sorted({f"{n.first} {n.last}".strip().title() for n, _, _ in idx.names if name.last and n.last == name.last})
@@ -304,9 +324,28 @@ def _check_person(idx: ThreadIndex, span: _Span) -> Claim:
                  f"no one named {span.text} is in the thread (senders, recipients, quoted headers, sign-offs, bodies){hint}")
 
 
+def _organisation_in_thread(idx: ThreadIndex, text: str) -> Optional[dict[str, Any]]:
+    """Evidence for an organisation name: as written, else by ``name_key`` (plurals, possessives,
+    abbreviations evened out), else without its trailing legal forms ('Dynegy Inc.' -> 'Dynegy')."""
+    ev = _phrase_in_thread(idx, re.findall(r"[^\W_]+", fold(text)))
+    if ev is not None:
+        return ev
+    keys = name_key(text)
+    while keys:
+        found = idx.line_of_name(keys)
+        if found is not None:
+            return _ev(*found)
+        if len(keys) < 2 or keys[-1] not in LEGAL_FORMS:
+            return None
+        keys = keys[:-1]
+    return None
+
+
 def _check_organisation(idx: ThreadIndex, span: _Span) -> Claim:
-    words = [w for w in re.findall(r"[^\W_]+", fold(span.text))]
-    ev = _phrase_in_thread(idx, words)
+    ev = _organisation_in_thread(idx, span.text)
+    name = parse_name(span.text) if ev is None and span.text.isupper() else None
+    if name is not None and name.first and name.last:  # 'LAURA KAMINSKI' is the thread's 'Kaminski, Laura'
+        ev = _person_evidence(idx, name, idx.authors) or _person_evidence(idx, name, idx.names)
     if ev is not None:
         return Claim(span.text, "organisation", True, ev, span.start, span.end)
     return Claim(span.text, "organisation", False, None, span.start, span.end,

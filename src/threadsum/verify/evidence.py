@@ -7,6 +7,9 @@
 - segments: each email's own text and every quoted or forwarded message inside it, with the
   author the quoted header or the sign-off names ("Jennifer" at the end of a forwarded note);
 - names: every person named in headers, addresses, sign-offs and bodies;
+- name keys: every line's words as ``names.name_key`` compares organisation names (plurals,
+  possessives, abbreviations and case evened out), joined across lines so that a name wrapped
+  over two lines is still found;
 - values: money, numbers, dates, times and weekdays of content lines, and the dates of the
   emails (their Date field and quoted Sent: lines) kept apart, since an email's date supports
   "on Tuesday Kim wrote" but not "by Tuesday".
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Optional
@@ -21,7 +25,7 @@ from typing import Optional
 from threadsum.data.clean import Segment as CleanSegment
 from threadsum.data.clean import decode_qp_artifacts, segment_body
 from threadsum.data.types import Thread
-from threadsum.verify.names import Name, fold, parse_name, same_person
+from threadsum.verify.names import Name, fold, name_key, parse_name, same_person
 from threadsum.verify.values import Value, find_values
 
 _HEADER = re.compile(r"^\s*>*\s*(from|sent|to|cc|bcc|date|subject)\s*:\s*(.*)$", re.I)
@@ -80,6 +84,23 @@ class ThreadIndex:
     lower_words: frozenset[str] = frozenset()
     """Words the thread writes in lower case ('deal', 'rice'): a capitalised one opening a summary
     sentence is then an ordinary word, not a name."""
+    name_text: str = " "
+    """The keys (``names.name_key``) of every line's words, space-separated, lines joined by a space:
+    ' epmi power credit watch list ... '."""
+    name_line_starts: list[int] = field(default_factory=list)
+    """Offset in ``name_text`` where each entry of ``lines`` begins (same order)."""
+
+    def line_of_name(self, keys: tuple[str, ...]) -> Optional[tuple[int, str]]:
+        """(email index, line) where the key sequence ``keys`` occurs (the line it starts on when a
+        line break splits it), or None when the thread never writes it."""
+        if not keys:
+            return None
+        at = self.name_text.find(" " + " ".join(keys) + " ")
+        if at < 0:
+            return None
+        i = max(0, bisect_right(self.name_line_starts, at + 1) - 1)
+        email, line, _ = self.lines[i]
+        return email, line
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -299,5 +320,18 @@ def index_thread(thread: Thread) -> ThreadIndex:
     senders = [parse_name(e.sender) if e.sender else None for e in thread.emails]
     subjects = [e.subject or thread.subject or "" for e in thread.emails]
     lower = frozenset(w for _, t, _ in lines for w in re.findall(r"(?<![\w'’])[a-z][a-z'’-]+", t))
+    name_text, starts = _name_text(lines)
     return ThreadIndex(lines, segments, units, names, authors, content_values, date_values, f" {folded} ", senders,
-                       subjects, lower)
+                       subjects, lower, name_text, starts)
+
+
+def _name_text(lines: list[tuple[int, str, bool]]) -> tuple[str, list[int]]:
+    """``ThreadIndex.name_text`` and ``name_line_starts`` for ``lines``."""
+    parts, starts, at = [" "], [], 1
+    for _, text, _ in lines:
+        starts.append(at)
+        keys = " ".join(name_key(text))
+        if keys:
+            parts.append(keys + " ")
+            at += len(keys) + 1
+    return "".join(parts), starts

@@ -6,6 +6,13 @@ Forms handled: "Kim Theriot", Enron's "Theriot, Kim S. KTHERIO" (user id dropped
 name alone. Comparison ignores case and diacritics; first names also match their nicknames
 (the ``nicknames`` data set: Ben = Benjamin, Ed = Edward) and initials ("J. Smith").
 Name parsing is nameparser's.
+
+Organisation names are compared word by word through :func:`name_key`: case and diacritics
+folded, possessives dropped ("EPMI's", "Services'"), abbreviations expanded from
+``ABBREVIATIONS`` (Corp = Corporation, Svcs = Services, Dept = Department) and plurals made
+singular ("Watch Lists" = "Watch List", "Utilities" = "Utility"). The singular rule is written
+by hand: no maintained library inflects proper names (inflect and lemmatisers treat "Williams"
+as a plural of "William"), so a plural whose singular is a given name is left alone.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from functools import lru_cache
 from typing import Optional
 
 _POSSESSIVE = re.compile(r"['’]s?$")
+_WORD_POSSESSIVE = re.compile(r"(?<=[^\W_])['’]s\b|(?<=[sS])['’](?![^\W_])")
 
 
 def fold(text: str) -> str:
@@ -88,6 +96,7 @@ def parse_name(text: str) -> Optional[Name]:
     from nameparser import HumanName
 
     raw = text
+    text = _WORD_POSSESSIVE.sub("", text)  # "Kim Theriot's desk": the quote strip below would leave a name 's'
     addr = _ADDRESS.search(text)
     cleaned = _strip_decorations(_ADDRESS.sub(" ", text))
     cleaned = re.sub(r"\b(?:Jr|Sr|II|III|IV)\b\.?", " ", cleaned).strip(" ,")
@@ -137,3 +146,78 @@ def same_person(mention: Name, known: Name) -> bool:
     word = mention.first or mention.last
     return word == known.last or (bool(known.first) and first_compatible(word, known.first) and len(word) > 1
                                    and len(known.first) > 1)
+
+
+# ------------------------------------------------------------------------ organisation names
+ABBREVIATIONS: dict[str, str] = {
+    "acct": "account", "assn": "association", "bros": "brothers", "co": "company", "cos": "companies",
+    "corp": "corporation", "ctr": "center", "dept": "department", "depts": "departments", "govt": "government",
+    "grp": "group", "hldgs": "holdings", "inc": "incorporated", "intl": "international", "ltd": "limited",
+    "mfg": "manufacturing", "mgmt": "management", "mktg": "marketing", "natl": "national", "svc": "service",
+    "svcs": "services", "univ": "university",
+}
+"""Abbreviation -> word, for words of organisation names (folded; "Int'l" and "Gov't" lose their
+apostrophe first). The one table of them: claims' sentence splitting reads it too. Ambiguous
+ones are left out ("Assoc" is association or associates, "Dist" district or distribution)."""
+
+LEGAL_FORMS = frozenset({"company", "corporation", "incorporated", "limited", "llc", "llp", "lp", "plc", "gmbh"})
+"""Keys (see :func:`name_key`) of legal forms a name may carry or leave out: "Dynegy Inc." is the
+thread's "Dynegy"."""
+
+_ACRONYM_PLURAL = re.compile(r"\b([A-Z][A-Z\d&]+)['’]?s\b")
+"""'LDCs', 'NYUs', "ISDA's": an acronym with a lower-case plural or possessive tail."""
+_NAME_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*['’]?")
+
+
+def name_words(text: str) -> list[str]:
+    """Folded words of a name, possessives and inner apostrophes removed.
+
+    Example: "EPMI's Int'l Svcs'" -> ['epmi', 'intl', 'svcs'].
+    """
+    out = []
+    for m in _NAME_WORD.finditer(fold(_ACRONYM_PLURAL.sub(r"\1", text))):
+        w = m.group(0)
+        if w[-2:] in ("'s", "’s"):
+            w = w[:-2]
+        w = w.replace("'", "").replace("’", "")
+        if w:
+            out.append(w)
+    return out
+
+
+@lru_cache(maxsize=32768)
+def singular(word: str) -> str:
+    """The singular of a folded word: lists -> list, utilities -> utility, branches -> branch.
+
+    Unchanged: words under 4 letters or with digits ('gas', 'cms', 'q3s'), words ending in
+    -ss/-us/-is ('business', 'status', 'analysis'), and plurals whose singular is a given name
+    ('williams', 'edwards': surnames, not plurals).
+    """
+    if len(word) < 4 or not word.isalpha() or word.endswith(("ss", "us", "is")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        base = word[:-3] + "y"
+    elif word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        base = word[:-2]
+    elif word.endswith("s"):
+        base = word[:-1]
+    else:
+        return word
+    return word if is_known_first_name(base) else base
+
+
+@lru_cache(maxsize=32768)
+def word_key(word: str) -> str:
+    """The comparison key of one folded word of a name: abbreviation expanded (of the word or of its
+    singular), then singular."""
+    return singular(ABBREVIATIONS.get(word) or ABBREVIATIONS.get(singular(word)) or word)  # 'Corps', 'Svcs'
+
+
+
+def name_key(text: str) -> tuple[str, ...]:
+    """Keys of a name's words; two spellings of one organisation have equal keys.
+
+    Example: "EPMI's Power Credit Watch Lists" and "EPMI Power Credit Watch List" ->
+    ('epmi', 'power', 'credit', 'watch', 'list'); "Enron Corp." -> ('enron', 'corporation').
+    """
+    return tuple(word_key(w) for w in name_words(text))
