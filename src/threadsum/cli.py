@@ -128,7 +128,7 @@ def synth(
 def prepare(
     config: Optional[Path] = ConfigOpt,
     overrides: Optional[List[str]] = OverridesArg,
-    source: Optional[str] = typer.Option(None, "--source", "-s", help="Raw input (sets data.source): Kaggle folder/CSV/JSON, .eml folder, .mbox, .jsonl."),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="Raw input (sets data.source): Kaggle folder/CSV/JSON, .eml folder, Maildir, .mbox, Gmail/Graph JSON, .jsonl."),
     kaggle: bool = typer.Option(False, "--kaggle", help="Download the Kaggle corpus with kagglehub (needs network and Kaggle credentials)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any row or thread is rejected."),
     force: bool = typer.Option(False, "--force", help="Ignore the tokenization cache and rebuild."),
@@ -200,7 +200,7 @@ def evaluate(
 
 @app.command()
 def summarize(
-    paths: List[str] = typer.Argument(..., metavar="INPUT...", help="Without --out: one .eml, .mbox (one summary per thread), JSON thread, or '-' for stdin. With --out: any number of files and folders in every format prepare reads."),
+    paths: List[str] = typer.Argument(..., metavar="INPUT...", help="Without --out: one .eml, .mbox (one summary per thread), JSON thread, Gmail API / Graph JSON, a mail folder (Maildir), or '-' for stdin. With --out: any number of files and folders in every format prepare reads."),
     model: Path = typer.Option(..., "--model", "-m", help="Model folder (a trained threadsum model or any seq2seq model)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON lines (thread_id, summary) instead of text (without --out)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 or auto."),

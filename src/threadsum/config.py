@@ -93,9 +93,11 @@ class DataConfig(_Section):
     """``prepare``: input readers, token budgets, splits, cleaning and rendering (``data``)."""
 
     source: Optional[str] = None
-    """Raw input: a Kaggle folder/CSV, a JSON file, a folder of .eml, an .mbox or a .jsonl of threads."""
-    format: Literal["auto", "kaggle_csv", "kaggle_json", "eml", "mbox", "jsonl"] = "auto"
-    """Reader to use; 'auto' detects it from the path."""
+    """Raw input: a Kaggle folder/CSV, a JSON file, a folder of .eml, a Maildir, an .mbox, Gmail API or
+    Microsoft Graph JSON, or a .jsonl of threads."""
+    format: Literal["auto", "kaggle_csv", "kaggle_json", "maildir", "eml", "mbox", "gmail_json", "graph_json",
+                    "jsonl"] = "auto"
+    """Reader to use (threadsum.data.readers.FORMATS); 'auto' detects it from the path and the files' first bytes."""
     kaggle: bool = False
     """Download the Kaggle corpus with kagglehub into the cache when 'source' is not given."""
     kaggle_dataset: str = "marawanxmamdouh/email-thread-summary-dataset"

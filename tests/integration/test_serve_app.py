@@ -6,6 +6,7 @@ bodies, the `threadsum serve` command in a subprocess, and a bounded load test.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import logging
 import os
 import random
@@ -314,6 +315,21 @@ def test_nothing_to_summarize_is_422_everywhere(server):
                     {"text": "<br>&nbsp;&amp;"}):
         r = server.post("/v1/summarize", json=payload)
         assert r.status_code == 422 and ("no body text" in r.json()["detail"] or "holds no text" in r.json()["detail"]), r.text
+
+
+def test_outlook_msg_is_422_naming_the_export_and_mail_api_json_is_read(server):
+    msg = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600 + "Budget review".encode("utf-16-le")
+    # the page loads a chosen file with File.text() (UTF-8, bad bytes replaced) and sends it as text
+    for url in ("/v1/summarize", "/v1/summarize/batch"):
+        r = server.post(url, json={"text": msg.decode("utf-8", "replace")})
+        assert r.status_code == 422 and "Outlook .msg" in r.json()["detail"] and "msgconvert" in r.json()["detail"], r.text
+    assert server.post("/v1/summarize", content=msg, headers={"content-type": "application/json"}).status_code == 422
+    graph = {"value": [{"id": "A1", "conversationId": "C1", "subject": "Pipeline capacity",
+                        "sentDateTime": "2002-01-29T11:23:42Z", "body": {"contentType": "text", "content":
+                        "Can we move 40 MW to the Mid-C desk on Friday?"},
+                        "from": {"emailAddress": {"name": "Alice", "address": "alice@example.com"}}}]}
+    r = server.post("/v1/summarize/batch", json={"text": json.dumps(graph)})
+    assert r.status_code == 200 and r.json()["results"][0]["n_emails"] == 1, r.text
 
 
 def test_lone_surrogates_are_repaired_never_a_500(server):

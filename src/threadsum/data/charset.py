@@ -74,7 +74,8 @@ def decode_utf8_or_cp1252(data: bytes) -> tuple[str, Optional[int]]:
         return data.decode("utf-8-sig"), None
     except UnicodeDecodeError as exc:
         bom = 3 if data.startswith(codecs.BOM_UTF8) else 0
-        return data[bom:].decode("utf-8", errors="threadsum-cp1252"), exc.start
+        # the utf-8-sig codec counts from after the BOM; the offset reported is the file's
+        return data[bom:].decode("utf-8", errors="threadsum-cp1252"), exc.start + bom
 
 
 def decode_bytes(data: bytes, declared: Optional[str] = None, detect: bool = True) -> tuple[str, Optional[str]]:
@@ -119,3 +120,36 @@ def _note(declared: Optional[str], codec: Optional[str], used: str) -> str:
     if codec is None:
         return f"unknown charset {declared!r}; read as {used}"
     return f"bytes do not decode as the declared charset {declared!r}; read as {used}"
+
+
+class Utf8OrCp1252Decoder:
+    """:func:`decode_utf8_or_cp1252` for bytes that come in chunks (a file read in a stream): the same
+    text as decoding the whole at once, a sequence split between chunks included. ``first_bad`` is
+    the offset of the first byte that is not UTF-8 (counted from the start of the stream), or None."""
+
+    def __init__(self) -> None:
+        self.first_bad: Optional[int] = None
+        self._pending = b""
+        self._offset = 0  # bytes of the stream before _pending
+        self._started = False
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        """The text of ``data`` (and of bytes held back from the chunk before); ``final`` on the last."""
+        buf = self._pending + data
+        if not self._started:
+            if len(buf) < len(codecs.BOM_UTF8) and not final and codecs.BOM_UTF8.startswith(buf):
+                self._pending = buf
+                return ""
+            self._started = True
+            if buf.startswith(codecs.BOM_UTF8):
+                buf = buf[len(codecs.BOM_UTF8):]
+                self._offset += len(codecs.BOM_UTF8)
+        try:
+            text, used = codecs.utf_8_decode(buf, "strict", final)
+        except UnicodeDecodeError as exc:
+            if self.first_bad is None:
+                self.first_bad = self._offset + exc.start
+            text, used = codecs.utf_8_decode(buf, "threadsum-cp1252", final)
+        self._pending = buf[used:]
+        self._offset += used
+        return text

@@ -1,8 +1,17 @@
 """Readers: raw mail in several formats -> ``Thread`` records, with every rejected row accounted for.
 
-Formats: the Kaggle CSV pair (``email_thread_details.csv`` + ``email_thread_summaries.csv``) and its
-JSON copies (epoch timestamps), a folder of ``.eml`` files, an ``.mbox`` file, and JSONL of threads
-``{thread_id, subject?, emails: [{from, to, cc?, date, subject?, body}], summary?}``.
+Formats (``FORMATS``, one table that ``read_source``, ``detect_format``, prepare, summarize and the
+archive job all use): the Kaggle CSV pair (``email_thread_details.csv`` + ``email_thread_summaries.csv``)
+and its JSON copies (epoch timestamps), Maildirs (Maildir++ subfolders included), ``.eml`` files,
+``.mbox`` files, Gmail API threads and Microsoft Graph messages saved as JSON (``threadsum.data.mail_api``),
+and JSONL of threads ``{thread_id, subject?, emails: [{from, to, cc?, date, subject?, body}], summary?}``.
+Mail is threaded by the service's thread id where there is one and by Message-ID / In-Reply-To /
+References across every source. An Outlook ``.msg`` file is refused with a message naming how to save
+it as ``.eml``, whatever format is asked for.
+
+Memory: files are read in a stream and a body is cut to ``max_body_chars`` while it is read
+(``threadsum.data.stream``: each CSV field, JSON string or MIME part to ``max_part_bytes``), so peak
+memory follows that limit and not the size of the file or of its largest body.
 
 Bad input never raises out of ``read_source``: a bad row, summary or file becomes a reject record
 ``{level, reason, detail, source, line, thread_id}`` and is counted, so ``input = kept + rejected``
@@ -21,6 +30,7 @@ import email.policy
 import hashlib
 import io
 import json
+import mailbox
 import re
 import sys
 import warnings
@@ -30,12 +40,29 @@ from datetime import datetime, timezone
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from dateutil import parser as dateutil_parser
 
-from threadsum.data.charset import control_share, decode_bytes, decode_utf8_or_cp1252, looks_binary
+from threadsum.data import mail_api
+from threadsum.data.charset import Utf8OrCp1252Decoder, control_share, decode_bytes, looks_binary
 from threadsum.data.ledger import Ledger
+from threadsum.data.mail_api import ApiMessage, ApiPart
+from threadsum.data.stream import (
+    BYTES_PER_CHAR,
+    SNIFF_BYTES,
+    CsvFieldCutter,
+    JsonStringCutter,
+    MessageCutter,
+    NulFilter,
+    PartCut,
+    bounded_lines,
+    complete_utf8,
+    cut_message,
+    file_chunks,
+    text_lines,
+    uncut,
+)
 from threadsum.data.types import Email, Thread
 from threadsum.errors import UserError
 
@@ -72,6 +99,7 @@ W_TO_UNPARSED = "to_not_a_list_literal"
 W_INVALID_UTF8 = "invalid_utf8_replaced"
 W_NUL_BYTES = "nul_bytes_removed"
 W_BODY_CUT = "body_cut_to_max_chars"
+W_FIELD_CUT = "field_cut_while_reading"
 W_MISSING_SENDER = "missing_sender"
 W_MISSING_DATE = "missing_date"
 W_UNREADABLE_DATE = "unreadable_date"
@@ -79,6 +107,7 @@ W_CHARSET = "charset_not_as_declared"
 W_MBOX_SPLIT_NO_BLANK = "mbox_separator_without_blank_line"
 W_MBOX_DOUBTFUL_FROM = "mbox_doubtful_from_line"
 R_UNSUPPORTED_FILE = "unsupported_file"
+R_MAILDIR_TMP = "maildir_unfinished_delivery"
 R_BINARY_FILE = "binary_file"
 
 _KAGGLE_ID = re.compile(r"^\d+(?:\.0)?$")
@@ -245,32 +274,106 @@ def _norm_thread_id(raw: Any, kaggle: bool) -> tuple[Optional[str], Optional[str
 
 
 # ------------------------------------------------------------------------------- file decoding
-def _decode(data: bytes, path: Path, led: Ledger) -> str:
-    if b"\x00" in data:
-        n_nul = data.count(b"\x00")
-        led.warn(W_NUL_BYTES, f"{n_nul} NUL byte(s) removed", path)
-        data = data.replace(b"\x00", b"")
-    text, bad = decode_utf8_or_cp1252(data)
-    if bad is not None:
-        led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {bad}; bytes that are not UTF-8 read as cp1252", path)
-    return text
+def max_part_bytes(max_body_chars: int) -> int:
+    """The byte limit of one field, JSON string or mail part read from a file for a body limit of
+    ``max_body_chars`` characters: large enough that every body keeps at least that many
+    characters whatever its encoding (``threadsum.data.stream.BYTES_PER_CHAR``)."""
+    return BYTES_PER_CHAR * max_body_chars
 
 
-def _csv_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
-                 ) -> Optional[list[tuple[int, dict[str, str]]]]:
-    """Rows of a CSV file as (line, {column: value}); None when the file itself is unusable."""
+def _head(path: Path, n: int = SNIFF_BYTES) -> bytes:
+    """The first ``n`` bytes of a file (b'' when it cannot be read)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether a file holds nothing but whitespace (read in chunks, stopping at the first other byte)."""
+    with path.open("rb") as fh:
+        return all(not c.strip() for c in file_chunks(fh))
+
+
+class _DataFile:
+    """A data file (CSV, JSON, JSONL: no declared charset) read as text in a stream: NUL bytes removed,
+    each field or string over ``max_bytes`` cut and marked (``threadsum.data.stream``), the bytes
+    decoded as UTF-8 with each byte that is not UTF-8 read as cp1252. :meth:`finish` records the
+    warnings for the removed NUL bytes and the first byte that was not UTF-8."""
+
+    def __init__(self, path: Path, cutter):
+        self.path, self.cutter = path, cutter
+        self._nul = NulFilter()
+        self._decoder = Utf8OrCp1252Decoder()
+
+    def text(self) -> Iterator[str]:
+        """The file's text, in chunks of about ``CHUNK`` characters."""
+        with self.path.open("rb") as fh:
+            for b in self.cutter.cut(self._nul.filter(file_chunks(fh))):
+                yield self._decoder.decode(b)
+        yield self._decoder.decode(b"", final=True)
+
+    def finish(self, led: Ledger) -> None:
+        """Record what reading repaired (call after :meth:`text` is exhausted)."""
+        if self._nul.removed:
+            led.warn(W_NUL_BYTES, f"{self._nul.removed} NUL byte(s) removed", self.path)
+        if self._decoder.first_bad is not None:
+            led.warn(W_INVALID_UTF8, f"invalid UTF-8 at byte {self._decoder.first_bad}; bytes that are not UTF-8 "
+                     f"read as cp1252", self.path)
+
+
+_CUTS = "\x00cuts"  # the key under which a record keeps {field: size in the file} of its fields cut while reading
+
+
+def _take_cuts(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` with the cut marks of its string values removed and their sizes under ``_CUTS``."""
+    cuts = {}
+    for k, v in rec.items():
+        if isinstance(v, str) and v.endswith("\x00"):
+            rec[k], size = uncut(v)
+            if size is not None:
+                cuts[k] = size
+    if cuts:
+        rec[_CUTS] = cuts
+    return rec
+
+
+def _warn_cut_fields(rec: dict[str, Any], led: Ledger, src: Path, line: Optional[int], tid: Optional[str],
+                     skip: tuple[str, ...] = ("body",)) -> None:
+    """A warning for each field of ``rec`` (other than ``skip``) that was cut while reading."""
+    for name, size in (rec.get(_CUTS) or {}).items():
+        if name not in skip:
+            led.warn(W_FIELD_CUT, f"field '{name}' of {size:,} bytes cut to its first {len(str(rec[name])):,} "
+                     f"characters while reading (longer than any body data.max_body_chars allows)", src, line, tid)
+
+
+def _refuse_outlook(path: Path, led: Ledger, head: Optional[bytes] = None) -> bool:
+    """A file reject naming how to export when ``path`` is an Outlook .msg file; True when it was one."""
+    if not is_outlook_msg(_head(path, len(OLE2_MAGIC)) if head is None else head):
+        return False
+    led.reject("file", R_OUTLOOK_MSG, outlook_msg_message(path.name), path)
+    return True
+
+
+def _csv_records(path: Path, required: tuple[str, ...], led: Ledger, level: str,
+                 max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> Optional[list[tuple[int, dict[str, str]]]]:
+    """Rows of a CSV file as (line, {column: value}); None when the file itself is unusable. The file is
+    read in a stream, each field cut to ``max_part_bytes(max_body_chars)`` (sizes under ``_CUTS``)."""
     if not path.exists():
         led.reject("file", R_MISSING_FILE, f"'{path.name}' not found next to the other Kaggle file; "
                    f"put both {DETAILS_CSV} and {SUMMARIES_CSV} in one folder", path)
         return None
-    data = path.read_bytes()
-    if not data.strip():
+    if _refuse_outlook(path, led):
+        return None
+    if _is_blank(path):
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty; re-download or re-export it", path)
         return None
-    text = _decode(data, path, led)
-    # 10 MB bodies are legal in the corpus' format; the default field limit is 128 KB
+    cutter = CsvFieldCutter(max_part_bytes(max_body_chars))
+    source = _DataFile(path, cutter)
+    # a field is at most max_part_bytes here; the default limit is 128 KB
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(text_lines(source.text()))
     try:
         header = [h.strip() for h in next(reader)]
     except (StopIteration, csv.Error) as exc:
@@ -297,34 +400,49 @@ def _csv_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
             break
         except csv.Error as exc:
             led.inputs[level] += 1
-            led.reject(level, R_MALFORMED_ROW, f"CSV error: {exc}", path, reader.line_num)
+            led.reject(level, R_MALFORMED_ROW, f"CSV error: {exc}", path, cutter.file_line(reader.line_num))
             continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         led.inputs[level] += 1
+        line = cutter.file_line(reader.line_num)
         if len(row) != len(header):
             led.reject(level, R_MALFORMED_ROW,
                        f"{len(row)} fields where the header has {len(header)} (an unquoted comma or newline?)",
-                       path, reader.line_num, thread_id=row[0].strip() if row else None)
+                       path, line, thread_id=uncut(row[0])[0].strip() if row else None)
             continue
-        rec = dict(zip(header, row))
+        rec = _take_cuts(dict(zip(header, row))) if cutter.n_cut else dict(zip(header, row))
         if any("\ufffd" in v for v in row):
-            led.warn(W_INVALID_UTF8, "field holds replaced invalid UTF-8", path, reader.line_num, rec.get("thread_id"))
-        out.append((reader.line_num, rec))
+            led.warn(W_INVALID_UTF8, "field holds replaced invalid UTF-8", path, line, rec.get("thread_id"))
+        out.append((line, rec))
+    source.finish(led)
     return out
 
 
-def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
-                  ) -> Optional[list[tuple[int, dict[str, Any]]]]:
-    """Records of a Kaggle JSON copy: a list of objects, pandas 'columns' layout, or JSON lines."""
+def _json_text(path: Path, led: Ledger, max_body_chars: int) -> Optional[str]:
+    """A JSON file's text with every string cut to ``max_part_bytes(max_body_chars)`` (marked), or None
+    (a file reject) when the file is missing, empty or an Outlook .msg."""
     if not path.exists():
         led.reject("file", R_MISSING_FILE, f"'{path.name}' not found", path)
         return None
-    data = path.read_bytes()
-    if not data.strip():
-        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty; re-download it", path)
+    if _refuse_outlook(path, led):
         return None
-    text = _decode(data, path, led)
+    if _is_blank(path):
+        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty; re-download or re-export it", path)
+        return None
+    source = _DataFile(path, JsonStringCutter(max_part_bytes(max_body_chars)))
+    text = "".join(source.text())
+    source.finish(led)
+    return text
+
+
+def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str,
+                  max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> Optional[list[tuple[int, dict[str, Any]]]]:
+    """Records of a Kaggle JSON copy: a list of objects, pandas 'columns' layout, or JSON lines; each
+    string cut to ``max_part_bytes(max_body_chars)`` while reading (sizes under ``_CUTS``)."""
+    text = _json_text(path, led, max_body_chars)
+    if text is None:
+        return None
     records: list[Any]
     try:
         obj = json.loads(text)
@@ -341,7 +459,7 @@ def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
             return None
     except json.JSONDecodeError:
         records = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -349,6 +467,7 @@ def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
             except json.JSONDecodeError as exc:
                 led.inputs[level] += 1
                 led.reject(level, R_INVALID_JSON, f"line is not JSON: {exc.msg}", path, n)
+    del text
     out = []
     for n, rec in enumerate(records, 1):
         led.inputs[level] += 1
@@ -360,7 +479,7 @@ def _json_records(path: Path, required: tuple[str, ...], led: Ledger, level: str
             led.reject("file", R_MISSING_COLUMN, f"'{path.name}' records lack {', '.join(missing)}", path)
             led.inputs[level] -= 1
             return None
-        out.append((n, rec))
+        out.append((n, _take_cuts(rec)))
     return out
 
 
@@ -383,10 +502,8 @@ def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: Ledger, m
     if not body.strip():
         led.reject("email", R_EMPTY_BODY, "body is empty", src, line, tid)
         return None
-    if len(body) > max_body_chars:
-        led.warn(W_BODY_CUT, f"body of {len(body):,} characters cut to {max_body_chars:,} (data.max_body_chars)",
-                 src, line, tid)
-        body = body[:max_body_chars]
+    body = cut_body(body, max_body_chars, (rec.get(_CUTS) or {}).get("body"), led, src, line, tid)
+    _warn_cut_fields(rec, led, src, line, tid)
     to, ok = parse_recipients(rec.get("to"))
     if not ok:
         led.warn(W_TO_UNPARSED, f"to {str(rec.get('to'))[:60]!r} is not a list literal; split at commas", src, line, tid)
@@ -398,6 +515,21 @@ def _email_from_record(rec: dict[str, Any], src: Path, line: int, led: Ledger, m
                       cc=cc)
 
 
+def cut_body(body: str, max_body_chars: int, file_bytes: Optional[int], led: Ledger, where: Any,
+             line: Optional[int] = None, thread_id: Optional[str] = None) -> str:
+    """``body`` cut to ``max_body_chars`` characters, with one ``W_BODY_CUT`` warning when it was longer
+    or when reading already cut it (``file_bytes``: its size in the file then, in bytes)."""
+    if file_bytes is None and len(body) <= max_body_chars:
+        return body
+    if file_bytes is not None:
+        detail = (f"body of {file_bytes:,} bytes in the file cut while reading, to {min(len(body), max_body_chars):,} "
+                  f"characters (data.max_body_chars={max_body_chars:,})")
+    else:
+        detail = f"body of {len(body):,} characters cut to {max_body_chars:,} (data.max_body_chars)"
+    led.warn(W_BODY_CUT, detail, where, line, thread_id)
+    return body[:max_body_chars]
+
+
 def _summaries_from_records(records: Optional[list], src: Path, led: Ledger) -> dict[str, str]:
     out: dict[str, str] = {}
     for line, rec in records or []:
@@ -405,6 +537,7 @@ def _summaries_from_records(records: Optional[list], src: Path, led: Ledger) -> 
         if why:
             led.reject("summary", why, f"summary row has thread_id {rec.get('thread_id')!r}", src, line)
             continue
+        _warn_cut_fields(rec, led, src, line, tid, skip=())
         text = str(rec.get("summary") or "").strip()
         if not text:
             led.reject("summary", R_EMPTY_SUMMARY, "summary is empty", src, line, tid)
@@ -469,8 +602,8 @@ def read_kaggle(details: Path, summaries: Path, fmt: str = "csv", max_body_chars
     """
     led = Ledger()
     read = _csv_records if fmt == "csv" else _json_records
-    rows = read(details, DETAIL_COLUMNS, led, "email")
-    srows = read(summaries, SUMMARY_COLUMNS, led, "summary")
+    rows = read(details, DETAIL_COLUMNS, led, "email", max_body_chars)
+    srows = read(summaries, SUMMARY_COLUMNS, led, "summary", max_body_chars)
     by_thread: dict[str, list[Email]] = defaultdict(list)
     seen: set[str] = set()
     for line, rec in rows or []:
@@ -595,10 +728,12 @@ def _msg_ids(value) -> list[str]:
     return re.findall(r"<[^<>\s]+>", str(value or ""))
 
 
-def email_from_message(msg, notes: Optional[list] = None, envelope_date: Optional[datetime] = None) -> Email:
+def email_from_message(msg, notes: Optional[list] = None, envelope_date: Optional[datetime] = None,
+                       body: Optional[str] = None) -> Email:
     """An ``email.message.Message`` -> ``Email``. What was repaired or is missing goes to ``notes`` as
     (warning reason, detail): a charset fallback, a missing or unreadable Date header. An mbox
-    separator's date (``envelope_date``) stands in for a missing Date header."""
+    separator's date (``envelope_date``) stands in for a missing Date header. ``body``, when given,
+    is used instead of the message's own parts (a mail service's JSON gives headers and body apart)."""
     def header(name: str) -> str:
         try:
             v = msg.get(name)
@@ -617,7 +752,7 @@ def email_from_message(msg, notes: Optional[list] = None, envelope_date: Optiona
         sender=(_addr_list([header("From")]) or [""])[0],
         recipients=_addr_list(msg.get_all("To") or []),
         cc=_addr_list(msg.get_all("Cc") or []),
-        body=message_body(msg, notes),
+        body=message_body(msg, notes) if body is None else body,
         date=date,
         subject=header("Subject"),
         message_id=(_msg_ids(header("Message-ID")) or [""])[0],
@@ -631,13 +766,62 @@ def _email_name(e: Email) -> str:
     return e.message_id or f"from {e.sender or 'unknown'!r}, subject {e.subject[:60]!r}"
 
 
-def _read_message(data: bytes, where: str, led: Ledger, envelope_date: Optional[datetime] = None) -> Email:
-    """Parse one raw message; its notes become counted warnings naming the email."""
+def _read_message(data: bytes, where: str, led: Ledger, envelope_date: Optional[datetime] = None,
+                  max_body_chars: Optional[int] = None, part_cuts: Iterable[PartCut] = ()) -> Email:
+    """Parse one raw message; its notes become counted warnings naming the email. With
+    ``max_body_chars`` its body is cut to it (``cut_body``; a text part cut while reading counts).
+
+    Raises:
+        DataError: the bytes are an Outlook .msg file, not a mail message (whatever format was asked).
+    """
+    if is_outlook_msg(data):
+        raise DataError(outlook_msg_message(where))
     notes: list = []
     e = email_from_message(_parse_message(data), notes, envelope_date)
     for reason, detail in notes:
         led.warn(reason, f"{detail} (email {_email_name(e)})", where)
+    if max_body_chars is not None:
+        text_cut = next((c.size for c in part_cuts if c.content_type.startswith(("text/", "message/"))
+                         and c.disposition != "attachment"), None)
+        e.body = cut_body(e.body, max_body_chars, text_cut, led, where)
     return e
+
+
+def _read_api_message(m: ApiMessage, where: str, led: Ledger, max_body_chars: int) -> Email:
+    """An ``ApiMessage`` (Gmail or Graph JSON) -> ``Email``, by the rules of any mail: headers as
+    ``email_from_message`` reads them, the first text/plain part else HTML converted, bytes decoded by
+    ``threadsum.data.charset``'s rule; the service's thread id kept as ``conversation_id``."""
+    where = f"{where} {m.where}"
+    if m.raw is not None:
+        raw = m.raw
+        cuts: list[PartCut] = []
+        if m.raw_cut_from is not None or len(raw) > max_part_bytes(max_body_chars):
+            raw, cuts = cut_message(raw, max_part_bytes(max_body_chars))
+            cuts = cuts or [PartCut("text/plain", None, m.raw_cut_from or len(m.raw))]
+        e = _read_message(raw, where, led, parse_timestamp(m.date), max_body_chars, cuts)
+    else:
+        text = "\n".join(f"{name}: {' '.join(str(value).splitlines())}" for name, value in m.headers)
+        msg = email.parser.HeaderParser(policy=email.policy.default).parsestr(text + "\n\n")
+        notes: list = []
+        plain = next((p for p in m.parts if p.mime_type == "text/plain" and _part_str(p, notes).strip()), None)
+        part = plain or next((p for p in m.parts if p.mime_type == "text/html"), None)
+        body = "" if part is None else (body_text if part is plain else html_to_text)(_part_str(part, notes))
+        e = email_from_message(msg, notes, parse_timestamp(m.date), body=body)
+        for reason, detail in notes:
+            led.warn(reason, f"{detail} (email {_email_name(e)})", where)
+        e.body = cut_body(e.body, max_body_chars, part.cut_from if part is not None else None, led, where)
+    e.conversation_id = m.conversation_id
+    return e
+
+
+def _part_str(part: ApiPart, notes: list) -> str:
+    """The text of an API message part (bytes decoded once; the result is kept on the part)."""
+    if isinstance(part.content, bytes):
+        data = part.content[:complete_utf8(part.content)] if part.cut_from is not None else part.content
+        part.content, note = decode_bytes(data, part.charset)
+        if note:
+            notes.append((W_CHARSET, note))
+    return part.content
 
 
 _SUBJ_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv)\s*(\[\d+\])?\s*:\s*)+", re.I)
@@ -651,7 +835,10 @@ def normalize_subject(subject: str) -> str:
 
 
 def thread_emails(emails: list[Email]) -> list[list[Email]]:
-    """Group emails into threads by Message-ID / In-Reply-To / References, else by normalized subject."""
+    """Group emails into threads: by the mail service's own thread id (``conversation_id``: Gmail's
+    threadId, Graph's conversationId), and by Message-ID / In-Reply-To / References across all of them
+    (so a reply read from one source joins its thread read from another); an email with neither
+    service id nor threading headers joins the first earlier email with its normalized subject."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -671,6 +858,8 @@ def thread_emails(emails: list[Email]) -> list[list[Email]]:
         keys.append(k)
         if e.message_id:
             union(k, "id:" + e.message_id)
+        if e.conversation_id:
+            union(k, "conversation:" + e.conversation_id)
         for ref in ([e.in_reply_to] if e.in_reply_to else []) + list(e.references):
             union(k, "id:" + ref)
     first_by_subject: dict[str, str] = {}
@@ -678,7 +867,7 @@ def thread_emails(emails: list[Email]) -> list[list[Email]]:
         s = normalize_subject(e.subject)
         if not s:
             continue
-        if not (e.in_reply_to or e.references) and s in first_by_subject:
+        if not (e.in_reply_to or e.references or e.conversation_id) and s in first_by_subject:
             union(k, first_by_subject[s])  # no threading headers: fall back to the subject
         first_by_subject.setdefault(s, k)
     groups: dict[str, list[Email]] = defaultdict(list)
@@ -781,20 +970,43 @@ def _parse_message(data: bytes):
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
-def _eml_emails(files: list[Path], led: Ledger) -> list[tuple[Email, str]]:
+def _message_file(path: Path, max_body_chars: int) -> tuple[bytes, list[PartCut]]:
+    """A message file's bytes, each MIME part cut to ``max_part_bytes(max_body_chars)`` while it is read."""
+    limit = max_part_bytes(max_body_chars)
+    if path.stat().st_size <= limit:
+        return path.read_bytes(), []
+    cutter = MessageCutter(limit)
+    with path.open("rb") as fh:
+        for piece, start in bounded_lines(fh):
+            cutter.add(piece, start)
+    return cutter.finish()
+
+
+def _refuse_binary(name: str, head: bytes, led: Ledger, where: Any) -> bool:
+    """An email reject when a message file's first bytes are not text or mail; True when they were not."""
+    if not looks_binary(head):  # the email package parses any bytes; noise must not become a thread
+        return False
+    led.reject("email", R_BINARY_FILE, f"'{name}' is not mail: {control_share(head):.0%} control bytes "
+               f"(binary data); remove it or export the message again", where)
+    return True
+
+
+def _eml_emails(files: list[Path], led: Ledger, max_body_chars: int = DEFAULT_MAX_BODY_CHARS
+                ) -> list[tuple[Email, str]]:
+    """One email per message file (.eml, or a Maildir message); an Outlook .msg file is a file reject."""
     emails = []
     for p in files:
+        if _refuse_outlook(p, led):
+            continue
         led.inputs["email"] += 1
-        data = p.read_bytes()
-        if not data.strip():
+        if _is_blank(p):
             led.reject("email", R_EMPTY_FILE, f"'{p.name}' is empty", p)
             continue
-        if looks_binary(data):  # the email package parses any bytes; noise must not become a thread
-            led.reject("email", R_BINARY_FILE, f"'{p.name}' is not mail: {control_share(data):.0%} control bytes "
-                       f"(binary data); remove it or export the message again", p)
+        if _refuse_binary(p.name, _head(p), led, p):
             continue
         try:
-            emails.append((_read_message(data, str(p), led), str(p)))
+            data, cuts = _message_file(p, max_body_chars)
+            emails.append((_read_message(data, str(p), led, None, max_body_chars, cuts), str(p)))
         except Exception as exc:  # the email package raises many types on broken input
             led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", p)
     return emails
@@ -811,6 +1023,94 @@ _MBOX_FULL = re.compile(rb"From (?:\S+@\S+|MAILER-DAEMON) +(?:Mon|Tue|Wed|Thu|Fr
                         rb"(?:[A-Z]{2,5} +|[+-]\d{4} +)?\d{4}\s*")
 # a line that starts like a separator (an address after 'From ') but is not one of the forms above
 _MBOX_ADDRESSY = re.compile(rb"From \S+@\S+")
+
+
+class NotAnMbox(Exception):
+    """The stream does not start with an mbox separator line."""
+
+
+class _MboxMessage:
+    """The lines of one mbox message as they stream in: a blank line is held back until the next line
+    shows whether it is the blank line before a separator (which belongs to the format)."""
+
+    def __init__(self, line: int, separator: bytes, max_part_bytes: Optional[int]):
+        self.line, self.separator = line, separator
+        self._sink: Any = MessageCutter(max_part_bytes) if max_part_bytes else []
+        self._held: Optional[bytes] = None
+
+    def _put(self, piece: bytes, start: bool) -> None:
+        if isinstance(self._sink, list):
+            self._sink.append(piece)
+        else:
+            self._sink.add(piece, start)
+
+    def add(self, piece: bytes, start: bool) -> None:
+        if self._held is not None:
+            self._put(self._held, True)
+            self._held = None
+        if start and not piece.strip():
+            self._held = piece
+            return
+        if start and piece.startswith(b">") and _MBOX_ESCAPED.match(piece):
+            piece = piece[1:]  # mboxrd: one '>' less on '>From ', '>>From ', ...
+        self._put(piece, start)
+
+    def finish(self, at_end: bool) -> tuple[int, bytes, Optional[datetime], list[PartCut]]:
+        # the blank line before a separator belongs to the format; at the end of the file a last
+        # blank line ending in a newline stays (the file's final newline is the one dropped)
+        if self._held is not None and at_end and self._held.endswith(b"\n"):
+            self._put(self._held, True)
+        if isinstance(self._sink, list):
+            raw, cuts = b"".join(self._sink), []
+        else:
+            raw, cuts = self._sink.finish()
+        return self.line, raw[:-1] if raw.endswith(b"\n") else raw, _separator_date(self.separator), cuts
+
+
+def iter_mbox(pieces: Iterable[tuple[bytes, bool]], notes: Optional[list] = None,
+              max_part_bytes: Optional[int] = None) -> Iterator[tuple[int, bytes, Optional[datetime], list[PartCut]]]:
+    """The messages of an mbox stream as (line number of the separator, raw message bytes, separator
+    date, parts cut), one at a time (see :func:`split_mbox` for the rules).
+
+    Args:
+        pieces: the file's lines as :func:`threadsum.data.stream.bounded_lines` gives them.
+        notes: when given, (warning reason, line number, detail) is appended for each doubtful line.
+        max_part_bytes: cut each message's MIME parts to this many bytes while reading (None: keep all).
+    Raises:
+        NotAnMbox: the first line that is not blank is not a separator (nothing is yielded then).
+    """
+    msg: Optional[_MboxMessage] = None
+    n, prev_blank = 0, False
+    for piece, start in pieces:
+        if start:
+            n += 1
+        if msg is None:
+            if not piece.strip():
+                continue
+            line = piece.rstrip(b"\n")
+            if not start or not _is_separator(line):
+                raise NotAnMbox(n)
+            msg, prev_blank = _MboxMessage(n, line, max_part_bytes), False
+            continue
+        if start and piece.startswith(b"From "):
+            line = piece.rstrip(b"\n")
+            full = _MBOX_FULL.fullmatch(line.rstrip(b"\r")) is not None
+            if (prev_blank and _is_separator(line)) or full:
+                if not prev_blank and notes is not None:
+                    notes.append((W_MBOX_SPLIT_NO_BLANK, n, f"line {n} is a full mbox separator without the "
+                                  f"blank line before it ({_shown(line)}); a new message starts there"))
+                yield msg.finish(at_end=False)
+                msg, prev_blank = _MboxMessage(n, line, max_part_bytes), False
+                continue
+            if notes is not None and (_MBOX_ADDRESSY.match(line) or _is_separator(line)):
+                notes.append((W_MBOX_DOUBTFUL_FROM, n, f"line {n} starts like an mbox separator but is "
+                              f"not one ({_shown(line)}); kept as text of the message above"))
+        if start:
+            prev_blank = not piece.strip()
+        msg.add(piece, start)
+    if msg is None:
+        raise NotAnMbox(n)
+    yield msg.finish(at_end=True)
 
 
 def split_mbox(data: bytes, notes: Optional[list] = None) -> Optional[list[tuple[int, bytes, Optional[datetime]]]]:
@@ -830,37 +1130,10 @@ def split_mbox(data: bytes, notes: Optional[list] = None) -> Optional[list[tuple
     Returns:
         The messages, or None when the file does not start with a separator (not an mbox). Never raises.
     """
-    lines = data.split(b"\n")
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None or not _is_separator(lines[first]):
+    try:
+        return [m[:3] for m in iter_mbox(bounded_lines(io.BytesIO(data)), notes)]
+    except NotAnMbox:
         return None
-    out: list[tuple[int, bytes, Optional[datetime]]] = []
-    start = first
-    body: list[bytes] = []
-    for i in range(first + 1, len(lines) + 1):
-        line = lines[i] if i < len(lines) else None
-        split = line is None
-        if line is not None and line.startswith(b"From "):
-            blank = not lines[i - 1].strip()
-            full = _MBOX_FULL.fullmatch(line.rstrip(b"\r")) is not None
-            if blank and _is_separator(line):
-                split = True
-            elif full:
-                split = True
-                if notes is not None:
-                    notes.append((W_MBOX_SPLIT_NO_BLANK, i + 1, f"line {i + 1} is a full mbox separator without the "
-                                  f"blank line before it ({_shown(line)}); a new message starts there"))
-            elif notes is not None and (_MBOX_ADDRESSY.match(line) or _is_separator(line)):
-                notes.append((W_MBOX_DOUBTFUL_FROM, i + 1, f"line {i + 1} starts like an mbox separator but is "
-                              f"not one ({_shown(line)}); kept as text of the message above"))
-        if split:
-            if body and not body[-1].strip():
-                body.pop()  # the blank line before a separator belongs to the format
-            out.append((start + 1, b"\n".join(body), _separator_date(lines[start])))
-            start, body = i, []
-            continue
-        body.append(line[1:] if line.startswith(b">") and _MBOX_ESCAPED.match(line) else line)
-    return out
 
 
 def _shown(line: bytes) -> str:
@@ -876,38 +1149,206 @@ def _is_separator(line: bytes) -> bool:
     return line.startswith(b"From ") and _separator_date(line) is not None
 
 
-def _mbox_emails(path: Path, led: Ledger) -> list[tuple[Email, str]]:
-    data = path.read_bytes()
-    if not data.strip():
+def _mbox_emails(path: Path, led: Ledger, max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> list[tuple[Email, str]]:
+    """The emails of an mbox file, read one message at a time, each MIME part cut to
+    ``max_part_bytes(max_body_chars)`` while it is read."""
+    if _refuse_outlook(path, led):
+        return []
+    if _is_blank(path):
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
         return []
     notes: list[tuple[str, int, str]] = []
-    messages = split_mbox(data, notes)
-    for reason, line, detail in notes:
-        led.warn(reason, f"'{path.name}': {detail}", path, line)
-    if messages is None:
+    emails = []
+    try:
+        with path.open("rb") as fh:
+            for k, (line, raw, envelope, cuts) in enumerate(
+                    iter_mbox(bounded_lines(fh), notes, max_part_bytes(max_body_chars)), 1):
+                led.inputs["email"] += 1
+                where = f"{path}#{k}"
+                try:
+                    emails.append((_read_message(raw, where, led, envelope, max_body_chars, cuts), where))
+                except Exception as exc:  # the email package raises many types on broken input
+                    led.reject("email", R_UNPARSEABLE_MAIL, f"message {k}: {type(exc).__name__}: {exc}", path, line)
+    except NotAnMbox:
         led.reject("file", R_UNREADABLE_FILE, f"'{path.name}' is not an mbox: it does not start with a "
                    f"'From <address> <date>' separator line (RFC 4155); save the mail as .mbox or as .eml files", path)
         return []
-    emails = []
-    for n, (line, raw, envelope) in enumerate(messages, 1):
-        led.inputs["email"] += 1
-        where = f"{path}#{n}"
-        try:
-            emails.append((_read_message(raw, where, led, envelope), where))
-        except Exception as exc:  # the email package raises many types on broken input
-            led.reject("email", R_UNPARSEABLE_MAIL, f"message {n}: {type(exc).__name__}: {exc}", path, line)
+    for reason, line, detail in notes:
+        led.warn(reason, f"'{path.name}': {detail}", path, line)
     return emails
 
 
-def read_mail_folder(folder: Path, require_summary: bool = True) -> ReadResult:
-    """A folder of .eml and .mbox files (searched recursively), threaded together."""
+# -------------------------------------------------------------------------------------- Maildir
+# files a mail server keeps in a Maildir besides the messages (Dovecot, Courier, Maildir++ quota)
+_MAILDIR_META = re.compile(r"^(?:dovecot|courier|maildirfolder$|maildirsize$|subscriptions$)")
+
+
+def is_maildir(folder: Path) -> bool:
+    """A Maildir: a folder with ``cur/`` and ``new/`` (``tmp/`` is often missing from copies)."""
+    return (folder / "cur").is_dir() and (folder / "new").is_dir()
+
+
+def maildirs(folder: Path) -> list[Path]:
+    """The Maildirs in ``folder``: itself when it is one, its Maildir++ subfolders (``.Sent``,
+    ``.Archive.2020``; ``mailbox.Maildir.list_folders``), and Maildirs in plain subfolders (layouts such
+    as mbsync's ``SubFolders Verbatim``), searched to any depth. Sorted."""
+    found: set[Path] = set()
+
+    def visit(d: Path) -> None:
+        if is_maildir(d):
+            found.add(d)
+            md = mailbox.Maildir(str(d), factory=None, create=False)
+            for name in md.list_folders():
+                visit(d / f".{name}")
+        for sub in sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if not (is_maildir(d) and sub.name in ("cur", "new", "tmp")):
+                visit(sub)
+
+    visit(folder)
+    return sorted(found)
+
+
+def _maildir_emails(folder: Path, led: Ledger, max_body_chars: int) -> tuple[list[tuple[Email, str]], list[Path]]:
+    """The emails of one Maildir (its ``cur/`` and ``new/``, read by ``mailbox.Maildir``) and the files
+    taken; a file left in ``tmp/`` (a delivery not finished) is a file reject."""
+    md = mailbox.Maildir(str(folder), factory=None, create=False)
+    files = sorted(f for sub in ("cur", "new") for f in (folder / sub).iterdir() if f.is_file())
+    emails = []
+    for key in sorted(md.iterkeys()):
+        with md.get_file(key) as fh:
+            head = fh.read(SNIFF_BYTES)
+        where = str(folder / key)
+        if is_outlook_msg(head):
+            led.reject("file", R_OUTLOOK_MSG, outlook_msg_message(key), where)
+            continue
+        led.inputs["email"] += 1
+        if _refuse_binary(key, head, led, where):
+            continue
+        cutter = MessageCutter(max_part_bytes(max_body_chars))
+        with md.get_file(key) as fh:
+            for piece, start in bounded_lines(fh):
+                cutter.add(piece, start)
+        raw, cuts = cutter.finish()
+        if not raw.strip():
+            led.reject("email", R_EMPTY_FILE, f"Maildir message '{key}' is empty", where)
+            continue
+        try:
+            emails.append((_read_message(raw, where, led, None, max_body_chars, cuts), where))
+        except Exception as exc:  # the email package raises many types on broken input
+            led.reject("email", R_UNPARSEABLE_MAIL, f"{type(exc).__name__}: {exc}", where)
+    tmp = folder / "tmp"
+    for f in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+        if f.is_file():
+            led.reject("file", R_MAILDIR_TMP, f"'{f.relative_to(folder)}' is in a Maildir's tmp/: a delivery "
+                       f"that did not finish; not read (deliveries move to new/ when they finish)", f)
+            files.append(f)
+    return emails, files
+
+
+def _maildir_tree_emails(folder: Path, led: Ledger, max_body_chars: int) -> tuple[list[tuple[Email, str]], list[Path]]:
+    emails, files = [], []
+    for d in maildirs(folder):
+        e, f = _maildir_emails(d, led, max_body_chars)
+        emails += e
+        files += f
+    return emails, files
+
+
+# ------------------------------------------------------------------------ mail services' JSON
+def _api_emails(path: Path, led: Ledger, max_body_chars: int, kind: str) -> list[tuple[Email, str]]:
+    """The emails of a Gmail API or Microsoft Graph JSON file (``threadsum.data.mail_api``): one JSON
+    value or JSON lines, every string cut to ``max_part_bytes(max_body_chars)`` while it is read."""
+    text = _json_text(path, led, max_body_chars)
+    if text is None:
+        return []
+    try:
+        values = [json.loads(text)]
+    except json.JSONDecodeError as first:
+        values = []
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError:
+                led.reject("file", R_INVALID_JSON, f"'{path.name}' is not JSON (nor JSON lines): {first.msg} at line "
+                           f"{first.lineno}, column {first.colno}", path, first.lineno)
+                return []
+    del text
+    return _api_values_emails(values, str(path), led, max_body_chars, kind)
+
+
+def _api_values_emails(values: list, where: str, led: Ledger, max_body_chars: int, kind: str
+                       ) -> list[tuple[Email, str]]:
+    read = mail_api.gmail_messages if kind == mail_api.GMAIL else mail_api.graph_messages
+    service = "Gmail API" if kind == mail_api.GMAIL else "Microsoft Graph"
+    emails = []
+    for i, value in enumerate(values):
+        try:
+            messages, problems = read(value, f"[{i}]" if len(values) > 1 else "")
+        except ValueError as exc:  # a body that is not base64url
+            led.inputs["email"] += 1
+            led.reject("email", R_UNPARSEABLE_MAIL, f"{service} JSON: {exc}", where)
+            continue
+        for at, detail in problems:
+            led.reject("file", R_UNREADABLE_FILE, f"{service} JSON, {at}: {detail}", where)
+        for m in messages:
+            led.inputs["email"] += 1
+            if m.problem:
+                led.reject("email", R_EMPTY_BODY, f"{service} message {m.where}: {m.problem}", where)
+                continue
+            try:
+                emails.append((_read_api_message(m, where, led, max_body_chars), f"{where} {m.where}"))
+            except Exception as exc:  # the email package raises many types on broken input
+                led.reject("email", R_UNPARSEABLE_MAIL, f"{m.where}: {type(exc).__name__}: {exc}", where)
+    return emails
+
+
+def _gmail_emails(path: Path, led: Ledger, max_body_chars: int) -> list[tuple[Email, str]]:
+    return _api_emails(path, led, max_body_chars, mail_api.GMAIL)
+
+
+def _graph_emails(path: Path, led: Ledger, max_body_chars: int) -> list[tuple[Email, str]]:
+    return _api_emails(path, led, max_body_chars, mail_api.GRAPH)
+
+
+def threads_from_api_json(value: Any, name: str = "<input>", max_body_chars: int = DEFAULT_MAX_BODY_CHARS
+                          ) -> Optional[list[Thread]]:
+    """Threads of a parsed Gmail API or Microsoft Graph JSON value (summarize, the service), or None when
+    the value has neither shape. Messages that cannot be read are left out."""
+    kind = mail_api.kind_of(value)
+    if kind is None:
+        return None
     led = Ledger()
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".eml", ".mbox", ".mbx"))
-    emails = _eml_emails([p for p in files if p.suffix.lower() == ".eml"], led)
-    for p in files:
-        if p.suffix.lower() != ".eml":
-            emails += _mbox_emails(p, led)
+    emails = _api_values_emails([value], name, led, max_body_chars, kind)
+    return _mail_threads(emails, led, {}, False, name)
+
+
+# ------------------------------------------------------------------------------- mail folders
+def _mail_file_format(path: Path) -> Optional[str]:
+    """The mail format of one file (``eml``, ``mbox``, ``gmail_json``, ``graph_json``) or None."""
+    fmt = _file_format(path)
+    return fmt if fmt is not None and FORMATS[fmt].mail else None
+
+
+def read_mail_folder(folder: Path, require_summary: bool = True,
+                     max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> ReadResult:
+    """A folder of mail, searched recursively and threaded together: Maildirs (``maildirs``), and each
+    other file whose format is a mail format (.eml, .mbox, Gmail API or Graph JSON; see ``FORMATS``).
+    Summaries, if any, come from a ``summaries.csv`` / ``summaries.jsonl`` in the folder."""
+    led = Ledger()
+    emails, files = _maildir_tree_emails(folder, led, max_body_chars)
+    boxes = set(maildirs(folder))
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts) or \
+                (p.parent.name in ("cur", "new", "tmp") and p.parent.parent in boxes):
+            continue  # hidden, or a Maildir's message (read above)
+        fmt = _mail_file_format(p)
+        if fmt is None:
+            continue
+        files.append(p)
+        emails += FORMATS[fmt].emails(p, led, max_body_chars)
     threads = _mail_threads(emails, led, _sidecar_summaries(folder, led), require_summary, folder)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, files)
 
@@ -917,12 +1358,24 @@ def read_eml_folder(folder: Path, require_summary: bool = True) -> ReadResult:
     return read_mail_folder(folder, require_summary)
 
 
-def read_mbox(path: Path, require_summary: bool = True) -> ReadResult:
+def read_mbox(path: Path, require_summary: bool = True, max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> ReadResult:
     """One mbox file (RFC 4155, see ``split_mbox``)."""
+    return _read_mail_file(path, "mbox", max_body_chars, require_summary)
+
+
+def _read_mail_file(path: Path, fmt: str, max_body_chars: int, require_summary: bool) -> ReadResult:
+    """One file of a mail format, threaded; summaries from a sidecar file next to it."""
     led = Ledger()
-    emails = _mbox_emails(path, led)
+    emails = FORMATS[fmt].emails(path, led, max_body_chars)
     threads = _mail_threads(emails, led, _sidecar_summaries(path.parent, led), require_summary, path)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
+
+
+def _read_mail(path: Path, fmt: str, max_body_chars: int, require_summary: bool) -> ReadResult:
+    """A mail format's reader: a folder is read by ``read_mail_folder``, a file as ``fmt``."""
+    if path.is_dir():
+        return read_mail_folder(path, require_summary, max_body_chars)
+    return _read_mail_file(path, fmt, max_body_chars, require_summary)
 
 
 # --------------------------------------------------------------------------------------- JSONL
@@ -941,16 +1394,19 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
         FileNotFoundError: ``path`` does not exist (``read_source`` checks this first).
     """
     led = Ledger()
-    data = path.read_bytes()
-    if not data.strip():
+    if _refuse_outlook(path, led):
+        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
+    if _is_blank(path):
         led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
         return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
-    text = _decode(data, path, led)
+    # read a line at a time, each string cut to max_part_bytes while it is read (a string holds no
+    # raw newline, so the lines are the file's)
+    source = _DataFile(path, JsonStringCutter(max_part_bytes(max_body_chars)))
     by_thread: dict[str, list[Email]] = defaultdict(list)
     summaries: dict[str, Optional[str]] = {}
     subjects: dict[str, str] = {}
     seen: set[str] = set()
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text_lines(source.text()), 1):
         if not line.strip():
             continue
         try:
@@ -977,6 +1433,10 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
                        n_emails=len(obj["emails"]))
             continue
         seen.add(tid)
+        cut = source.cutter.n_cut > 0  # the line was read, so a cut in it has been made
+        if cut:
+            _take_cuts(obj)
+            _warn_cut_fields(obj, led, path, n, tid, skip=("emails",))
         subjects[tid] = str(obj.get("subject") or "")
         s = obj.get("summary")
         summaries[tid] = str(s).strip() if s and str(s).strip() else None
@@ -986,50 +1446,201 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
             if not isinstance(e, dict):
                 led.reject("email", R_MALFORMED_ROW, "email entry is not an object", path, n, tid)
                 continue
-            rec = dict(e, thread_id=tid)
+            rec = _take_cuts(dict(e, thread_id=tid)) if cut else dict(e, thread_id=tid)
             rec.setdefault("timestamp", e.get("date"))
             got = _email_from_record(rec, path, n, led, max_body_chars, kaggle=False)
             if got:
                 by_thread[tid].append(got[1])
+    source.finish(led)
     threads = _assemble(by_thread, summaries, led, path, require_summary, subjects, seen_ids=seen)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
 
 
 # -------------------------------------------------------------------------------------- dispatch
-def detect_format(path: Path) -> str:
-    """The reader for ``path``: kaggle_csv, kaggle_json, eml, mbox or jsonl.
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+"""The first bytes of an OLE2 compound file: Outlook's .msg (and old Office documents)."""
+R_OUTLOOK_MSG = "outlook_msg"
 
-    A folder is judged by the files in it (the Kaggle details file first), a file by its extension.
+
+def is_outlook_msg(head: bytes) -> bool:
+    """Whether bytes start like an Outlook .msg file (an OLE2 compound file, ``OLE2_MAGIC``)."""
+    return head[:len(OLE2_MAGIC)] == OLE2_MAGIC
+
+
+def outlook_msg_message(name: Any) -> str:
+    """The one-line message for an Outlook .msg file: what it is and how to save the mail as .eml."""
+    return (f"'{name}' is an Outlook .msg file (OLE2), which threadsum does not read; save the mail as .eml "
+            f"instead: in new Outlook or Outlook on the web open the message and use Save as / Download, in "
+            f"Outlook for Mac drag the messages to a Finder folder; or convert .msg files with `msgconvert "
+            f"FILE.msg` (Debian/Ubuntu package libemail-outlook-message-perl) or the Python package extract-msg "
+            f"(`extract_msg.openMsg(path).asEmailMessage()`)")
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One input format: its ``data.format`` name, how it is recognized and how it is read.
+
+    A *mail* format yields emails that are threaded by ids (``thread_emails``), its summaries coming
+    from a sidecar ``summaries.csv`` / ``summaries.jsonl``; the others hold threads with their ids and
+    summaries. Every reader cuts bodies to ``max_body_chars`` while it reads (bounded memory).
+    """
+
+    name: str
+    what: str
+    """What it reads, in the words messages and docs use."""
+    mail: bool
+    file: Callable[[Path, bytes], bool]
+    """Whether a file is of this format, from its path and first ``SNIFF_BYTES`` bytes."""
+    read: Callable[[Path, int, bool], ReadResult]
+    """(path, max_body_chars, require_summary) -> the threads of a file or folder in this format."""
+    folder: Callable[[Path], bool] = lambda p: False
+    """Whether a folder as a whole is of this format (the Kaggle pair, a Maildir)."""
+    emails: Optional[Callable[[Path, Ledger, int], list[tuple[Email, str]]]] = None
+    """A mail format's emails of one file: (path, ledger, max_body_chars) -> [(email, where)]."""
+
+
+def _kaggle_json_file(path: Path, head: bytes) -> bool:
+    name = path.name.lower()
+    if name in (DETAILS_JSON, SUMMARIES_JSON):
+        return True
+    return name.endswith(".json") and mail_api.sniff(head) is None
+
+
+def _jsonl_file(path: Path, head: bytes) -> bool:
+    return path.name.lower().endswith(".jsonl") and mail_api.sniff(head) is None
+
+
+def _eml_file(path: Path, head: bytes) -> bool:
+    if path.name.lower().endswith(".eml"):
+        return True
+    # a message file without the extension (Maildir copies, 'message.txt'): its first lines are headers
+    return (not path.suffix or path.suffix.lower() == ".txt") and looks_like_mail_headers(head)
+
+
+def _mbox_file(path: Path, head: bytes) -> bool:
+    name = path.name.lower()
+    if name.endswith((".mbox", ".mbx")) or name == "mbox":
+        return True
+    first = head.lstrip().split(b"\n", 1)[0]
+    return not path.suffix and _is_separator(first.rstrip(b"\r"))
+
+
+def _api_file(kind: str) -> Callable[[Path, bytes], bool]:
+    return lambda path, head: path.name.lower().endswith((".json", ".jsonl")) and mail_api.sniff(head) == kind
+
+
+_HEADER_FIELD = re.compile(rb"([A-Za-z][A-Za-z0-9-]*):[ \t]")
+_MAIL_FIELDS = {b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"in-reply-to", b"references",
+                b"received", b"return-path", b"mime-version", b"content-type", b"delivered-to"}
+
+
+def looks_like_mail_headers(head: bytes) -> bool:
+    """Whether bytes start with an RFC 822 header block naming From or Subject and another mail field."""
+    names = set()
+    for line in head.lstrip(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].split(b"\n")[:200]:
+        if line[:1] in (b" ", b"\t") and names:
+            continue
+        m = _HEADER_FIELD.match(line)
+        if m is None:
+            return False
+        names.add(m.group(1).lower())
+    return bool(names & {b"from", b"subject"}) and len(names & _MAIL_FIELDS) >= 2
+
+
+def _read_kaggle_source(fmt: str) -> Callable[[Path, int, bool], ReadResult]:
+    ext = "csv" if fmt == "kaggle_csv" else "json"
+    return lambda p, max_body_chars, require_summary: read_kaggle(
+        *_kaggle_pair(p, ext), fmt=ext, max_body_chars=max_body_chars, require_summary=require_summary)
+
+
+def _read_jsonl_source(p: Path, max_body_chars: int, require_summary: bool) -> ReadResult:
+    if p.is_dir():
+        return _merge([read_jsonl(j, max_body_chars, require_summary) for j in sorted(p.glob("*.jsonl"))
+                       if _jsonl_file(j, _head(j))])
+    return read_jsonl(p, max_body_chars, require_summary)
+
+
+def _mail_format(name: str, what: str, file: Callable[[Path, bytes], bool],
+                 emails: Callable[[Path, Ledger, int], list[tuple[Email, str]]],
+                 folder: Callable[[Path], bool] = lambda p: False) -> SourceFormat:
+    return SourceFormat(name, what, True, file, lambda p, m, r: _read_mail(p, name, m, r), folder, emails)
+
+
+def _maildir_read(p: Path, max_body_chars: int, require_summary: bool) -> ReadResult:
+    if p.is_dir():
+        return read_mail_folder(p, require_summary, max_body_chars)
+    return _read_mail_file(p, "eml", max_body_chars, require_summary)  # one message file of a Maildir
+
+
+FORMATS: dict[str, SourceFormat] = {f.name: f for f in [
+    SourceFormat("kaggle_csv", "the Kaggle CSV pair (email_thread_details.csv + email_thread_summaries.csv)", False,
+                 lambda p, head: p.name.lower().endswith(".csv"), _read_kaggle_source("kaggle_csv"),
+                 lambda p: (p / DETAILS_CSV).exists()),
+    SourceFormat("kaggle_json", "the Kaggle JSON copies (email_thread_details.json + email_thread_summaries.json)",
+                 False, _kaggle_json_file, _read_kaggle_source("kaggle_json"), lambda p: (p / DETAILS_JSON).exists()),
+    SourceFormat("maildir", "a Maildir (cur/ and new/, Maildir++ subfolders included)", True,
+                 lambda p, head: False, _maildir_read, lambda p: bool(maildirs(p)),
+                 lambda p, led, m: _eml_emails([p], led, m)),
+    _mail_format("eml", ".eml files (one RFC 822 message each)", _eml_file, lambda p, led, m: _eml_emails([p], led, m)),
+    _mail_format("mbox", "an .mbox file", _mbox_file, _mbox_emails),
+    _mail_format("gmail_json", "Gmail API threads or messages saved as JSON (users.threads.get, format=full or raw)",
+                 _api_file(mail_api.GMAIL), _gmail_emails),
+    _mail_format("graph_json", "Microsoft Graph messages saved as JSON (GET /me/messages)",
+                 _api_file(mail_api.GRAPH), _graph_emails),
+    SourceFormat("jsonl", "JSONL of threads {thread_id, emails: [{from, to, date, body}], summary}", False,
+                 _jsonl_file, _read_jsonl_source),
+]}
+"""Every input format, in the order ``detect_format`` tries them. ``data.format`` takes these names."""
+
+
+def _file_format(path: Path) -> Optional[str]:
+    """The format of one file (the first in ``FORMATS`` that takes it), or None."""
+    head = _head(path)
+    if is_outlook_msg(head):
+        return None
+    return next((f.name for f in FORMATS.values() if f.file(path, head)), None)
+
+
+def _names() -> str:
+    return ", ".join(FORMATS)
+
+
+def detect_format(path: Path) -> str:
+    """The format of ``path``, a name in ``FORMATS``.
+
+    A folder: the Kaggle pair by its file names, a Maildir (itself or inside it), else the format of
+    the files in it (searched recursively, hidden ones aside), a mail format first. A file: the first
+    format of ``FORMATS`` that takes its name and first bytes (Gmail and Graph JSON are told apart
+    from Kaggle JSON and JSONL by the keys they hold).
 
     Raises:
-        DataError: the folder holds none of those files, or the file name has no known extension.
+        DataError: an Outlook .msg file (the message says how to export it), or nothing is recognized.
     """
     if path.is_dir():
-        if (path / DETAILS_CSV).exists():
-            return "kaggle_csv"
-        if (path / DETAILS_JSON).exists():
-            return "kaggle_json"
-        if any(path.rglob("*.eml")):
-            return "eml"
-        if any(path.glob("*.mbox")):
-            return "mbox"
-        if any(path.glob("*.jsonl")):
+        for f in FORMATS.values():
+            if f.folder(path):
+                return f.name
+        found = []
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and not any(x.startswith(".") for x in p.relative_to(path).parts) \
+                    and p.name not in _SIDE_FILES:
+                fmt = _file_format(p)
+                if fmt is not None and FORMATS[fmt].mail:
+                    return fmt
+                if fmt is not None:
+                    found.append(fmt)
+        if "jsonl" in found:
             return "jsonl"
-        raise DataError(f"'{path}' holds no {DETAILS_CSV}, {DETAILS_JSON}, *.eml, *.mbox or *.jsonl; "
-                        f"point data.source at one of those (or set data.format)")
-    name = path.name.lower()
-    if name.endswith(".csv"):
-        return "kaggle_csv"
-    if name.endswith(".jsonl"):
-        return "jsonl"
-    if name.endswith(".json"):
-        return "kaggle_json"
-    if name.endswith(".eml"):
-        return "eml"
-    if name.endswith((".mbox", ".mbx")) or name == "mbox":
-        return "mbox"
-    raise DataError(f"cannot tell the format of '{path}' from its name; set data.format to one of "
-                    f"kaggle_csv, kaggle_json, eml, mbox, jsonl")
+        raise DataError(f"'{path}' holds no {DETAILS_CSV}, {DETAILS_JSON}, Maildir (cur/, new/), *.eml, *.mbox, "
+                        f"Gmail or Graph JSON or *.jsonl; point data.source at one of those (or set data.format)")
+    head = _head(path)
+    if is_outlook_msg(head):
+        raise DataError(outlook_msg_message(path))
+    fmt = next((f.name for f in FORMATS.values() if f.file(path, head)), None)
+    if fmt is None:
+        raise DataError(f"cannot tell the format of '{path}' from its name or first bytes; set data.format to one "
+                        f"of {_names()}")
+    return fmt
 
 
 def _kaggle_pair(path: Path, ext: str) -> tuple[Path, Path]:
@@ -1042,31 +1653,28 @@ def _kaggle_pair(path: Path, ext: str) -> tuple[Path, Path]:
 
 def read_source(path: str | Path, fmt: str = "auto", max_body_chars: int = DEFAULT_MAX_BODY_CHARS,
                 require_summary: bool = True) -> ReadResult:
-    """Read threads from ``path``; bad rows become rejects, only a missing path raises DataError."""
+    """Read threads from ``path`` in format ``fmt`` (a name in ``FORMATS``, or ``auto``: ``detect_format``).
+
+    Bad rows, messages and files become rejects; bodies are cut to ``max_body_chars`` characters while
+    they are read (peak memory follows that limit, not the file).
+
+    Raises:
+        DataError: ``path`` does not exist, is an Outlook .msg file (whatever ``fmt`` says), ``fmt`` is
+            unknown, or ``auto`` recognizes nothing.
+    """
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"data source '{p}' does not exist. Set data.source to a Kaggle folder/CSV, a .json copy, "
-                        f"a folder of .eml, an .mbox or a .jsonl (or run `threadsum synth` to make a corpus)")
+                        f"a folder of .eml, a Maildir, an .mbox, Gmail or Graph JSON or a .jsonl (or run `threadsum "
+                        f"synth` to make a corpus)")
+    if p.is_file() and is_outlook_msg(_head(p, len(OLE2_MAGIC))):
+        raise DataError(outlook_msg_message(p))
     if fmt == "auto":
         fmt = detect_format(p)
-    result = _read_format(p, fmt, max_body_chars, require_summary)
+    if fmt not in FORMATS:
+        raise DataError(f"unknown data.format '{fmt}'; use auto or one of {_names()}")
+    result = FORMATS[fmt].read(p, max_body_chars, require_summary)
     return _with_unread_files(p, result) if p.is_dir() else result
-
-
-def _read_format(p: Path, fmt: str, max_body_chars: int, require_summary: bool) -> ReadResult:
-    if fmt == "kaggle_csv":
-        return read_kaggle(*_kaggle_pair(p, "csv"), fmt="csv", max_body_chars=max_body_chars, require_summary=require_summary)
-    if fmt == "kaggle_json":
-        return read_kaggle(*_kaggle_pair(p, "json"), fmt="json", max_body_chars=max_body_chars, require_summary=require_summary)
-    if fmt in ("eml", "mbox"):
-        if p.is_dir():
-            return read_mail_folder(p, require_summary)
-        return read_eml_files([p], require_summary) if fmt == "eml" else read_mbox(p, require_summary)
-    if fmt == "jsonl":
-        if p.is_dir():
-            return _merge([read_jsonl(j, max_body_chars, require_summary) for j in sorted(p.glob("*.jsonl"))])
-        return read_jsonl(p, max_body_chars, require_summary)
-    raise DataError(f"unknown data.format '{fmt}'; use auto, kaggle_csv, kaggle_json, eml, mbox or jsonl")
 
 
 # files a folder source may hold besides the ones read: summaries next to mail, and the Kaggle copies
@@ -1075,13 +1683,18 @@ _SIDE_FILES = {"summaries.csv", "summaries.jsonl", DETAILS_CSV, SUMMARIES_CSV, D
 
 
 def _with_unread_files(folder: Path, result: ReadResult) -> ReadResult:
-    """``result`` plus a file reject for each file in ``folder`` that no reader took (hidden files aside)."""
+    """``result`` plus a file reject for each file in ``folder`` that no reader took (hidden files, and
+    the index files mail servers keep in a Maildir, aside). An Outlook .msg file is named as one."""
     taken = {f.resolve() for f in result.files}
+    taken |= {Path(r["source"]).resolve() for r in result.rejects if r["level"] == "file" and r.get("source")}
     extra = Ledger()
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder)
-        if not f.is_file() or f.resolve() in taken or f.name in _SIDE_FILES \
+        if not f.is_file() or f.resolve() in taken or f.name in _SIDE_FILES or _MAILDIR_META.match(f.name) \
                 or any(part.startswith(".") for part in rel.parts):
+            continue
+        if is_outlook_msg(_head(f, len(OLE2_MAGIC))):
+            extra.reject("file", R_OUTLOOK_MSG, outlook_msg_message(rel), f)
             continue
         extra.reject("file", R_UNSUPPORTED_FILE, f"'{rel}' was not read: no reader for this kind of file next to "
                      f"the {', '.join(sorted({x.suffix or x.name for x in result.files})) or 'other'} files; "
@@ -1091,15 +1704,17 @@ def _with_unread_files(folder: Path, result: ReadResult) -> ReadResult:
     return _merge([result, ReadResult([], extra.rejects, extra.counts([]), [], [])])
 
 
-def read_eml_files(files: list[Path], require_summary: bool = False) -> ReadResult:
+def read_eml_files(files: list[Path], require_summary: bool = False,
+                   max_body_chars: int = DEFAULT_MAX_BODY_CHARS) -> ReadResult:
     """Read single-message ``.eml`` files and group them into threads (see ``thread_emails``).
 
     Args:
         files: the .eml files.
         require_summary: reject threads that have no summary (mail carries none, so all are rejected).
+        max_body_chars: longest body kept, in characters (longer ones are cut, with a warning).
     """
     led = Ledger()
-    emails = _eml_emails(files, led)
+    emails = _eml_emails(files, led, max_body_chars)
     threads = _mail_threads(emails, led, {}, require_summary, files[0] if files else None)
     return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, list(files))
 
@@ -1117,7 +1732,13 @@ def _merge(results: list[ReadResult]) -> ReadResult:
 
 # ---------------------------------------------------------------------------- single documents
 def parse_mail_bytes(data: bytes) -> list[Thread]:
-    """Threads from one raw message or an mbox file's bytes (for summarize/serve; no summary needed)."""
+    """Threads from one raw message or an mbox file's bytes (for summarize/serve; no summary needed).
+
+    Raises:
+        DataError: the bytes are an Outlook .msg file (the message says how to save it as .eml).
+    """
+    if is_outlook_msg(data):
+        raise DataError(outlook_msg_message("the input"))
     led = Ledger()
     messages = split_mbox(data) if data.lstrip().startswith(b"From ") else None
     if messages is not None:

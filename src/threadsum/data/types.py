@@ -20,6 +20,9 @@ class Email:
     message_id: str = ""
     in_reply_to: str = ""
     references: list[str] = field(default_factory=list)
+    conversation_id: str = ""
+    """The mail service's own thread id, prefixed by the service (``gmail:<threadId>``,
+    ``graph:<conversationId>``); '' for mail read from files."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from``, ``to``, ``cc``, ``date`` as ``YYYY-MM-DD HH:MM:SS[...]`` or None,

@@ -32,7 +32,13 @@ from typing import Any, Optional, Union
 
 from threadsum.data.charset import MAX_CONTROL_SHARE, control_share  # noqa: F401 - MAX_CONTROL_SHARE re-exported
 from threadsum.data.clean import has_body_text
-from threadsum.data.readers import parse_pasted_thread
+from threadsum.data.readers import (
+    OLE2_MAGIC,
+    is_outlook_msg,
+    outlook_msg_message,
+    parse_pasted_thread,
+    threads_from_api_json,
+)
 from threadsum.data.types import Email, Thread
 from threadsum.errors import InputError
 
@@ -40,7 +46,12 @@ ThreadLike = Union[Thread, str, email.message.Message, dict]
 
 
 EXPECTED_FORMS = ("an .eml message, an .mbox file, a JSON thread {thread_id, emails: [{from, to, date, body}]} "
-                  "(or a list / JSON lines of those), or plain UTF-8 text")
+                  "(or a list / JSON lines of those), a Gmail API thread or Microsoft Graph messages saved as "
+                  "JSON, or plain UTF-8 text")
+# an Outlook .msg file's first bytes as they read once decoded as text (UTF-8 with replacement, as a
+# browser's File.text() does, or a single-byte charset)
+_OLE2_AS_TEXT = tuple({OLE2_MAGIC.decode("utf-8", "replace"), OLE2_MAGIC.decode("latin-1"),
+                       OLE2_MAGIC.decode("cp1252", "replace")})
 
 
 
@@ -258,6 +269,11 @@ def threads_from_text(text: str, warnings: Optional[list[str]] = None, field: st
         raise InputError(f"{field} is empty; paste an email thread or an RFC 822 message")
     if not re.search(TEXT_PATTERN, text):
         raise InputError(f"{field} holds no text (no letter or digit); paste an email thread or an RFC 822 message")
+    if text.lstrip().startswith(_OLE2_AS_TEXT):
+        raise InputError(outlook_msg_message(field))
+    api = _api_threads_in_text(text, field)
+    if api is not None:
+        return api
     first = text.lstrip().split("\n", 1)[0]
     if _MBOX_SEPARATOR.match(first):
         return [_with_given(t) for t in threads_from_mail_bytes(text.lstrip().encode("utf-8"))]
@@ -269,6 +285,30 @@ def threads_from_text(text: str, warnings: Optional[list[str]] = None, field: st
     if looks_like_rfc822(text):
         return [_with_given(t) for t in threads_from_mail_bytes(text.encode("utf-8"))]
     return [_with_given(Thread(thread_id="", subject="", emails=[Email(sender="", body=text)]))]
+
+
+def _api_threads_in_text(text: str, name: str) -> Optional[list[Thread]]:
+    """The threads of Gmail API / Microsoft Graph JSON pasted as text, or None for any other text."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "["):
+        return None
+    try:
+        value = json.loads(stripped)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    return _api_threads(value, name)
+
+
+def _api_threads(value: Any, name: str) -> Optional[list[Thread]]:
+    """Threads of a parsed Gmail/Graph JSON value (readers' rules), None for another shape; raises
+    InputError when the value has that shape but no message with a body."""
+    threads = threads_from_api_json(value, name)
+    if threads is None:
+        return None
+    if not threads:
+        raise InputError(f"{name} is Gmail API or Microsoft Graph JSON without any message that has a body; save "
+                         f"threads with users.threads.get (format=full or raw) or messages with GET /me/messages")
+    return [_with_given(t) for t in threads]
 
 
 def thread_from_text(text: str, thread_id: Any = None, subject: Optional[str] = None,
@@ -306,7 +346,10 @@ def to_thread(item: ThreadLike, index: int = 0, warnings: Optional[list[str]] = 
 
 # ------------------------------------------------------------------------- files / stdin
 def refuse_binary(data: bytes, name: str) -> None:
-    """Raise InputError when ``data`` is not text or mail (NUL bytes or too many control bytes)."""
+    """Raise InputError when ``data`` is not text or mail (NUL bytes or too many control bytes); an
+    Outlook .msg file gets a message saying how to save it as .eml."""
+    if is_outlook_msg(data):
+        raise InputError(outlook_msg_message(name))
     share = control_share(data)
     has_nul = b"\x00" in data[:65536]
     if has_nul or share > MAX_CONTROL_SHARE:
@@ -360,6 +403,9 @@ def read_threads(data: bytes, name: str = "<stdin>", warnings: Optional[list[str
                              f"character position {exc.pos}); expected {EXPECTED_FORMS}") from None
         except RecursionError:
             raise InputError(f"{name} is JSON nested too deeply to read; expected {EXPECTED_FORMS}") from None
+        api = _api_threads(records, name)
+        if api is not None:
+            return api
         if isinstance(records, dict) and isinstance(records.get("threads"), list):
             records = records["threads"]
         if isinstance(records, dict):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 from threadsum.config import Config, ConfigError, load_config
+from threadsum.data.readers import DataError, read_source
 from threadsum.data.types import Thread
 from threadsum.deps import require
 from threadsum.errors import ThreadsumError
@@ -282,9 +283,28 @@ def _read_input(path_or_dash: str, warnings: list[str]) -> list:
     if path_or_dash == "-":
         return read_threads(sys.stdin.buffer.read(), "<stdin>", warnings)
     p = Path(path_or_dash)
+    if p.is_dir():
+        return _read_folder(p, warnings)
     if not p.is_file():
-        raise InputError(f"input file '{p}' does not exist; pass an .eml, .mbox, .json file or '-' for stdin")
+        raise InputError(f"input file '{p}' does not exist; pass an .eml, .mbox, .json file, a mail folder "
+                         f"(a Maildir) or '-' for stdin")
     return read_threads(p.read_bytes(), str(p), warnings)
+
+
+def _read_folder(folder: Path, warnings: list[str]) -> list:
+    """Threads of a mail folder (a Maildir, a folder of .eml / .mbox / Gmail or Graph JSON), read by the
+    readers as prepare reads them; what they refused becomes warnings (raises InputError when no
+    thread is left)."""
+    try:
+        result = read_source(folder, "auto", require_summary=False)
+    except DataError as exc:
+        raise InputError(str(exc)) from None
+    for r in result.rejects:
+        warnings.append(f"{r.get('source') or folder}: {r['reason']}: {r['detail']}")
+    if not result.threads:
+        raise InputError(f"'{folder}' holds no thread with a body to summarize ({len(result.rejects)} file(s) or "
+                         f"message(s) refused)")
+    return result.threads
 
 
 def _print_results(results: list[Summary], as_json: bool, out) -> None:
