@@ -84,3 +84,17 @@ def test_omission_recall_and_no_false_left_out_on_synthetic_references(synth_thr
             hit += bool(carried - {(f.kind, str(f.key)) for f in after if f.important and f.carried})
     assert removed >= 24 and hit / removed >= 0.9
     assert false_left / important <= 0.1
+
+
+def test_rerank_prefers_fewest_unsupported_then_most_carried_then_model_order():
+    from threadsum.verify.rerank import choose_grounded
+
+    idx = index_thread(THREAD)
+    invented = "Kim asks Bob Smith to send the revised budget by Friday, which is $99,000."
+    bare = "Kim writes about the budget."
+    full = "Kim asks Jeff to send the revised budget by Friday; the total is $45,000."
+    assert choose_grounded(idx, [invented, bare, full]) == 2  # no unsupported claim, most carried
+    assert choose_grounded(idx, [invented, bare]) == 1  # fewer unsupported beats more carried
+    assert choose_grounded(idx, [full, full]) == 0  # ties: the model's order
+    assert choose_grounded(idx, [full, full], [-2.0, -1.0]) == 1  # ... by score when given
+    assert choose_grounded(idx, ["", bare]) == 1 and choose_grounded(idx, [bare]) == 0
