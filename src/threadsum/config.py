@@ -312,6 +312,12 @@ class GenerationConfig(_Section):
     """Longest summary in tokens."""
     batch_size: int = Field(16, ge=1)
     """Threads per generation batch (sorted by length)."""
+    rerank: Literal["none", "grounding"] = "none"
+    """'grounding': decode ``rerank_candidates`` beams and keep the one with the fewest unsupported claims,
+    then the most important facts carried, then the model's rank (``threadsum.verify.rerank``); 'none': the
+    top beam. Default chosen by bench/bench_coverage.py (docs/evaluation.md)."""
+    rerank_candidates: int = Field(4, ge=2)
+    """Candidates per thread for ``rerank: grounding`` (the beam width is raised to at least this)."""
 
 
 class EvalConfig(_Section):

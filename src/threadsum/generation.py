@@ -19,6 +19,12 @@ Rules (and why):
   ``min_new_tokens`` takes precedence over a model's ``min_length`` (transformers' rule; BART-CNN
   ships ``min_length=56``).
 - Greedy or beam search, never sampling: summaries are reproducible.
+- ``rerank: grounding`` asks for ``rerank_candidates`` finished beams per thread (the beam width is
+  raised to at least that many; :func:`candidates_wanted`) and a ``choose`` callback picks one
+  (:func:`threadsum.verify.rerank.grounded_chooser`); without one the top beam is kept. Torch
+  candidates come best first but without scores: ``sequences_scores`` needs ``output_scores``,
+  which keeps every step's scores (batch x beams x steps x vocab floats), so the beam rank stands in
+  for the score; CTranslate2 returns the scores (``return_scores``) at no cost.
 - Beam scores are renormalized after the n-gram and length rules (``renormalize_logits``): a banned
   token's probability mass goes to the allowed ones, so a beam's score stays a log-probability. This
   is also how CTranslate2 scores beams, which keeps both engines' summaries equal (a test holds this).
@@ -34,7 +40,7 @@ Rules (and why):
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 from threadsum.config import GenerationConfig as DecodingConfig
 
@@ -43,14 +49,25 @@ if TYPE_CHECKING:  # pragma: no cover
     import transformers
 
 
+Chooser = Callable[[int, list[str], list[Optional[float]]], int]
+"""``choose(thread position, candidate texts best first, their scores or None) -> index of the one to keep``."""
+
+
+def candidates_wanted(gen: DecodingConfig) -> int:
+    """Candidates decoded per thread: ``rerank_candidates`` with ``rerank: grounding``, else 1."""
+    return gen.rerank_candidates if gen.rerank == "grounding" else 1
+
+
 def decoding_settings(gen: DecodingConfig) -> dict[str, Any]:
     """The ``generate()`` settings for ``eval.generation`` (the rules in the module docstring).
 
     Returns a dict of Hugging Face ``GenerationConfig`` fields; lengths are in tokens.
     """
-    beams = gen.num_beams > 1
+    n = candidates_wanted(gen)
+    beams = max(gen.num_beams, n) > 1
     return {
-        "num_beams": gen.num_beams,
+        "num_beams": max(gen.num_beams, n),
+        "num_return_sequences": n,
         "do_sample": False,
         "length_penalty": gen.length_penalty,
         "early_stopping": beams,
@@ -145,6 +162,22 @@ class GeneratedBatch(NamedTuple):
     """Decoded summaries (special tokens removed, stripped), aligned with ``indices``."""
     n_tokens: list[int]
     """Generated tokens per summary, special tokens excluded."""
+    candidates: Optional[list[list[str]]] = None
+    """With ``rerank: grounding``: every candidate per thread, best beam first (``texts`` holds the chosen one)."""
+    scores: Optional[list[list[Optional[float]]]] = None
+    """The candidates' model scores (log-probabilities after the length penalty; None where the engine gives none)."""
+
+
+def pick_candidates(idx: Sequence[int], rows: list[list[Any]], texts: list[list[str]],
+                    scores: list[list[Optional[float]]], choose: Optional[Chooser], specials: set[int]
+                    ) -> GeneratedBatch:
+    """One :class:`GeneratedBatch` from ``rows`` (token ids ``[thread][candidate][len]``): the candidate
+    ``choose`` picks per thread (the first without one), its token count, and all candidates."""
+    chosen = [choose(i, t, s) if choose is not None and len(t) > 1 else 0 for i, t, s in zip(idx, texts, scores)]
+    n_tokens = [sum(1 for tok in r[c] if int(tok) not in specials) for r, c in zip(rows, chosen)]
+    many = any(len(t) > 1 for t in texts)
+    return GeneratedBatch(list(idx), [t[c] for t, c in zip(texts, chosen)], n_tokens,
+                          texts if many else None, scores if many else None)
 
 
 def decode(tokenizer: Any, ids: Any) -> list[str]:
@@ -154,13 +187,15 @@ def decode(tokenizer: Any, ids: Any) -> list[str]:
 
 
 def generate_batches(model: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
-                     device: "torch.device", batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
+                     device: "torch.device", batch_size: Optional[int] = None,
+                     choose: Optional[Chooser] = None) -> Iterator[GeneratedBatch]:
     """Generate summaries for tokenized sources, one length-sorted batch at a time.
 
     Args:
         sequences: source token ids per thread (``[n_threads][src_len]``, lengths may differ).
         gen: decoding settings; ``gen.batch_size`` threads per batch unless ``batch_size`` is given.
         device: where the model lives; each batch's tensors are freed before the next one starts.
+        choose: picks one of each thread's candidates (``rerank: grounding``); None keeps the top beam.
     Yields: :class:`GeneratedBatch` per batch; nothing but strings and ints leaves this function.
     """
     import torch
@@ -186,15 +221,24 @@ def generate_batches(model: Any, tokenizer: Any, sequences: Sequence[Sequence[in
             n_tokens = (~torch.isin(out, special)).sum(dim=1).tolist()
             out = out.cpu()
         texts = decode(tokenizer, out)
-        del out, ids, mask
-        yield GeneratedBatch(idx, texts, n_tokens)
+        del ids, mask
+        n = config.num_return_sequences or 1
+        if n == 1:
+            del out
+            yield GeneratedBatch(idx, texts, n_tokens)
+            continue
+        rows = [out[j * n:(j + 1) * n].tolist() for j in range(len(idx))]  # generate returns them best first
+        del out
+        yield pick_candidates(idx, rows, [texts[j * n:(j + 1) * n] for j in range(len(idx))],
+                              [[None] * n for _ in idx], choose, set(tokenizer.all_special_ids))
 
 
 def generate_texts(model: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
-                   device: "torch.device", batch_size: Optional[int] = None) -> list[str]:
+                   device: "torch.device", batch_size: Optional[int] = None,
+                   choose: Optional[Chooser] = None) -> list[str]:
     """Summaries for ``sequences`` in input order (see :func:`generate_batches`)."""
     out: list[str] = [""] * len(sequences)
-    for batch in generate_batches(model, tokenizer, sequences, gen, device, batch_size):
+    for batch in generate_batches(model, tokenizer, sequences, gen, device, batch_size, choose):
         for i, text in zip(batch.indices, batch.texts):
             out[i] = text
     return out
@@ -231,8 +275,8 @@ class SpecialTokens(NamedTuple):
 def _ct2_search_options(s: dict[str, Any]) -> dict[str, Any]:
     """The search options both CTranslate2 runners (Translator, Generator) take from
     :func:`decoding_settings` ``s``: beam width, ``early_stopping`` as ``patience=1``, one
-    hypothesis, length penalty, the no-repeat rule."""
-    return {"beam_size": s["num_beams"], "patience": 1.0, "num_hypotheses": 1,
+    hypotheses (``num_return_sequences``), length penalty, the no-repeat rule."""
+    return {"beam_size": s["num_beams"], "patience": 1.0, "num_hypotheses": s["num_return_sequences"],
             "length_penalty": s["length_penalty"], "no_repeat_ngram_size": s["no_repeat_ngram_size"]}
 
 
@@ -260,7 +304,7 @@ def translate_options(gen: DecodingConfig, special: SpecialTokens) -> dict[str, 
         "max_decoding_length": max_len,
         "sampling_topk": 1,
         "max_input_length": 0,
-        "return_scores": s["output_scores"],
+        "return_scores": s["num_return_sequences"] > 1,
         "return_attention": False,
         "return_logits_vocab": s["output_logits"],
         "return_end_token": False,
@@ -276,7 +320,7 @@ def translate_prefix(tokenizer: Any, special: SpecialTokens) -> Optional[list[st
 
 def translate_batches(translator: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
                       special: SpecialTokens, source_limit: Optional[int] = None,
-                      batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
+                      batch_size: Optional[int] = None, choose: Optional[Chooser] = None) -> Iterator[GeneratedBatch]:
     """:func:`generate_batches` for a ``ctranslate2.Translator``: same batches, cut, decoding and output.
 
     Args:
@@ -293,9 +337,9 @@ def translate_batches(translator: Any, tokenizer: Any, sequences: Sequence[Seque
         source = [tokenizer.convert_ids_to_tokens(list(sequences[i])[:limit]) for i in idx]
         results = translator.translate_batch(source, target_prefix=[prefix] * len(idx) if prefix else None,
                                              max_batch_size=0, **options)
-        ids = [tokenizer.convert_tokens_to_ids(r.hypotheses[0]) for r in results]
-        n_tokens = [sum(1 for t in row if t not in specials) for row in ids]
-        yield GeneratedBatch(idx, decode(tokenizer, ids), n_tokens)
+        rows = [[tokenizer.convert_tokens_to_ids(h) for h in r.hypotheses] for r in results]
+        scores = [list(r.scores) if r.scores else [None] * len(r.hypotheses) for r in results]
+        yield pick_candidates(idx, rows, [decode(tokenizer, r) for r in rows], scores, choose, specials)
 
 
 def generator_options(gen: DecodingConfig, end_ids: Sequence[int]) -> dict[str, Any]:
@@ -323,7 +367,7 @@ def generator_options(gen: DecodingConfig, end_ids: Sequence[int]) -> dict[str, 
         "return_end_token": False,
         "include_prompt_in_result": False,
         "sampling_topk": 1,
-        "return_scores": s["output_scores"],
+        "return_scores": s["num_return_sequences"] > 1,
         "return_logits_vocab": s["output_logits"],
     }
 
@@ -341,7 +385,7 @@ def equal_length_runs(batch: Sequence[int], lengths: Sequence[int]) -> list[list
 
 def generator_batches(generator: Any, tokenizer: Any, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
                       special: SpecialTokens, family: Any, positions: Optional[int] = None,
-                      batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
+                      batch_size: Optional[int] = None, choose: Optional[Chooser] = None) -> Iterator[GeneratedBatch]:
     """:func:`generate_batches` for a decoder-only model run by a ``ctranslate2.Generator``: same
     length-sorted batches, prompt cut, decoding and output.
 
@@ -370,10 +414,12 @@ def generator_batches(generator: Any, tokenizer: Any, sequences: Sequence[Sequen
     for idx in length_sorted_batches(lengths, batch_size or gen.batch_size):
         split = options["no_repeat_ngram_size"] or options["beam_size"] > 1
         runs = equal_length_runs(idx, lengths) if split else [idx]
-        ids: list[list[int]] = []
+        rows: list[list[list[int]]] = []
+        scores: list[list[Optional[float]]] = []
         for run in runs:
             start = [tokenizer.convert_ids_to_tokens(prompts[i]) for i in run]
             results = generator.generate_batch(start, max_batch_size=0, **options)
-            ids.extend(list(r.sequences_ids[0]) for r in results)
-        n_tokens = [sum(1 for t in row if t not in specials) for row in ids]
-        yield GeneratedBatch([i for run in runs for i in run], decode(tokenizer, ids), n_tokens)
+            rows.extend([list(h) for h in r.sequences_ids] for r in results)
+            scores.extend(list(r.scores) if r.scores else [None] * len(r.sequences_ids) for r in results)
+        yield pick_candidates([i for run in runs for i in run], rows, [decode(tokenizer, r) for r in rows], scores,
+                              choose, specials)

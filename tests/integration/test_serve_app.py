@@ -467,6 +467,9 @@ def test_answers_carry_the_summary_claims_checked_against_the_thread(summarizer)
         assert claims[("Friday", "weekday")]["evidence"]["email"] == 0
         for c in answer["claims"]:
             assert answer["summary"][c["start"]:c["end"]] == c["text"]
+        cov = answer["coverage"]  # the request and its deadline are important and carried
+        assert set(cov) == {"left_out", "important", "carried_share"}
+        assert cov["important"] >= 2 and cov["left_out"] == [] and cov["carried_share"] == 1.0
 
 
 # ---------------------------------------------------------------------------- causal model

@@ -219,6 +219,10 @@ def test_cli_eml_mbox_json_and_stdin(model_dir, tmp_path, monkeypatch):
     for r in rows:  # every JSON line carries the summary's claims, spans into its summary
         assert isinstance(r["claims"], list)
         assert all(r["summary"][c["start"]:c["end"]] == c["text"] for c in r["claims"])
+        cov = r["coverage"]  # and what it left out of its thread
+        assert set(cov) == {"left_out", "important", "carried_share"} and 0 <= cov["carried_share"] <= 1
+        assert len(cov["left_out"]) <= cov["important"]
+        assert all(not f["carried"] and f["important"] for f in cov["left_out"])
 
     js = tmp_path / "thread.json"
     js.write_text(json.dumps(sample_thread(4)))
@@ -367,3 +371,36 @@ def test_pasted_header_blocks_are_emails_of_one_thread():
     (thread,) = threads_from_text(pasted)
     assert [e.sender for e in thread.emails] == ["Ann Smith", "Bob Jones"]
     assert thread.subject == "Q3 budget" and thread.emails[1].body.startswith("Yes, I will send it Thursday")
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_engine_returns_n_candidates_and_rerank_keeps_the_chosen_one(summarizer, beams):
+    from threadsum.verify.rerank import choose_grounded, rendered_thread
+    from threadsum.verify import index_thread
+
+    gen = summarizer.cfg.eval.generation.model_copy(update={"rerank": "grounding", "rerank_candidates": 3,
+                                                            "num_beams": beams, "max_new_tokens": 12})
+    text = summarizer.prepare(sample_thread(2)).text
+    ids = summarizer.source_tokenizer([text, text[:200]], truncation=True,
+                                      max_length=summarizer.max_source_tokens)["input_ids"]
+    seen = []
+
+    def choose(i, candidates, scores):
+        seen.append((i, list(candidates)))
+        return len(candidates) - 1  # the last: proves the engine keeps what the chooser picks
+
+    batches = list(summarizer.engine.generate_batches(ids, gen, choose=choose))
+    assert sorted(i for i, _ in seen) == [0, 1] and all(len(c) == 3 for _, c in seen)
+    for b in batches:
+        assert all(len(c) == 3 for c in b.candidates) and all(len(s) == 3 for s in b.scores)
+        assert b.texts == [c[-1] for c in b.candidates]
+    top = list(summarizer.engine.generate_batches(ids, gen))  # no chooser: the top beam
+    assert all(b.texts == [c[0] for c in b.candidates] for b in top)
+    # the Summarizer reranks through the same rule
+    summarizer.cfg.eval.generation = gen
+    try:
+        out = summarizer.generate([text])[0]
+    finally:
+        summarizer.cfg.eval.generation = summarizer.cfg.eval.generation.model_copy(update={"rerank": "none"})
+    cands = next(b for b in top if 0 in b.indices).candidates[0] if beams else None
+    assert out == cands[choose_grounded(index_thread(rendered_thread(text)), cands)]

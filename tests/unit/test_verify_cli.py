@@ -43,6 +43,13 @@ def test_json_output_for_each_input_kind(tmp_path):
         assert claims and all({"text", "kind", "supported", "evidence", "start", "end", "reason"} <= set(c) for c in claims)
         assert [c["kind"] for c in claims if not c["supported"]] == [bad_kind], (name, claims)
         assert any(c["supported"] and c["kind"] == "person" for c in claims)
+        cov = json.loads(res.output)["coverage"]  # what the summary left out, beside the claims
+        assert cov["important"] >= 1 and len(cov["left_out"]) <= cov["important"]
+    lunch = tmp_path / "lunch.json"
+    lunch.write_text(json.dumps(JSON_THREAD))
+    res = runner.invoke(app, ["verify", "--thread", str(lunch), "--summary", "Carol writes to Suzanne.", "--json"])
+    left = {f["kind"] for f in json.loads(res.output)["coverage"]["left_out"]}
+    assert {"request", "date"} <= left, left
 
 
 def test_summary_from_file_and_table_output(tmp_path):

@@ -215,6 +215,29 @@ def _grounding_section(ground: dict[str, dict], rows: Sequence[dict]) -> list[st
         for r in worst:
             lines += [f"- thread {r['thread_id']}: {_clip(r['prediction'])}"]
             lines += [f"  - **{c.text}** ({c.kind}): {c.reason}" for c in r["unsupported"][:8]]
+    return lines + _coverage_section(ground, rows)
+
+
+def _coverage_section(ground: dict[str, dict], rows: Sequence[dict]) -> list[str]:
+    """report.md lines: share of the thread's important facts each system carries
+    (``threadsum.verify.coverage``) and the model summaries that leave out the most."""
+    have = {n: g for n, g in ground.items() if "carried_share" in g}
+    if not have:
+        return []
+    lines = ["", "## Coverage (threadsum.verify.coverage)", "",
+             "Important facts of each thread (amounts, dates and deadlines, requests, decisions, attachments, "
+             "ranked by salience) and the share the summary carries; deterministic, no model.", "",
+             "| system | important facts carried | left out per summary |", "|---|---:|---:|"]
+    for name, g in have.items():
+        label = "**model**" if name == "model" else name if name == "reference" else f"baseline: {name}"
+        lines.append(f"| {label} | {100 * g['carried_share']:.1f}% | {g['left_out_per_summary']:.2f} |")
+    worst = have.get("model", {}).get("least_covered") or []
+    if worst:
+        lines += ["", "### Model summaries that leave out the most", ""]
+        for i, share, texts in worst:
+            if i < len(rows):
+                lines += [f"- thread {rows[i]['thread_id']} ({100 * share:.0f}% carried): {_clip(rows[i]['prediction'])}"]
+                lines += [f"  - left out: {t}" for t in texts[:6]]
     return lines
 
 

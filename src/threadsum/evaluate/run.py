@@ -19,12 +19,13 @@ from threadsum.config import Config
 from threadsum.data.prepared import SPLITS, PreparedDataError, open_prepared
 from threadsum.data.tokenizer_check import check_tokenizer_matches
 from threadsum.family import check_prepared_family
-from threadsum.data.types import Email, Thread
+from threadsum.data.types import Thread
 from threadsum.deps import require
 from threadsum.errors import UserError
 from threadsum.evaluate import metrics as M
 from threadsum.generation import generate_batches  # noqa: F401 - re-exported for callers of evaluate.run
-from threadsum.verify import Claim, check_indexed, grounding_stats, index_thread
+from threadsum.verify import Claim, check_indexed, coverage_indexed, grounding_stats, index_thread
+from threadsum.verify.rerank import grounded_chooser, rendered_thread
 
 if TYPE_CHECKING:  # pragma: no cover
     from threadsum.inference.engine import Engine
@@ -43,8 +44,7 @@ def source_thread(record: dict) -> Thread:
     The rendered From:/To:/Date: lines stay in the one body, where ``threadsum.verify`` finds each
     email's author again; facts cut by truncation count as unsupported, as the model never saw them.
     """
-    return Thread(str(record.get("thread_id")), record.get("subject") or "",
-                  [Email(sender="", body=record.get("source") or "")])
+    return rendered_thread(record.get("source") or "", str(record.get("thread_id")), record.get("subject") or "")
 
 
 def grounding(records: Sequence[dict], systems: dict[str, Sequence[str]]) -> tuple[dict, dict[str, list[list[Claim]]]]:
@@ -55,7 +55,27 @@ def grounding(records: Sequence[dict], systems: dict[str, Sequence[str]]) -> tup
     """
     indexes = [index_thread(source_thread(r)) for r in records]
     claims = {name: [check_indexed(ix, text or "") for ix, text in zip(indexes, texts)] for name, texts in systems.items()}
-    return {name: grounding_stats(c) for name, c in claims.items()}, claims
+    stats = {name: grounding_stats(c) for name, c in claims.items()}
+    for name, texts in systems.items():
+        stats[name].update(coverage_stats([coverage_indexed(ix, text or "") for ix, text in zip(indexes, texts)]))
+    return stats, claims
+
+
+def coverage_stats(facts_per_summary: Sequence[Sequence]) -> dict[str, Any]:
+    """{"carried_share": mean over summaries of the share of the thread's important facts carried (0-1;
+    threads with none left out of the mean), "left_out_per_summary": mean important facts not carried,
+    "least_covered": [(position, share, [left-out fact texts])] for the five lowest shares}."""
+    shares, left = [], []
+    for i, facts in enumerate(facts_per_summary):
+        important = [f for f in facts if f.important]
+        left.append(sum(not f.carried for f in important))
+        if important:
+            shares.append((sum(f.carried for f in important) / len(important), i,
+                           [f.text[:80] for f in important if not f.carried]))
+    worst = sorted(shares, key=lambda s: (s[0], s[1]))[:5]
+    return {"carried_share": sum(s for s, _, _ in shares) / len(shares) if shares else float("nan"),
+            "left_out_per_summary": sum(left) / len(left) if left else float("nan"),
+            "least_covered": [(i, share, texts) for share, i, texts in worst]}
 
 
 # -------------------------------------------------------------------------------------- main
@@ -214,8 +234,11 @@ def _evaluate(cfg: Config, model_dir: str, split: str, out: Path, run_dir: Optio
     pred_tokens: list[int] = [0] * n
     t0 = time.perf_counter()
     done = 0
-    for idx, texts, counts in engine.generate_batches(sequences, gen):
-        for i, text, c in zip(idx, texts, counts):
+    # rerank: grounding keeps, of each thread's candidates, the one its thread supports best (verify.rerank)
+    choose = grounded_chooser([source_thread(r) for r in records]) if gen.rerank == "grounding" else None
+    for batch in engine.generate_batches(sequences, gen, choose=choose):
+        idx = batch.indices
+        for i, text, c in zip(idx, batch.texts, batch.n_tokens):
             predictions[i] = text
             pred_tokens[i] = c
         done += len(idx)

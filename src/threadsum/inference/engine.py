@@ -25,6 +25,7 @@ from threadsum.config import GenerationConfig as DecodingConfig
 from threadsum.deps import require
 from threadsum.errors import DeviceError, UserError
 from threadsum.generation import (
+    Chooser,
     GeneratedBatch,
     SpecialTokens,
     generate_batches,
@@ -112,18 +113,21 @@ class Engine(ABC):
 
     @abstractmethod
     def generate_batches(self, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
-                         batch_size: Optional[int] = None) -> Iterator[GeneratedBatch]:
-        """Summaries of ``sequences`` (``[n_threads][src_len]`` token ids), one length-sorted batch at a time."""
+                         batch_size: Optional[int] = None, choose: Optional[Chooser] = None) -> Iterator[GeneratedBatch]:
+        """Summaries of ``sequences`` (``[n_threads][src_len]`` token ids), one length-sorted batch at a time.
+
+        With ``rerank: grounding`` each batch also holds ``rerank_candidates`` candidates per thread (the
+        n best beams, best first; ``GeneratedBatch.candidates``/``scores``) and ``choose`` picks the one kept."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """engine, device, dtype (or compute type) and library version, for logs and ``/readyz``."""
 
     def generate_texts(self, sequences: Sequence[Sequence[int]], gen: DecodingConfig,
-                       batch_size: Optional[int] = None) -> list[str]:
-        """Summaries of ``sequences`` in input order."""
+                       batch_size: Optional[int] = None, choose: Optional[Chooser] = None) -> list[str]:
+        """Summaries of ``sequences`` in input order (``choose``: see :meth:`generate_batches`)."""
         out: list[str] = [""] * len(sequences)
-        for batch in self.generate_batches(sequences, gen, batch_size):
+        for batch in self.generate_batches(sequences, gen, batch_size, choose):
             for i, text in zip(batch.indices, batch.texts):
                 out[i] = text
         return out
@@ -152,9 +156,9 @@ class TorchEngine(Engine):
         """Rows of the model's input embedding matrix."""
         return int(self.model.get_input_embeddings().weight.shape[0])
 
-    def generate_batches(self, sequences, gen, batch_size=None):
+    def generate_batches(self, sequences, gen, batch_size=None, choose=None):
         """Decode with the model's ``generate`` (see ``generation.generate_batches``)."""
-        return generate_batches(self.model, self.tokenizer, sequences, gen, self.device, batch_size)
+        return generate_batches(self.model, self.tokenizer, sequences, gen, self.device, batch_size, choose)
 
     def describe(self) -> dict[str, Any]:
         """engine, device, parameter dtype, parameter count and torch version."""
@@ -196,18 +200,18 @@ class CTranslate2Engine(Engine):
         """``vocab_size`` from the export manifest, else the tokenizer's length."""
         return int(self.manifest.get("vocab_size") or len(self.tokenizer))
 
-    def generate_batches(self, sequences, gen, batch_size=None):
+    def generate_batches(self, sequences, gen, batch_size=None, choose=None):
         """Decode with the family's CTranslate2 class (``generation.translate_batches`` or
         ``generation.generator_batches``)."""
-        return self._batches(sequences, gen, batch_size)
+        return self._batches(sequences, gen, batch_size, choose)
 
-    def _translate(self, sequences, gen, batch_size):
+    def _translate(self, sequences, gen, batch_size, choose):
         return translate_batches(self.runner, self.tokenizer, sequences, gen, self.special,
-                                 self.source_limit, batch_size)
+                                 self.source_limit, batch_size, choose)
 
-    def _generate(self, sequences, gen, batch_size):
+    def _generate(self, sequences, gen, batch_size, choose):
         return generator_batches(self.runner, self.tokenizer, sequences, gen, self.special, self.family,
-                                 self.source_limit, batch_size)
+                                 self.source_limit, batch_size, choose)
 
     def describe(self) -> dict[str, Any]:
         """engine, device, compute type, parameter count and quantization from the manifest, ctranslate2 version."""

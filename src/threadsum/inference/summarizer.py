@@ -98,6 +98,9 @@ class Summary:
     claims: list[dict[str, Any]] = field(default_factory=list)
     """People, organisations, amounts, dates, times and actions of the summary, each checked against
     the thread (:func:`threadsum.verify.check`; ``Claim.to_dict()`` form)."""
+    coverage: dict[str, Any] = field(default_factory=dict)
+    """What the summary left out (:func:`coverage_of`): {"left_out": [Fact.to_dict()], "important": count,
+    "carried_share": 0-1}; {} when not checked."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``summarize --json``): every field above."""
@@ -109,6 +112,7 @@ class Summary:
             "truncated": self.truncated,
             "warnings": list(self.warnings),
             "claims": list(self.claims),
+            "coverage": dict(self.coverage),
         }
 
 
@@ -120,6 +124,17 @@ def claims_of(prepared: PreparedInput, summary: str) -> list[dict[str, Any]]:
     if prepared.thread is None or not summary.strip():
         return []
     return [c.to_dict() for c in check(prepared.thread, summary)]
+
+
+def coverage_of(prepared: PreparedInput, summary: str) -> dict[str, Any]:
+    """What ``summary`` left out of its thread (:func:`threadsum.verify.coverage_report` without the full
+    fact list): {"left_out", "important", "carried_share"}; {} for an input without its thread."""
+    from threadsum.verify import coverage, coverage_report
+
+    if prepared.thread is None:
+        return {}
+    report = coverage_report(coverage(prepared.thread, summary or ""))
+    return {k: report[k] for k in ("left_out", "important", "carried_share")}
 
 
 # --------------------------------------------------------------------------------- summarizer
@@ -204,12 +219,19 @@ class Summarizer:
         Each text is tokenized by the family's source tokenizer (a causal model's prompt around it),
         cut at ``data.max_source_tokens``, and decoded by the engine
         (:mod:`threadsum.inference.engine`): the same length-sorted batches (``batch_size``, default
-        ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``.
+        ``eval.generation.batch_size``) and decoding settings as ``threadsum evaluate``. With
+        ``eval.generation.rerank: grounding`` each text's candidates are reranked against that text (what
+        the model read, as ``evaluate`` checks) by :func:`threadsum.verify.rerank.grounded_chooser`, so
+        summarize, the service and its batch endpoint rerank alike.
         """
         if not texts:
             return []
+        from threadsum.verify.rerank import grounded_chooser, rendered_thread
+
+        gen = self.cfg.eval.generation
+        choose = grounded_chooser([rendered_thread(t) for t in texts]) if gen.rerank == "grounding" else None
         ids = self.source_tokenizer(list(texts), truncation=True, max_length=self.max_source_tokens)["input_ids"]
-        return self.engine.generate_texts(ids, self.cfg.eval.generation, batch_size)
+        return self.engine.generate_texts(ids, gen, batch_size, choose)
 
     def summarize_batch(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None) -> list[str]:
         """Summaries of many threads, in input order (batched by length).
@@ -225,11 +247,12 @@ class Summarizer:
     def summarize_detailed(self, items: Iterable[ThreadLike], batch_size: Optional[int] = None,
                            check_claims: bool = True) -> list[Summary]:
         """Like summarize_batch, with thread id, subject, email count, truncation, input warnings and
-        (``check_claims``, a few ms per summary) the summary's claims checked against its thread."""
+        (``check_claims``, a few ms per summary) the summary's claims checked against its thread and
+        what it left out (:func:`coverage_of`)."""
         prepared = [self.prepare(item, i) for i, item in enumerate(items)]
         texts = self.generate([p.text for p in prepared], batch_size)
         results = [Summary(p.thread_id, p.subject, t, p.n_emails, p.truncated, p.warnings,
-                           claims_of(p, t) if check_claims else [])
+                           claims_of(p, t) if check_claims else [], coverage_of(p, t) if check_claims else {})
                    for p, t in zip(prepared, texts)]
         empty = [r.thread_id for r in results if not r.summary.strip()]
         if empty:
@@ -326,7 +349,7 @@ def summarize_command(model_dir: str, path_or_dash: str, as_json: bool = False, 
     """`threadsum summarize`: print one summary per thread of a file or stdin ('-').
 
     Input repairs are warnings on stderr. With ``as_json`` each thread is one JSON line: thread_id,
-    subject, summary, n_emails, truncated, warnings.
+    subject, summary, n_emails, truncated, warnings, claims, coverage (``Summary.to_dict``).
 
     Raises (the CLI turns each into one line and its exit code, see threadsum.errors):
         InputError: missing, unreadable, binary or unparseable file or stdin; a thread with nothing to

@@ -75,7 +75,7 @@ from threadsum.inference.inputs import (
     thread_from_text,
     threads_from_text,
 )
-from threadsum.inference.summarizer import EmptySummaryError, claims_of
+from threadsum.inference.summarizer import EmptySummaryError, claims_of, coverage_of
 from threadsum.errors import DrainTimeoutError
 from threadsum.serve.batching import BatcherStoppedError, MicroBatcher, QueueFullError
 from threadsum.serve.memory import HeapTrimmer, active_allocator
@@ -177,6 +177,9 @@ class BatchIn(BaseModel):
 CLAIMS_DOC = ("People, organisations, amounts, numbers, dates, times, weekdays and actions of the summary, each "
               "checked against the thread (threadsum.verify): unsupported ones are what a reader should check.")
 
+COVERAGE_DOC = ("What the summary left out (threadsum.verify.coverage): {left_out: important facts of the thread "
+                "it does not carry, important: their count, carried_share: 0-1}.")
+
 
 class ClaimOut(BaseModel):
     """A span of the summary (``summary[start:end] == text``) and whether the thread supports it."""
@@ -199,6 +202,7 @@ class SummaryOut(BaseModel):
     truncated: bool = Field(description="True when the thread was cut to fit the model's input window.")
     warnings: list[str] = Field(default_factory=list, description="Repairs made to the input, one line each.")
     claims: list["ClaimOut"] = Field(default_factory=list, description=CLAIMS_DOC)
+    coverage: dict[str, Any] = Field(default_factory=dict, description=COVERAGE_DOC)
     elapsed_ms: float = Field(description="Server time for this request, queueing included.")
 
 
@@ -214,6 +218,7 @@ class BatchItemOut(BaseModel):
     truncated: Optional[bool] = None
     warnings: list[str] = Field(default_factory=list)
     claims: list["ClaimOut"] = Field(default_factory=list, description=CLAIMS_DOC)
+    coverage: dict[str, Any] = Field(default_factory=dict, description=COVERAGE_DOC)
     error: Optional[str] = Field(None, description="What went wrong, when status is not 200.")
 
 
@@ -757,9 +762,10 @@ class _Pipeline:
                                             truncated=p.truncated))
                 checks.append((results[-1], p, out))
         # the grounding check is a few ms of CPU per summary: off the event loop, like cleaning
-        claims = await run_in_threadpool(lambda: [claims_of(p, out) for _, p, out in checks])
-        for (item, _, _), found in zip(checks, claims):
+        claims = await run_in_threadpool(lambda: [(claims_of(p, out), coverage_of(p, out)) for _, p, out in checks])
+        for (item, _, _), (found, covered) in zip(checks, claims):
             item.claims = [ClaimOut(**c) for c in found]
+            item.coverage = covered
         for r in results:
             self.service.metrics.observe_thread(r.status, [{"kind": c.kind, "supported": c.supported} for c in r.claims])
         return results, (time.perf_counter() - t0) * 1000
@@ -829,7 +835,8 @@ def app_for(service: Service, routers: Sequence[APIRouter] = (), too_large_advic
         if r.status != 200:
             raise _HTTPError(r.status, r.error or "failed")
         return SummaryOut(thread_id=r.thread_id, subject=r.subject, summary=r.summary, n_emails=r.n_emails,
-                          truncated=r.truncated, warnings=r.warnings, claims=r.claims, elapsed_ms=round(elapsed, 1))
+                          truncated=r.truncated, warnings=r.warnings, claims=r.claims, coverage=r.coverage,
+                          elapsed_ms=round(elapsed, 1))
 
     @app.post("/v1/summarize/batch", response_model=BatchOut, responses=errors,
               summary="Summarize several threads, or every thread of an mbox (results in order, per thread)")

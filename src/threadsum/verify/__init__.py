@@ -12,9 +12,14 @@ Each claim is a span of the summary (``start``/``end`` character offsets) of one
 ``reason`` says why not otherwise. ``grounding_stats`` turns many checks into the figures
 ``threadsum evaluate`` reports. Deterministic, no model weights; what it cannot catch is listed in
 ``threadsum.verify.claims``.
+
+The mirror question, what the summary left out: ``coverage(thread, summary)`` lists the thread's
+facts worth carrying (values, deadlines, requests with their owner, decisions, attachments), ranked
+by salience, each marked carried or not (``threadsum.verify.coverage``).
 """
 from threadsum.verify.claims import KINDS, Claim, check, check_indexed
+from threadsum.verify.coverage import Fact, coverage, coverage_indexed, coverage_report
 from threadsum.verify.evidence import index_thread
 from threadsum.verify.stats import grounding_stats
 
-__all__ = ["KINDS", "Claim", "check", "check_indexed", "grounding_stats", "index_thread"]
+__all__ = ["KINDS", "Claim", "Fact", "check", "coverage", "coverage_indexed", "coverage_report", "check_indexed", "grounding_stats", "index_thread"]

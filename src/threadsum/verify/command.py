@@ -23,8 +23,9 @@ def read_summary(summary: str) -> str:
 
 
 def verify_command(thread_path: Path, summary: str, as_json: bool = False) -> None:
-    """Print the claims of ``summary`` checked against the thread in ``thread_path`` (a table, or JSON
-    ``{"claims": [...]}``). Every email of the file counts as evidence (an .mbox holding several
+    """Print the claims of ``summary`` checked against the thread in ``thread_path`` and what it left
+    out of the thread (tables, or JSON ``{"claims": [...], "coverage": {...}}``, see
+    ``verify.coverage.coverage_report``). Every email of the file counts as evidence (an .mbox holding several
     threads is checked as one). Unsupported claims are the output, not an error.
 
     Raises:
@@ -34,8 +35,8 @@ def verify_command(thread_path: Path, summary: str, as_json: bool = False) -> No
     from rich.console import Console
 
     from threadsum.inference.inputs import read_threads
-    from threadsum.verify import check
-    from threadsum.verify.render import claims_json, claims_table
+    from threadsum.verify import check, coverage, coverage_report
+    from threadsum.verify.render import claims_json, claims_table, left_out_table
 
     text = read_summary(summary)
     try:
@@ -46,7 +47,9 @@ def verify_command(thread_path: Path, summary: str, as_json: bool = False) -> No
     threads = read_threads(data, str(thread_path))
     merged = Thread(threads[0].thread_id, threads[0].subject, [e for t in threads for e in t.emails])
     claims = check(merged, text)
+    covered = coverage_report(coverage(merged, text))
     if as_json:
-        typer.echo(claims_json(claims))
+        typer.echo(claims_json(claims, covered))
     else:
         Console().print(claims_table(claims, text))
+        Console().print(left_out_table(covered))

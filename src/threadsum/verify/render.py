@@ -2,14 +2,32 @@
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from threadsum.verify.claims import Claim
 
 
-def claims_json(claims: Sequence[Claim]) -> str:
-    """``{"claims": [claim.to_dict(), ...]}`` as one line of JSON (UTF-8 kept)."""
-    return json.dumps({"claims": [c.to_dict() for c in claims]}, ensure_ascii=False)
+def claims_json(claims: Sequence[Claim], coverage: Optional[dict[str, Any]] = None) -> str:
+    """``{"claims": [claim.to_dict(), ...], "coverage": coverage_report(...)}`` as one line of JSON
+    (UTF-8 kept; "coverage" only when given)."""
+    out: dict[str, Any] = {"claims": [c.to_dict() for c in claims]}
+    if coverage is not None:
+        out["coverage"] = coverage
+    return json.dumps(out, ensure_ascii=False)
+
+
+def left_out_table(coverage: dict[str, Any]):
+    """A rich Table of the important facts the summary does not carry (kind, fact, score and why, email #)."""
+    from rich.table import Table
+
+    n, left = coverage["important"], coverage["left_out"]
+    table = Table(title=f"{n} important facts in the thread, {len(left)} left out of the summary")
+    for col in ("kind", "left out", "why it matters", "email #"):
+        table.add_column(col)
+    for f in left:
+        who = f" (owner {f['owner']}" + (f", for {f['addressee']})" if f.get("addressee") else ")") if f.get("owner") else ""
+        table.add_row(f["kind"], f["text"][:120] + who, f"{f['score']}: " + ", ".join(f["reasons"]), str(f["email"] + 1))
+    return table
 
 
 def claims_table(claims: Sequence[Claim], summary: str):

@@ -1,0 +1,251 @@
+"""What a summary left out: the facts of a thread worth carrying, ranked, and whether the summary carries each.
+
+``coverage(thread, summary)`` is the mirror of :func:`threadsum.verify.check`: claims ask "does the
+thread support what the summary says?", facts ask "does the summary say what the thread's readers
+act on?". Facts come from the thread index verify already builds (:func:`index_thread`), so the
+values are the same ones claims are checked against:
+
+- money, percent, date, time, weekday, number: :func:`threadsum.verify.values.find_values` over the
+  thread's sentences; a value after "by", "before", "until" or "due" is a ``deadline``;
+- request: a sentence that asks (``claims._REQUEST_LIKE``: "please", "could you", "can you", a
+  question), with its owner (the sentence's author) and addressee (the greeting's name, else the
+  first recipient);
+- decision: a sentence that settles something ("we agreed", "decided", "to close the loop",
+  "approved", "final");
+- attachment: a file name ("Q3 budget.xls") or an "attached is/are ..." sentence.
+
+Each fact gets a salience score (``SALIENCE``: points by kind, in the latest email, in the first
+lines of an email, repeated, addressed to someone) with the reasons; boilerplate lines (phone,
+fax and account numbers, disclaimers, "sent from my ...") score 0. A fact is ``important`` at
+``IMPORTANT`` points or more; ``left_out`` lists the important facts the summary does not carry.
+
+Carried means: a value of the same kind and normalised key in the summary (``values.same_value``;
+a deadline may be carried by the date or weekday it names); for sentence facts (request,
+decision, attachment), ``CARRY_SHARE`` of their content words (``evidence.content_words``) in
+the summary, or the file name.
+
+What this cannot catch:
+
+- paraphrase: a request or decision retold in other words ("Kim wants the file" for "could you
+  send the spreadsheet") counts as left out; a summary that copies the words but reverses the
+  meaning counts as carried;
+- facts stated without a trigger word: an instruction with no "please"/question form, a decision
+  without "agreed/decided/close the loop", a deadline written as "end of day" or "tomorrow"
+  (relative dates are not values, see ``verify.claims``);
+- importance beyond the cues above: a reader's goal, who is senior, what was resolved later;
+  small talk that asks a question ("Any update?") may rank as a request;
+- attachments that are only mentioned ("see the file") without a name or "attached"; a file name
+  with spaces keeps only its last word ("budget.xls" of "Q3 budget.xls");
+- the owner is the sentence's author as the thread index reads it (From:, quoted headers,
+  sign-offs); an unsigned quoted note has none. English only; no model.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from threadsum.data.types import Thread
+from threadsum.verify.evidence import ThreadIndex, Unit, content_words, index_thread
+from threadsum.verify.names import Name, fold
+from threadsum.verify.values import Value, find_values, same_value
+
+FACT_KINDS = ("request", "deadline", "decision", "reason", "attachment", "money", "percent", "date", "time", "weekday",
+              "number")
+"""Every fact kind, in report order."""
+
+SALIENCE = {"request": 1.5, "deadline": 3.0, "decision": 3.0, "reason": 3.0, "attachment": 3.0, "money": 3.0, "percent": 2.0,
+            "date": 2.0, "time": 1.5, "weekday": 1.5, "number": 1.0,
+            "latest": 1.5, "first_lines": 1.0, "repeated": 1.0, "addressed": 1.5}
+"""Points by kind, then per cue: in the latest email, in an email's first two sentences, each
+repetition (at most two counted), addressed to someone. Set by hand on the synthetic corpus and the
+public sample (bench/bench_coverage.py measures the result)."""
+
+IMPORTANT = 3.0
+"""Score from which a fact is important: left out when the summary does not carry it."""
+
+CARRY_SHARE = 0.6
+"""Share of a sentence fact's content words the summary must hold for the fact to be carried."""
+
+_DEADLINE_CONTEXT = re.compile(r"\b(by|before|until|till|due|no later than|deadline)$")
+_DECISION = re.compile(r"\b(we|i|they|all|everyone)\s+(have\s+)?(agreed|decided)\b|\bdecision\b|close the loop|"
+                       r"\b(approved|finali[sz]ed|settled on|going forward|we will go with)\b", re.I)
+# claims' request cue less "we need"/"can we" (a team's own to-do, not a request of someone)
+_ASK = re.compile(r"\?|\b(please|pls|could you|can you|would you|will you|need you|let me know|asap|would like|"
+                  r"want you)\b", re.I)
+_REASON = re.compile(r"\b(can ?not|can't|cannot|unable|won't|will not|declined?)\b.*\bbecause\b", re.I)
+_ADDRESSED = re.compile(r"\b(you|your|please|would like)\b", re.I)
+_NOT_REQUEST = re.compile(r"\bplease\s+(note|find|see|be advised)\b|\blet me know if\b", re.I)
+_FILE = re.compile(r"\b[\w][\w.()&-]{0,40}?\.(?:xlsx?|xlsm|docx?|pdf|pptx?|csv|txt|zip|msg|rtf)\b", re.I)
+_ATTACHED = re.compile(r"\battached\s+(?:is|are|please find|you will find|find|the)\b|\bi(?:'ve| have)? attached\b",
+                       re.I)
+_BOILERPLATE = re.compile(
+    r"\(?\b\d{3}\)?[-. ]\d{3}[-. ]\d{4}\b|\b(phone|tel|fax|cell|mobile|pager|ext|account|acct|a/c|routing|swift|iban|"
+    r"ssn|zip)\b\.?\s*[:#]?|#\s*\d|confidential|intended (only )?for|intended recipient|privileged|disclaimer|unsubscribe|virus|"
+    r"sent from my|do not reply|do not forward|all rights reserved|e-?mail is|this message", re.I)
+_MARKER_WORDS = frozenset({"please", "pls", "could", "would", "will", "know", "let", "need", "want", "like", "asap",
+                           "attach", "attached", "agre", "agreed", "decid", "decided", "close", "loop", "just"})
+_GREETING = re.compile(r"^\s*(?:hi|hello|dear|hey)?\s*([A-Z][\w'’-]+)\s*(?:[,:!-]|$)")
+
+
+@dataclass
+class Fact:
+    """One fact of a thread worth carrying into a summary."""
+
+    kind: str
+    text: str
+    """The value as written, or the sentence (requests, decisions, attachments)."""
+    email: int
+    """Index into thread.emails of its first mention (0-based)."""
+    line: str
+    """The sentence that states it."""
+    score: float = 0.0
+    """Salience points (``SALIENCE``)."""
+    reasons: list[str] = field(default_factory=list)
+    """Why it scored: 'money', 'latest email', 'repeated 2x', 'addressed to Kim', 'boilerplate'."""
+    carried: bool = False
+    owner: Optional[str] = None
+    """Who asked or decided (the sentence's author), when known."""
+    addressee: Optional[str] = None
+    """Who must act (requests), when known."""
+    key: Any = None
+    words: frozenset = frozenset()
+
+    @property
+    def important(self) -> bool:
+        """Score at or above ``IMPORTANT``."""
+        return self.score >= IMPORTANT
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"kind", "text", "email", "line", "score", "reasons", "carried", "important", "owner", "addressee"}."""
+        return {"kind": self.kind, "text": self.text, "email": self.email, "line": " ".join(self.line.split())[:300],
+                "score": round(self.score, 2), "reasons": list(self.reasons), "carried": self.carried,
+                "important": self.important, "owner": self.owner, "addressee": self.addressee}
+
+
+def _who(name: Optional[Name]) -> Optional[str]:
+    return f"{name.first} {name.last}".strip().title() or None if name is not None else None
+
+
+def _addressee(unit: Unit) -> Optional[str]:
+    first = next((ln for ln in unit.segment.lines if ln.strip()), "")
+    m = _GREETING.match(first)
+    if m and len(first.strip()) <= 40:
+        return m.group(1).title()
+    return _who(unit.segment.recipients[0]) if unit.segment.recipients else None
+
+
+def thread_facts(idx: ThreadIndex) -> list[Fact]:
+    """Every fact of an indexed thread with its salience, carried=False; ranked, highest score first."""
+    latest = max((u.email for u in idx.units), default=0)
+    own = {}  # each email's own text is its first segment; later ones are quoted or forwarded copies
+    for seg in idx.segments:
+        own.setdefault(seg.email, id(seg))
+    first_units: set[int] = set()
+    seen_seg: dict[int, int] = {}
+    for i, u in enumerate(idx.units):
+        n = seen_seg.get(id(u.segment), 0)
+        if n < 2:
+            first_units.add(i)
+        seen_seg[id(u.segment)] = n + 1
+    facts: dict[tuple, Fact] = {}
+    counts: dict[tuple, set[int]] = {}
+
+    def add(kind: str, key: Any, text: str, i: int, u: Unit, **extra: Any) -> None:
+        k = (kind, key)
+        counts.setdefault(k, set()).add(i)
+        f = facts.get(k)
+        if f is None:
+            f = facts[k] = Fact(kind, text, u.email, u.text, key=key, **extra)
+            f._where = set()  # type: ignore[attr-defined]
+        f._where.add((i, u.email, own.get(u.email) == id(u.segment), u.text))  # type: ignore[attr-defined]
+
+    for i, u in enumerate(idx.units):
+        if _BOILERPLATE.search(u.text):
+            continue  # phone/fax/account numbers, disclaimers, signatures: nothing to carry
+        for v in find_values(u.text):
+            kind = "deadline" if v.kind in ("date", "weekday", "time") and _DEADLINE_CONTEXT.search(v.context) else v.kind
+            add(kind, (v.kind, _hashable(v.key)), v.text, i, u, words=frozenset({v.kind}))
+        words = content_words(u.text) - _MARKER_WORDS
+        author = _who(u.segment.authors[0]) if u.segment.authors else None
+        if _ASK.search(u.text) and not _NOT_REQUEST.search(u.text) and len(words) >= 2:
+            add("request", words, u.text, i, u, owner=author, addressee=_addressee(u), words=words)
+        if _DECISION.search(u.text) and len(words) >= 2:
+            add("decision", words, u.text, i, u, owner=author, words=words)
+        elif _REASON.search(u.text) and len(words) >= 2:
+            add("reason", words, u.text, i, u, owner=author, words=words)
+        for m in _FILE.finditer(u.text):
+            add("attachment", fold(m.group(0).strip()), m.group(0).strip(), i, u, owner=author, words=words)
+        if _ATTACHED.search(u.text) and not _FILE.search(u.text) and len(words) >= 2:
+            add("attachment", words, u.text, i, u, owner=author, words=words)
+    out = []
+    for f in facts.values():
+        where = f._where  # type: ignore[attr-defined]
+        f.score = SALIENCE[f.kind]
+        f.reasons = [f.kind]
+        if any(e == latest and mine for _, e, mine, _ in where):
+            f.score += SALIENCE["latest"]
+            f.reasons.append("latest email")
+        if any(i in first_units for i, _, _, _ in where):
+            f.score += SALIENCE["first_lines"]
+            f.reasons.append("first lines")
+        sentences = {" ".join(t.split()) for _, _, _, t in where}  # quoted copies repeat nothing
+        if len(sentences) > 1:
+            f.score += SALIENCE["repeated"] * min(2, len(sentences) - 1)
+            f.reasons.append(f"repeated in {len(sentences)} sentences")
+        if f.kind == "request" and _ADDRESSED.search(f.line):
+            f.score += SALIENCE["addressed"]
+            f.reasons.append(f"addressed to {f.addressee}" if f.addressee else "addressed")
+        del f._where  # type: ignore[attr-defined]
+        out.append(f)
+    out.sort(key=lambda f: (-f.score, f.email, f.line))
+    return out
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def carried(fact: Fact, summary_values: list[Value], summary_words: frozenset, summary_folded: str) -> bool:
+    """Whether a summary (its values, ``content_words`` and folded text) carries ``fact`` (rules in the module docstring)."""
+    if fact.kind in ("request", "decision", "reason") or (fact.kind == "attachment" and isinstance(fact.key, frozenset)):
+        return bool(fact.words) and len(fact.words & summary_words) >= CARRY_SHARE * len(fact.words)
+    if fact.kind == "attachment":
+        stem = fact.key.rsplit(".", 1)[0].strip()
+        return fact.key in summary_folded or (len(stem) > 2 and stem in summary_folded)
+    vkind, key = fact.key
+    return any(v.kind == vkind and same_value(vkind, v.key, key) for v in summary_values)
+
+
+def coverage_indexed(idx: ThreadIndex, summary: str) -> list[Fact]:
+    """``coverage`` with a thread index built once, for many summaries (candidates) of one thread."""
+    summary = summary or ""
+    values, words, folded = find_values(summary), content_words(summary), fold(summary)
+    facts = thread_facts(idx)
+    for f in facts:
+        f.carried = carried(f, values, words, folded)
+    return facts
+
+
+def coverage(thread: Union[Thread, str], summary: str) -> list[Fact]:
+    """The facts of ``thread`` (a Thread, or mail text as ``threadsum summarize`` reads it), ranked by
+    salience, each marked carried or not by ``summary``: list[Fact], highest score first.
+
+    Deterministic, no model; linear in the thread's length. Raises InputError only for text that is
+    not a thread. See the module docstring for what it cannot catch.
+    """
+    if isinstance(thread, str):
+        from threadsum.inference.inputs import thread_from_text
+
+        thread = thread_from_text(thread)
+    return coverage_indexed(index_thread(thread), summary)
+
+
+def coverage_report(facts: list[Fact]) -> dict[str, Any]:
+    """The JSON form beside the claims: {"facts": [Fact.to_dict()], "left_out": [important facts not
+    carried], "important": count, "carried_share": share of important facts carried (0-1; 1.0 with none)}."""
+    important = [f for f in facts if f.important]
+    return {"facts": [f.to_dict() for f in facts],
+            "left_out": [f.to_dict() for f in important if not f.carried],
+            "important": len(important),
+            "carried_share": (sum(f.carried for f in important) / len(important)) if important else 1.0}
