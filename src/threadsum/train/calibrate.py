@@ -333,10 +333,7 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
 
 def describe(entry: dict[str, Any]) -> str:
     """One line for the plan output: what was measured, where and when."""
-    return (f"{entry['model']} {entry['precision']}: {entry['tokens_per_s']:.0f} real tokens/s at the configured "
-            f"batch (forward+backward {entry['forward_backward_tokens_per_s']:.0f} tokens/s, update "
-            f"{entry['update_seconds']:.2f} s per step; {entry['timed_steps']} timed steps, load average "
-            f"{entry['loadavg'][0]:.1f}-{entry['loadavg'][1]:.1f}) on {entry['cpu']}, {entry['threads']} threads, "
-            f"{entry['measured_at']}")
-
-
+    return (f"{entry['model']} {entry['precision']}, forward+backward {entry['forward_backward_tokens_per_s']:.0f} "
+            f"real tokens/s and {entry['update_seconds']:.2f} s per optimizer update ({entry['timed_steps']} timed "
+            f"steps, load average {entry['loadavg'][0]:.1f}-{entry['loadavg'][1]:.1f}) on {entry['cpu']}, "
+            f"{entry['threads']} threads, {entry['measured_at']}")

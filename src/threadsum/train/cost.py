@@ -403,9 +403,12 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
                           f"`threadsum plan --calibrate train.precision=fp32` measures it.")
         here = meta["this_machine"]
         if here is not None:
+            same = cal is not None and cal["key"] == here["calibration"]["key"]
             console.print(f"[bold]this machine[/bold] ({here['threads']} threads, {here['precision']}): "
-                          f"{here['tokens_per_s']:,.0f} real tokens/s -> [bold]{here['epoch_hours']:.2f} h per epoch[/bold] "
-                          f"(measured: {describe_calibration(here['calibration'])}; padding included).")
+                          f"{here['tokens_per_s']:,.0f} real tokens/s at train.batch_tokens={cfg.train.batch_tokens} "
+                          f"-> [bold]{here['epoch_hours']:.2f} h per epoch[/bold] (measured: "
+                          f"{'the calibration above' if same else describe_calibration(here['calibration'])}; "
+                          f"the sampler's padding included, no extra padding added).")
         else:
             console.print("this machine: no calibration of this config here; `threadsum plan --calibrate` measures "
                           "it in under 2 minutes and `plan --cost` then predicts this machine's epoch.")
