@@ -5,7 +5,7 @@
     python bench/bench_train_cpu.py --modes compile --compile-steps 300
 
 Data (every mode): random token ids with the Kaggle corpus's email-like lengths at BART's limits,
-1,024 source / 256 target tokens (``threadsum.train.cost.kaggle_like_lengths``: the generator whose
+1,024 source / 256 target tokens (``threadsum.train.memory.kaggle_like_lengths``: the generator whose
 4,167 threads sum to the planner's 3.05M tokens), a word-level tokenizer of BART's 50,265 ids, and
 one random-init model folder per shape that every framework loads (identical weights). Each run is its
 own subprocess (peak RSS = its own ru_maxrss); runs alternate within a repetition, ``--reps``
@@ -89,7 +89,7 @@ def build_data(work: Path, n: int, name: str, seed: int) -> dict:
     """A prepared folder (prepared.py's contract) of ``n`` threads of Kaggle-like lengths, ids framed by <s> ... </s>."""
     import numpy as np
 
-    from threadsum.train.cost import kaggle_like_lengths
+    from threadsum.train.memory import kaggle_like_lengths
 
     prepared = work / f"prepared-{name}"
     if not (prepared / "tokenized").exists():

@@ -6,7 +6,7 @@ FLOPs per token. A calibration instead runs a few real optimizer steps of thread
 autocast of the resolved precision, the chunked loss, clipping, the configured optimizer) on a
 random-init model of the configured architecture and on random token ids, so it needs no weights,
 no tokenizer and no prepared data. Lengths are those of ``data.prepared_dir``'s train split when it
-exists, else the Kaggle corpus's email-like lengths (:func:`threadsum.train.cost.kaggle_like_lengths`).
+exists, else the Kaggle corpus's email-like lengths (:func:`threadsum.train.memory.kaggle_like_lengths`).
 
 It measures two numbers, because an epoch costs both: the forward/backward rate in real (non-padding)
 tokens per second at the sampler's padding, and the seconds of one optimizer update (AdamW touches
@@ -200,8 +200,6 @@ def _lengths(cfg: Config, n: int, seed: int) -> tuple[Any, Any, str]:
     """Source and target lengths [n] for the synthetic threads, and where they come from."""
     import numpy as np
 
-    from threadsum.train.cost import kaggle_like_lengths
-
     try:
         from threadsum.data.prepared import open_prepared
         from threadsum.train.batching import token_lengths
@@ -212,8 +210,8 @@ def _lengths(cfg: Config, n: int, seed: int) -> tuple[Any, Any, str]:
             return src[pick], tgt[pick], f"lengths of {cfg.data.prepared_dir} (train split)"
     except Exception:  # no prepared data (or no datasets installed): the corpus's lengths
         pass
-    src, tgt = kaggle_like_lengths(n, cfg.data.max_source_tokens, cfg.data.max_target_tokens, seed)
-    return src, tgt, "Kaggle-like email lengths (train/cost.py kaggle_like_lengths)"
+    src, tgt = mem.kaggle_like_lengths(n, cfg.data.max_source_tokens, cfg.data.max_target_tokens, seed)
+    return src, tgt, "Kaggle-like email lengths (train/memory.py kaggle_like_lengths)"
 
 
 class _Rows:
