@@ -20,6 +20,14 @@ row is skipped and said so) and CTranslate2 int8 (a ``Generator``).
 
     python bench/bench_inference.py --family causal --new-tokens 64 --out bench/results_inference_causal.md
 
+``--ct2-tuning`` adds the CTranslate2 engine settings (inter/intra threads, ``batch_type`` examples or
+tokens, ``max_batch_size``) on the BART-base int8 export, each in its own process, with the share of
+summaries equal to the one-call setting's. Every table has a "same output as torch fp32" column (token
+for token, batched): ``dtype=auto`` is meant to pick the fastest option whose output equals fp32's.
+torch bf16 is timed only where the CPU has native bf16 (``--bf16-emulated`` forces it).
+
+    python bench/bench_inference.py --shapes base --ct2-tuning --out bench/results_inference.md
+
 Never a timed test: run it by hand, alone if possible (the load average is recorded).
 """
 from __future__ import annotations
@@ -41,7 +49,7 @@ SHAPES = {
     "large": dict(d_model=1024, encoder_layers=12, decoder_layers=12, attention_heads=16, ffn_dim=4096),
 }
 VOCAB = 50265
-ENGINES = ("torch-fp32", "ct2-float32", "ct2-int8")
+ENGINES = ("torch-fp32", "torch-bf16", "ct2-float32", "ct2-int8")
 CAUSAL_SHAPE = dict(hidden=768, layers=8, heads=12, kv_heads=4, ffn=2048, vocab=32000, positions=2048)
 CAUSAL_ENGINES = ("torch-fp32", "torch-bf16", "ct2-int8")
 
@@ -98,17 +106,17 @@ def build_model(shape: str, root: Path) -> Path:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (/proc/cpuinfo), empty where unknown."""
-    try:
-        line = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags"))
-    except (OSError, StopIteration):
-        return set()
-    return set(line.split(":", 1)[1].split())
+    """The CPU's feature flags (threadsum.devices reads /proc/cpuinfo once)."""
+    from threadsum.devices import cpu_flags as flags
+
+    return set(flags())
 
 
 def native_bf16() -> bool:
     """True where the CPU computes bf16 natively (AVX-512 BF16 or AMX); elsewhere torch emulates it."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    from threadsum.devices import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def build_causal_model(root: Path) -> Path:
@@ -253,8 +261,9 @@ def child(args: argparse.Namespace) -> None:
     from threadsum.inference.engine import load_engine
 
     torch.set_num_threads(args.cpu_threads)
-    engine = load_engine(args.model, "ctranslate2" if args.engine.startswith("ct2") else "torch", "cpu", "fp32"
-                         if args.engine == "torch-fp32" else None, threads=args.cpu_threads)
+    dtype = {"torch-fp32": "fp32", "torch-bf16": "bf16"}.get(args.engine)
+    engine = load_engine(args.model, "ctranslate2" if args.engine.startswith("ct2") else "torch", "cpu", dtype,
+                         threads=args.cpu_threads)
     seqs = sources(args.threads)
     out = {"engine": args.engine, "shape": args.shape, "describe": engine.describe(),
            "loadavg_start": os.getloadavg()}
@@ -263,7 +272,12 @@ def child(args: argparse.Namespace) -> None:
                                no_repeat_ngram_size=0, batch_size=len(seqs))
         engine.generate_texts(seqs[:1], gen, batch_size=1)  # warm-up (lazy initialisation, allocator)
         t0, c0 = time.perf_counter(), time.process_time()
-        tokens = sum(sum(b.n_tokens) for b in engine.generate_batches(seqs, gen))
+        texts = [""] * len(seqs)
+        tokens = 0
+        for b in engine.generate_batches(seqs, gen):
+            tokens += sum(b.n_tokens)
+            for i, t in zip(b.indices, b.texts):
+                texts[i] = t
         batched, batched_cpu = time.perf_counter() - t0, time.process_time() - c0
         lat = []
         c0 = time.process_time()
@@ -275,7 +289,7 @@ def child(args: argparse.Namespace) -> None:
         out[f"beams{beams}"] = {"batched_s": batched, "threads_per_s": len(seqs) / batched,
                                 "generated_tokens": tokens, "latency_s": lat, "batched_cpu_s": batched_cpu,
                                 "latency_cpu_s_per_thread": lat_cpu,
-                                "latency_mean_s": sum(lat) / len(lat)}
+                                "latency_mean_s": sum(lat) / len(lat), "texts": texts}
     out["peak_rss_gb"] = peak_rss_gb()
     out["loadavg_end"] = os.getloadavg()
     print("RESULT " + json.dumps(out), flush=True)
@@ -343,8 +357,8 @@ def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: f
              f"threads in one call. Batch-1 latency: mean over the first N threads one at a time "
              f"(N = {args.latency['base']} base, {args.latency['large']} large). Peak RSS: the engine's own process "
              f"(model load included).", "",
-             "| shape | engine | beams | batched threads/s | speed-up | batch-1 latency s | speed-up | peak RSS GB | load avg start-end |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| shape | engine | beams | batched threads/s | speed-up | batch-1 latency s | speed-up | same output as torch fp32 | peak RSS GB | load avg start-end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for shape in args.shapes:
         for beams in (4, 1):
             ref = by.get((shape, "torch-fp32"))
@@ -356,7 +370,14 @@ def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: f
                 sp = b["threads_per_s"] / ref[f"beams{beams}"]["threads_per_s"] if ref else float("nan")
                 sl = ref[f"beams{beams}"]["latency_mean_s"] / b["latency_mean_s"] if ref else float("nan")
                 lines.append(f"| {shape} | {engine} | {beams} | {b['threads_per_s']:.3f} | {sp:.2f}x | "
-                             f"{b['latency_mean_s']:.2f} | {sl:.2f}x | {r['peak_rss_gb']:.2f} | {_load(r)} |")
+                             f"{b['latency_mean_s']:.2f} | {sl:.2f}x | {same_output(b, ref, beams)} | "
+                             f"{r['peak_rss_gb']:.2f} | {_load(r)} |")
+    if not native_bf16() and not args.bf16_emulated:
+        lines += ["", "torch bf16: not timed; this CPU has no native bf16 (no avx512_bf16 / amx_bf16), where torch "
+                  "emulates bf16 matmuls (~50x slower than fp32 here), so `dtype=auto` keeps fp32 and the bf16 goal "
+                  "does not apply. `--bf16-emulated` times it anyway."]
+    for shape in args.shapes:
+        lines += ["", auto_choice(by, shape)]
     big, ref = by.get(("large", "ct2-int8")), by.get(("large", "torch-fp32"))
     if big and ref:
         thr = big["beams4"]["threads_per_s"] / ref["beams4"]["threads_per_s"]
@@ -367,9 +388,135 @@ def write(results: list[dict], args: argparse.Namespace, load: tuple, seconds: f
                   f"{'met' if thr >= 5 else 'NOT met'}, latency {'met' if lat >= 3 else 'NOT met'}, memory "
                   f"{'lower' if big['peak_rss_gb'] < ref['peak_rss_gb'] else 'NOT lower'} "
                   f"({big['peak_rss_gb']:.2f} vs {ref['peak_rss_gb']:.2f} GB)."]
-    lines += ["", "Raw results:", "", "```json", json.dumps(results, indent=1), "```", ""]
+    for shape in args.shapes:
+        bf, int8 = by.get((shape, "torch-bf16")), by.get((shape, "ct2-int8"))
+        if bf and int8:
+            b4 = int8["beams4"]["threads_per_s"] / bf["beams4"]["threads_per_s"]
+            b1 = bf["beams4"]["latency_mean_s"] / int8["beams4"]["latency_mean_s"]
+            lines += ["", f"CT2 int8 vs torch bf16 ({shape}, beams 4): batched {b4:.2f}x, batch-1 {b1:.2f}x "
+                      f"(goals >= 4x batched, >= 2.5x batch 1{'' if native_bf16() else '; not claimed: bf16 emulated here'})."]
+    if getattr(args, "tuning_results", None):
+        lines += tuning_lines(args.tuning_results)
+    raw = [{**r, **{k: {kk: vv for kk, vv in v.items() if kk != "texts"} for k, v in r.items() if k.startswith("beams")}}
+           for r in results]
+    lines += ["", "Raw results (summaries left out):", "", "```json", json.dumps(raw, indent=1), "```", ""]
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines[-8:-6]), flush=True)
+
+
+def same_output(b: dict, ref: dict | None, beams: int) -> str:
+    """How many threads' batched summaries equal torch fp32's, token for token ("k/n")."""
+    if ref is None or "texts" not in b or "texts" not in ref[f"beams{beams}"]:
+        return "-"
+    mine, theirs = b["texts"], ref[f"beams{beams}"]["texts"]
+    return f"{sum(x == y for x, y in zip(mine, theirs))}/{len(theirs)}"
+
+
+def auto_choice(by: dict, shape: str) -> str:
+    """The engine and dtype the rule 'fastest whose output equals fp32 on every test thread' picks (beams 4, batched)."""
+    ref = by.get((shape, "torch-fp32"))
+    if ref is None:
+        return ""
+    equal = []
+    for engine in ENGINES:
+        r = by.get((shape, engine))
+        if r is None:
+            continue
+        n = len(ref["beams4"]["texts"])
+        if same_output(r["beams4"], ref, 4) == f"{n}/{n}" and same_output(r["beams1"], ref, 1) == f"{n}/{n}":
+            equal.append((r["beams4"]["threads_per_s"], engine))
+    best = max(equal)[1] if equal else "torch-fp32"
+    return (f"{shape}: fastest option whose output equals torch fp32's on all test threads (beams 4 and greedy): "
+            f"**{best}** (equal: {', '.join(e for _, e in sorted(equal, reverse=True))}).")
+
+
+# CTranslate2 engine settings for throughput: each one in its own process, CT2 int8, beams 4, batched
+TUNING = [
+    {"inter": 1, "intra": 0, "batch_type": "examples", "max_batch_size": 0},  # threadsum's engine today: one call
+    {"inter": 1, "intra": 0, "batch_type": "examples", "max_batch_size": 8},
+    {"inter": 2, "intra": 1, "batch_type": "examples", "max_batch_size": 8},
+    {"inter": 2, "intra": 1, "batch_type": "examples", "max_batch_size": 16},
+    {"inter": 1, "intra": 0, "batch_type": "tokens", "max_batch_size": 8192},
+    {"inter": 2, "intra": 1, "batch_type": "tokens", "max_batch_size": 4096},
+    {"inter": 2, "intra": 1, "batch_type": "tokens", "max_batch_size": 8192},
+]
+"""intra 0: every core (as ``inference.threads=0``); inter 2 x intra 1: two replicas on the two cores,
+each running one sub-batch of ``max_batch_size`` (examples, or source tokens with ``batch_type=tokens``)."""
+
+
+def tuning_child(args: argparse.Namespace) -> None:
+    """One CTranslate2 setting: all threads in one ``translate_batch`` call (length-sorted, as threadsum
+    sorts them), then batch-1 latency; prints a JSON line."""
+    import ctranslate2
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    from threadsum.config import GenerationConfig
+    from threadsum.generation import SpecialTokens, translate_options, translate_prefix
+    from threadsum.inference.engine import usable_cores
+    from threadsum.model import load_tokenizer
+
+    setting = json.loads(args.tune)
+    tr = ctranslate2.Translator(args.model, device="cpu", compute_type="int8", inter_threads=setting["inter"],
+                                intra_threads=setting["intra"] or usable_cores())
+    tok = load_tokenizer(args.model)
+    special = SpecialTokens.of(HFGenerationConfig.from_pretrained(args.model))
+    gen = GenerationConfig(num_beams=4, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens,
+                           no_repeat_ngram_size=0, batch_size=args.threads)
+    options, prefix = translate_options(gen, special), translate_prefix(tok, special)
+    seqs = sources(args.threads)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    src = [tok.convert_ids_to_tokens(seqs[i]) for i in order]
+
+    def call(batch):
+        return tr.translate_batch(batch, target_prefix=[prefix] * len(batch) if prefix else None,
+                                  max_batch_size=setting["max_batch_size"], batch_type=setting["batch_type"], **options)
+
+    call(src[:1])  # warm-up
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    res = call(src)
+    batched = time.perf_counter() - t0
+    texts = [""] * len(seqs)
+    for i, r in zip(order, res):
+        texts[i] = " ".join(r.hypotheses[0])
+    lat = []
+    for s in seqs[: args.latency_threads]:
+        t1 = time.perf_counter()
+        call([tok.convert_ids_to_tokens(s)])
+        lat.append(time.perf_counter() - t1)
+    print("RESULT " + json.dumps({"setting": setting, "threads_per_s": len(seqs) / batched, "batched_s": batched,
+                                  "latency_mean_s": sum(lat) / len(lat), "texts": texts, "peak_rss_gb": peak_rss_gb(),
+                                  "load": [load0, os.getloadavg()[0]]}), flush=True)
+
+
+def run_tuning(folder: Path, args: argparse.Namespace) -> list[dict]:
+    out = []
+    for setting in TUNING:
+        cmd = [sys.executable, __file__, "--child", "--tune", json.dumps(setting), "--model", str(folder),
+               "--threads", str(args.threads), "--latency-threads", str(args.latency["base"]),
+               "--new-tokens", str(args.new_tokens)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"tuning {setting} failed:\n{proc.stderr[-3000:]}")
+        out.append(json.loads(line[len("RESULT "):]))
+        print(f"tuning {setting}: {out[-1]['threads_per_s']:.3f} thr/s, latency {out[-1]['latency_mean_s']:.2f} s",
+              flush=True)
+    return out
+
+
+def tuning_lines(results: list[dict]) -> list[str]:
+    base = results[0]
+    lines = ["", "## CTranslate2 engine settings (BART-base shape, int8, beams 4, all threads in one call)", "",
+             "| inter_threads | intra_threads | batch_type | max_batch_size | batched threads/s | vs one call | "
+             "batch-1 latency s | same output | peak RSS GB | load avg |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["setting"]
+        same = sum(a == b for a, b in zip(r["texts"], base["texts"]))
+        lines.append(f"| {s['inter']} | {s['intra'] or 'all cores'} | {s['batch_type']} | {s['max_batch_size'] or 'one batch'} | "
+                     f"{r['threads_per_s']:.3f} | {r['threads_per_s'] / base['threads_per_s']:.2f}x | "
+                     f"{r['latency_mean_s']:.2f} | {same}/{len(base['texts'])} | {r['peak_rss_gb']:.2f} | "
+                     f"{r['load'][0]:.1f}-{r['load'][1]:.1f} |")
+    return lines
 
 
 def main() -> None:
@@ -385,6 +532,10 @@ def main() -> None:
     p.add_argument("--cpu-threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench_inference"))
     p.add_argument("--out", default="bench/results_inference.md")
+    p.add_argument("--tune", default="", help=argparse.SUPPRESS)
+    p.add_argument("--ct2-tuning", action="store_true", help="Also time CTranslate2 settings (inter/intra threads, "
+                   "batch_type, max_batch_size) on the BART-base int8 export.")
+    p.add_argument("--bf16-emulated", action="store_true", help="Time torch bf16 even where the CPU emulates it.")
     p.add_argument("--family", default="seq2seq", choices=["seq2seq", "causal"],
                    help="seq2seq: the BART shapes; causal: a Llama-shape decoder-only model at batch 1.")
     args = p.parse_args()
@@ -396,7 +547,7 @@ def main() -> None:
         return causal_main(args)
     if args.child:
         args.latency_threads = int(args.latency_threads)
-        return child(args)
+        return tuning_child(args) if args.tune else child(args)
     args.shapes = [s for s in args.shapes.split(",") if s]
     base_l, large_l = (int(x) for x in args.latency_threads.split(","))
     args.latency = {"base": base_l, "large": large_l}
@@ -408,14 +559,19 @@ def main() -> None:
     results = []
     for shape in args.shapes:
         model = build_model(shape, work)
-        folders = {"torch-fp32": model}
+        folders = {"torch-fp32": model, "torch-bf16": model}
         for q in ("float32", "int8"):
             folders[f"ct2-{q}"] = work / f"bart-{shape}-ct2-{q}"
             if not (folders[f"ct2-{q}"] / "model.bin").is_file():
                 export_model(str(model), str(folders[f"ct2-{q}"]), "ctranslate2", q, force=True)
         for engine in ENGINES:
+            if engine == "torch-bf16" and not (native_bf16() or args.bf16_emulated):
+                continue  # emulated bf16: the record says why it is not timed
             results.append(run_child(engine, shape, folders[engine], args))
             write(results, args, (load0, os.getloadavg()), time.perf_counter() - t0)  # partial results survive
+        if args.ct2_tuning and shape == "base":
+            args.tuning_results = run_tuning(folders["ct2-int8"], args)
+            write(results, args, (load0, os.getloadavg()), time.perf_counter() - t0)
 
 
 if __name__ == "__main__":

@@ -312,11 +312,19 @@ def plan(
     cost: bool = typer.Option(False, "--cost", help="Also estimate epoch time and money per SageMaker instance type (on-demand and spot)."),
     ranks: int = typer.Option(1, "--ranks", help="FSDP ranks the model state is sharded over."),
     offload: bool = typer.Option(False, "--offload", help="FSDP CPU offload of parameters and optimizer state."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="First measure this machine's CPU training rate for the config's model and precision (a few real steps on random weights, under 2 minutes) and store it for --cost."),
+    calibrate_seconds: float = typer.Option(100.0, "--calibrate-seconds", min=1.0, help="Seconds of timed steps --calibrate aims at (model build and one warm-up step come on top)."),
 ) -> None:
     """Predict peak memory (with breakdown), the options that fit a device, and time/cost per epoch."""
     cfg = _load(config, overrides)
     from threadsum.train.cost import plan_command
 
+    if calibrate:
+        from threadsum.train.calibrate import calibrate as calibrate_fn
+        from threadsum.train.calibrate import describe
+
+        entry = _run(calibrate_fn, cfg, calibrate_seconds, say=console.print)
+        console.print(f"calibrated: {describe(entry)}; stored in {entry['stored_in']} ({entry['seconds']:.0f} s)")
     _run(plan_command, cfg, device=device, cost=cost, ranks=ranks, cpu_offload=offload)
 
 

@@ -22,18 +22,52 @@ _DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bf
                 "fp16": "float16", "float16": "float16"}
 
 
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 natively (avx512_bf16 or AMX, read from /proc/cpuinfo).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""/proc/cpuinfo flags of CPUs that multiply bf16 in hardware (AVX-512 BF16 dot products, AMX tiles)."""
 
-    Without it torch emulates bf16 matmuls and bf16 autocast is slower than fp32 (measured: AVX2-only
-    EPYC, BART-base shape), so ``auto`` picks fp32 there.
-    """
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags, read once from the first ``flags`` line of /proc/cpuinfo (empty
+    where that file or line is missing, e.g. not Linux)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (a flag of :data:`NATIVE_BF16_FLAGS` in :func:`cpu_flags`).
+
+    Without it torch emulates bf16 matmuls and bf16 autocast is far slower than fp32 (measured on a
+    2-vCPU AVX2-only EPYC: a 1024x1024x1024 matmul 30 GFLOP/s in fp32, 0.5 in bf16; BENCHMARKS.md),
+    so ``auto`` picks fp32 there. This is the one rule every ``auto`` precision and dtype follows.
+    """
+    return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` or the machine type elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_summary() -> str:
+    """One line for benchmark and calibration records: CPU model, logical cores, the bf16/VNNI/AMX
+    flags it has, and whether bf16 is native or emulated here."""
+    shown = sorted(f for f in cpu_flags() if "bf16" in f or "vnni" in f or f.startswith("amx") or f == "avx512f")
+    isa = "AVX-512" if "avx512f" in cpu_flags() else "AVX2" if "avx2" in cpu_flags() else "no AVX2"
+    return (f"{cpu_model_name()}, {os.cpu_count()} logical cores, {isa}; flags: {' '.join(shown) or 'none of avx512_bf16/amx/vnni'}; "
+            f"bf16 {'native' if cpu_has_native_bf16() else 'emulated (no avx512_bf16/amx_bf16)'}")
 
 
 def auto_precision(device_kind: str, bf16_supported: bool) -> str:
@@ -136,12 +170,4 @@ def hardware_description(device: Optional["torch.device"] = None) -> str:
     if (device is None or device.type == "cuda") and torch.cuda.is_available():
         n = torch.cuda.device_count()
         return f"{n} x {torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} logical cores (torch {torch.__version__})"
+    return f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores (torch {torch.__version__})"

@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from threadsum.config import Config
 from threadsum.train import memory as mem
+from threadsum.train.calibrate import describe as describe_calibration
+from threadsum.train.calibrate import find_calibration, rate_for
 
 # Measured anchors (BART-large, bf16 autocast, token-budget batches of 16k): tokens/s.
 H200_MEASURED = {"full": 45_600.0, "checkpointing": 57_000.0, "lora": 98_000.0}
@@ -33,9 +35,16 @@ PADDING_OVERHEAD = 1.05  # length-sorted token-budget batches pad about 5%
 KAGGLE_EPOCH_TOKENS, KAGGLE_THREADS = 3_050_000, 4_167
 
 
-def cpu_speedup(vcpus: int) -> float:
-    """Speed of ``vcpus`` relative to the measured 2-vCPU machine (see CPU_DOUBLING_GAIN)."""
-    return CPU_DOUBLING_GAIN ** math.log2(max(1, vcpus) / CPU_MEASURED_VCPUS)
+CPU_SCALING_SOURCE = ("assumed, not measured on those instances: 1.5x per doubling of vCPUs (vCPUs are "
+                      "hyperthreads and the step is memory-bandwidth bound); the one measured doubling, 1 -> 2 "
+                      "threads on the 2-vCPU dev machine, is in BENCHMARKS.md (planner, time)")
+"""Where the vCPU scaling of the CPU rows comes from (printed under the cost table)."""
+
+
+def cpu_speedup(vcpus: int, from_vcpus: int = CPU_MEASURED_VCPUS) -> float:
+    """Speed of ``vcpus`` relative to a machine of ``from_vcpus`` (default: the quoted 2-vCPU one);
+    ``CPU_DOUBLING_GAIN`` per doubling, see :data:`CPU_SCALING_SOURCE`."""
+    return CPU_DOUBLING_GAIN ** math.log2(max(1, vcpus) / max(1, from_vcpus))
 
 
 def cpu_rate(vcpus: int, precision: str = "fp32") -> float:
@@ -174,8 +183,9 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
     GPU rows use the fitting option (:func:`threadsum.train.memory.fit_options`; LoRA only when the
     config enables it) with the highest throughput: the H200 measurement where it applies, else
     the MFU model; multi-GPU instances scale by ``MULTI_GPU_EFFICIENCY`` (0.9, assumed). CPU rows
-    use the measured 2-vCPU fp32 rate scaled by :func:`cpu_speedup` and the largest budget that
-    fits the RAM. Epoch time counts ``PADDING_OVERHEAD`` (5%) of padding.
+    use this machine's stored fp32 calibration of cfg (``threadsum plan --calibrate``) where it exists,
+    else the quoted 2-vCPU BART-large fp32 rate scaled by FLOPs per token, either scaled by
+    :func:`cpu_speedup` to the instance's vCPUs, and the largest budget that fits the RAM. Epoch time counts ``PADDING_OVERHEAD`` (5%) of padding.
 
     Args:
         spot_discount: share saved by spot (0..1); None: the catalogue's.
@@ -194,7 +204,7 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
     spec = mem.model_spec(cfg)
     et = epoch_tokens(cfg)
     padded = et.tokens * PADDING_OVERHEAD
-    large = mem.ModelSpec.from_hf_config("facebook/bart-large", mem.known_models()["facebook/bart-large"])
+    calibrated_fp32 = find_calibration(cfg, "fp32")
     rows: list[CostRow] = []  # GPU rows use each GPU's fastest fitting option
     for name, it in cat["instances"].items():
         price = float(it["price"])
@@ -222,10 +232,9 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
             # the largest micro-batch budget that fits the RAM (accumulation keeps the effective batch)
             found = mem._largest_budget(cfg, spec, mem.levers_from_config(cfg, ram, spec=spec), ram)
             fits = found is not None
-            fpt = flops_per_token(spec, et.src_share, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
             # fp32: m5/c5 (Skylake/Cascade Lake) lack avx512_bf16, so bf16 autocast would be emulated
-            rate = cpu_rate(it["vcpus"]) * flops_per_token(large, 0.8, 1024, 256) / fpt
-            basis, mem_gib = f"measured 2-vCPU rate x {cpu_speedup(it['vcpus']):.1f}", float(it["ram_gib"])
+            rate, basis = _cpu_instance_rate(cfg, spec, et, it["vcpus"], calibrated_fp32)
+            mem_gib = float(it["ram_gib"])
             levers = f"fp32, max_tokens={found[0]}" if found else "fp32"
             if not fits:
                 rows.append(CostRow(name, "CPU", 0, mem_gib, it["vcpus"], price, 0.0, "-", math.inf, math.inf, math.inf,
@@ -238,8 +247,46 @@ def cost_table(cfg: Config, *, spot_discount: Optional[float] = None) -> tuple[l
     rows.sort(key=lambda r: (not r.fits, r.epoch_cost, r.epoch_hours))
     meta = {"prices_as_of": cat["prices_as_of"], "region": cat["region"], "spot_discount": discount,
             "epoch_tokens": et.tokens, "epoch_threads": et.threads, "tokens_source": et.source, "model": spec.name,
-            "epochs": cfg.train.epochs}
+            "epochs": cfg.train.epochs, "cpu_calibration_fp32": calibrated_fp32, "this_machine": this_machine(cfg, et)}
     return rows, meta
+
+
+def _cpu_instance_rate(cfg: Config, spec: mem.ModelSpec, et: EpochTokens, vcpus: int,
+                       calibrated: Optional[dict[str, Any]]) -> tuple[float, str]:
+    """Tokens/s of a CPU instance and its basis: this machine's stored fp32 calibration of cfg
+    (measured) scaled to ``vcpus`` (assumed, :data:`CPU_SCALING_SOURCE`), else the quoted 2-vCPU
+    BART-large figure scaled by FLOPs per token and vCPUs (both assumed)."""
+    if calibrated is not None:
+        rate = rate_for(calibrated, cfg.train.batch_tokens) * cpu_speedup(vcpus, calibrated["threads"])
+        return rate, (f"measured here (fp32, {calibrated['threads']} threads) x {cpu_speedup(vcpus, calibrated['threads']):.1f} "
+                      f"assumed vCPU scaling")
+    large = mem.ModelSpec.from_hf_config("facebook/bart-large", mem.known_models()["facebook/bart-large"])
+    fpt = flops_per_token(spec, et.src_share, cfg.data.max_source_tokens, cfg.data.max_target_tokens)
+    rate = cpu_rate(vcpus) * flops_per_token(large, 0.8, 1024, 256) / fpt
+    return rate, f"assumed: quoted 2-vCPU rate x {cpu_speedup(vcpus):.1f} (no calibration)"
+
+
+def this_machine(cfg: Config, et: Optional[EpochTokens] = None) -> Optional[dict[str, Any]]:
+    """The epoch on this machine's CPU from its stored calibration of cfg at the precision ``auto``
+    resolves to here, or None without one (run ``threadsum plan --calibrate``).
+
+    Returns:
+        ``{precision, threads, tokens_per_s (real tokens/s at train.batch_tokens), epoch_hours,
+        calibration (the stored entry)}``. The calibrated rate already includes the sampler's padding,
+        so no ``PADDING_OVERHEAD`` is added.
+    """
+    from threadsum.devices import auto_precision, cpu_has_native_bf16
+
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = auto_precision("cpu", cpu_has_native_bf16())
+    entry = find_calibration(cfg, precision)
+    if entry is None:
+        return None
+    et = et or epoch_tokens(cfg)
+    rate = rate_for(entry, cfg.train.batch_tokens)
+    return {"precision": precision, "threads": entry["threads"], "tokens_per_s": rate,
+            "epoch_hours": et.tokens / rate / 3600, "calibration": entry}
 
 
 def pick_instance(cfg: Config) -> str:
@@ -327,11 +374,27 @@ def plan_command(cfg: Config, device: str = "auto", cost: bool = False, *, ranks
         console.print(ct)
         console.print(f"tokens: {meta['tokens_source']}; +{PADDING_OVERHEAD - 1:.0%} padding. Spot = on-demand x "
                       f"{1 - meta['spot_discount']:.2f}. GPU rates without a measurement use the H200's measured MFU on each "
-                      f"GPU's peak tensor TFLOP/s. CPU rates: the measured 2-vCPU fp32 rate ({CPU_MEASURED['fp32']:.0f} "
-                      f"tokens/s for BART-large) x {CPU_DOUBLING_GAIN}x per doubling of vCPUs (assumed: vCPUs are "
-                      f"hyperthreads and training is memory-bandwidth bound), so 16 vCPUs ~ {cpu_speedup(16):.1f}x, "
-                      f"not 8x. For scale: the measured 2-vCPU machine needs {et.tokens * PADDING_OVERHEAD / CPU_MEASURED['fp32'] / 3600:.1f} h "
-                      f"per epoch in fp32 ({et.tokens * PADDING_OVERHEAD / CPU_MEASURED['bf16'] / 3600:.1f} h with bf16) before evaluation.")
+                      f"GPU's peak tensor TFLOP/s.")
+        cal = meta["cpu_calibration_fp32"]
+        if cal is not None:
+            console.print(f"CPU rows (fp32: m5/c5 have no native bf16): this machine's calibration, {describe_calibration(cal)}; "
+                          f"scaled to each instance's vCPUs by {CPU_DOUBLING_GAIN}x per doubling, {CPU_SCALING_SOURCE}.")
+        else:
+            console.print(f"CPU rows (fp32: m5/c5 have no native bf16): assumed, no fp32 calibration of this config here: the "
+                          f"quoted 2-vCPU BART-large fp32 rate ({CPU_MEASURED['fp32']:.0f} tokens/s, BENCHMARKS.md) scaled by FLOPs "
+                          f"per token and to each instance's vCPUs by {CPU_DOUBLING_GAIN}x per doubling, {CPU_SCALING_SOURCE}; "
+                          f"`threadsum plan --calibrate train.precision=fp32` measures it.")
+        here = meta["this_machine"]
+        if here is not None:
+            same = cal is not None and cal["key"] == here["calibration"]["key"]
+            console.print(f"[bold]this machine[/bold] ({here['threads']} threads, {here['precision']}): "
+                          f"{here['tokens_per_s']:,.0f} real tokens/s at train.batch_tokens={cfg.train.batch_tokens} "
+                          f"-> [bold]{here['epoch_hours']:.2f} h per epoch[/bold] (measured: "
+                          f"{'the calibration above' if same else describe_calibration(here['calibration'])}; "
+                          f"the sampler's padding included, no extra padding added).")
+        else:
+            console.print("this machine: no calibration of this config here; `threadsum plan --calibrate` measures "
+                          "it in under 2 minutes and `plan --cost` then predicts this machine's epoch.")
         result["cost"] = [r.__dict__ for r in rows]
         result["cost_meta"] = meta
     return result

@@ -215,11 +215,21 @@ def _build_accelerator(run: Run) -> None:
     run.accelerator = build_accelerator(run.cfg, run.accumulation)
     device = run.accelerator.device
     run.precision = resolve_precision(tc.precision, device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.precision)
+    run.autocast, run.scaler = precision_parts(run.precision, device)
+
+
+def precision_parts(precision: str, device: Any) -> tuple[Callable[[], Any], Any]:
+    """The autocast context factory and the gradient scaler of a resolved ``precision`` ("fp32",
+    "bf16", "fp16") on a torch ``device``: what every training step runs under (the loop's and the
+    planner's calibration, train/calibrate.py)."""
+    import torch
+
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    autocast: Callable[[], Any] = nullcontext
     if amp_dtype is not None:
-        run.autocast = lambda: torch.autocast(device.type, dtype=amp_dtype)
+        autocast = lambda: torch.autocast(device.type, dtype=amp_dtype)  # noqa: E731
     # fp16 overflows without dynamic loss scaling; bf16 has fp32's range and needs none
-    run.scaler = torch.amp.GradScaler(device.type, enabled=run.precision == "fp16")
+    return autocast, torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
 def _load_data(run: Run) -> None:

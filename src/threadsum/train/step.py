@@ -92,6 +92,9 @@ class StepResult:
     """Micro-batches this rank ran."""
     seconds: float
     """Wall time of the step (redos included)."""
+    update_seconds: float = 0.0
+    """Wall time of the optimizer and scheduler update alone (part of ``seconds``): the planner's
+    calibration separates it from the per-token forward/backward time."""
 
 
 @dataclass
@@ -150,10 +153,12 @@ class StepRunner:
         loss, norm, real, padded, stop_any = sync_step(self.accelerator, loss_sum, grad_norm, real, padded,
                                                        stop_requested())
         nonfinite = not math.isfinite(loss) or (not self.scaler.is_enabled() and not math.isfinite(norm))
+        t_update = time.perf_counter()
         skipped = self._discard() if nonfinite else self._update(counters.step + 1)
+        t_end = time.perf_counter()
         return StepResult(loss=loss / (label_tokens * n), real_tokens=real, padded_tokens=padded, grad_norm=norm,
                           scaler_skipped=skipped, nonfinite=nonfinite, stop_requested=stop_any,
-                          micro_batches=len(micro_batches), seconds=time.perf_counter() - t0)
+                          micro_batches=len(micro_batches), seconds=t_end - t0, update_seconds=t_end - t_update)
 
     def _attempt(self, counters: Counters, micro_batches: list[list[int]], budget: int, label_tokens: float):
         """Forward/backward of every micro-batch (split into pieces of <= ``budget`` padded tokens),
