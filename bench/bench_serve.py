@@ -7,13 +7,19 @@
     HF_HUB_OFFLINE=1 python bench/bench_serve.py --preset demo --engine ctranslate2 --traffic varied \
         --concurrency 24 --torch-threads 1 --beams 2 --max-new-tokens 96 --max-source 512 --requests 96
 
-Both modes run the real HTTP service (uvicorn on 127.0.0.1) with ``concurrency`` clients posting
-``requests`` threads; only serve.max_batch_size / serve.max_wait_ms differ (1 / 0 ms for
-one-at-a-time). A random-init model never learned when to stop, so min_new_tokens is set to
+Both modes run the real HTTP service with ``concurrency`` clients posting ``requests`` threads; only
+serve.max_batch_size / serve.max_wait_ms differ (1 / 0 ms for one-at-a-time). ``--server process``
+(default) runs it as users do, ``threadsum serve`` in its own process with the same settings as
+``--set`` overrides, so the client threads do not share the service's interpreter; ``--server
+thread`` runs uvicorn in a thread of the benchmark's process (the earlier setup: 24 client threads
+and the service then contend for one GIL). A random-init model never learned when to stop, so min_new_tokens is set to
 max_new_tokens: every summary is exactly max_new_tokens long in both modes and the two runs do
 identical work per thread. Also reports raw ``Summarizer.generate`` threads/s on the same threads at
 batch 1, 4, 8 and ``--batch`` (no HTTP): the best of them is the engine's own batched throughput, the
 ceiling the service can approach. Goals: the service >= 0.85x that best and >= 2x one-at-a-time.
+Beside it, ``Summarizer.summarize_detailed`` at the same batch sizes: the same work per thread as the
+service (cleaning, rendering, generation and the grounding check of claims and coverage) without
+HTTP or batching, so service / API isolates what the service itself costs.
 
 ``--engine ctranslate2`` exports the model with ``threadsum export --quantization int8`` and serves
 that; ``--traffic varied`` posts threads shaped like real mail (1-5 emails of 1-4 sentences,
@@ -83,7 +89,9 @@ def build_preset(out: Path, preset: str, max_source: int) -> Path:
     return out
 
 
-def make_summarizer(args, work: Path) -> Summarizer:
+def make_summarizer(args, work: Path) -> tuple[Summarizer, str]:
+    """The benchmark's Summarizer and the model folder it loaded (what ``--server process`` serves)."""
+    model_dir = args.model
     if args.model:
         base = Summarizer.from_pretrained(args.model, device=args.device, dtype=args.dtype)
         cfg = base.cfg.model_copy(deep=True)
@@ -113,7 +121,18 @@ def make_summarizer(args, work: Path) -> Summarizer:
         base.model.generation_config.suppress_tokens = (
             [i for i in tok.all_special_ids if i not in keep] + list(range(len(tok), vocab)))
     return Summarizer(base.model, base.tokenizer, Config.model_validate(cfg.to_dict()), base.device, name=base.name,
-                      engine=base.engine)
+                      engine=base.engine), str(model_dir)
+
+
+def server_overrides(args) -> list[str]:
+    """The settings make_summarizer gives the in-process Summarizer, as ``threadsum serve`` overrides."""
+    out = [f"eval.generation.num_beams={args.beams}", f"eval.generation.max_new_tokens={args.max_new_tokens}",
+           f"data.max_source_tokens={args.max_source}", f"serve.dtype={args.dtype}"]
+    if not args.model:
+        out += [f"eval.generation.min_new_tokens={args.max_new_tokens}", "eval.generation.no_repeat_ngram_size=0"]
+    if args.torch_threads:
+        out.append(f"inference.threads={args.torch_threads}")
+    return out
 
 
 def threads_for(n: int, words: int, traffic: str = "alike") -> list[dict]:
@@ -123,27 +142,42 @@ def threads_for(n: int, words: int, traffic: str = "alike") -> list[dict]:
     return [sample_thread(i, n_emails=2 + i % 5, words=words) for i in range(n)]
 
 
-def run_service(s: Summarizer, threads: list[dict], concurrency: int, batch: int, wait_ms: float) -> dict:
-    cfg = ServeConfig(max_batch_size=batch, max_wait_ms=wait_ms, queue_size=max(256, len(threads)),
-                      max_batch_threads=64)
+def run_service(s: Summarizer, threads: list[dict], concurrency: int, batch: int, wait_ms: float,
+                server: str = "thread", model_dir: str = "", overrides: tuple[str, ...] = ()) -> dict:
+    """Post ``threads`` from ``concurrency`` client threads to a service of ``s`` (``server="thread"``)
+    or to ``threadsum serve`` of ``model_dir`` with ``overrides`` in a child process (``"process"``)."""
+    queue = max(256, len(threads))
+    if server == "process":
+        from bench_serve_memory import serve_process
+
+        extra = [f"serve.max_batch_size={batch}", f"serve.max_wait_ms={wait_ms}", f"serve.queue_size={queue}"]
+        log = Path(tempfile.gettempdir()) / f"bench_serve_{os.getpid()}_{batch}.log"
+        with serve_process(Path(model_dir), [*overrides, *extra], {"TOKENIZERS_PARALLELISM": "false"}, log) as (url, _):
+            return _post_all(url, threads, concurrency)
+    cfg = ServeConfig(max_batch_size=batch, max_wait_ms=wait_ms, queue_size=queue, max_batch_threads=64)
     with serve_in_thread(create_app(s, cfg)) as url:
-        client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency + 4))
-        # warm both paths' shapes before the clock starts
-        for t in threads[: min(4, len(threads))]:
-            client.post("/v1/summarize", json=t).raise_for_status()
+        return _post_all(url, threads, concurrency)
 
-        def one(t):
-            t0 = time.perf_counter()
-            r = client.post("/v1/summarize", json=t)
-            return r.status_code, time.perf_counter() - t0
 
-        before = client.get("/v1/status").json()["batching"]
+def _post_all(url: str, threads: list[dict], concurrency: int) -> dict:
+    """Warm-up, then every thread posted once by ``concurrency`` client threads; throughput and latency."""
+    client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(max_connections=concurrency + 4))
+    # warm both paths' shapes before the clock starts
+    for t in threads[: min(4, len(threads))]:
+        client.post("/v1/summarize", json=t).raise_for_status()
+
+    def one(t):
         t0 = time.perf_counter()
-        with cf.ThreadPoolExecutor(concurrency) as pool:
-            results = list(pool.map(one, threads))
-        wall = time.perf_counter() - t0
-        after = client.get("/v1/status").json()["batching"]
-        client.close()
+        r = client.post("/v1/summarize", json=t)
+        return r.status_code, time.perf_counter() - t0
+
+    before = client.get("/v1/status").json()["batching"]
+    t0 = time.perf_counter()
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(one, threads))
+    wall = time.perf_counter() - t0
+    after = client.get("/v1/status").json()["batching"]
+    client.close()
     mean_batch = (after["threads"] - before["threads"]) / max(1, after["batches"] - before["batches"])
     codes = [c for c, _ in results]
     lat = sorted(l for _, l in results)
@@ -164,6 +198,15 @@ def run_generate(s: Summarizer, texts: list[str], batch: int) -> dict:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     return {"batch": batch, "threads_per_s": len(texts) / wall, "wall_s": wall}
+
+
+def run_detailed(s: Summarizer, threads: list[dict], batch: int) -> dict:
+    """``summarize_detailed`` (clean, render, generate, check claims and coverage) of ``threads`` at ``batch``."""
+    s.summarize_detailed(threads[: min(batch, len(threads))], batch_size=batch)  # warm-up
+    t0 = time.perf_counter()
+    s.summarize_detailed(threads, batch_size=batch)
+    wall = time.perf_counter() - t0
+    return {"batch": batch, "threads_per_s": len(threads) / wall, "wall_s": wall}
 
 
 def machine() -> str:
@@ -193,6 +236,8 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", choices=("torch", "ctranslate2"), default="torch",
                     help="ctranslate2: serve the model exported with int8 weights.")
     ap.add_argument("--traffic", choices=("alike", "varied"), default="alike")
+    ap.add_argument("--server", choices=("process", "thread"), default="process",
+                    help="process: `threadsum serve` in a child process (as deployed); thread: uvicorn in this process.")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results_serve.md"))
     args = ap.parse_args(argv)
 
@@ -202,24 +247,30 @@ def main(argv=None) -> int:
     started_on = machine()
     print(started_on, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        s = make_summarizer(args, Path(tmp))
+        s, model_dir = make_summarizer(args, Path(tmp))
+        if args.server == "process" and args.device not in ("auto", "cpu"):
+            ap.error("--server process serves on the CPU (serve.device=cpu); use --server thread for another device")
+        served = dict(server=args.server, model_dir=model_dir, overrides=tuple(server_overrides(args)))
         threads = threads_for(args.requests, args.words, args.traffic)
         src_tokens = [len(s.tokenizer(s.prepare(t).text)["input_ids"]) for t in threads]
         desc = (f"model {args.model or args.preset + ' (random init)'}: {s.info()['parameters'] / 1e6:.1f}M "
                 f"params, engine {s.info()['engine']}, {s.info()['dtype']} on {s.device}; {args.traffic} traffic, {args.requests} threads of {min(src_tokens)}-{max(src_tokens)} "
                 f"(mean {statistics.mean(src_tokens):.0f}) source tokens; beams {args.beams}, "
-                f"{args.max_new_tokens} new tokens; {args.concurrency} concurrent clients")
+                f"{args.max_new_tokens} new tokens; {args.concurrency} concurrent clients; service in "
+                f"{'its own process' if args.server == 'process' else 'a thread of the clients’ process'}")
         print(desc, flush=True)
-        single = run_service(s, threads, args.concurrency, batch=1, wait_ms=0)
+        single = run_service(s, threads, args.concurrency, batch=1, wait_ms=0, **served)
         print(f"one-at-a-time: {single}", flush=True)
-        batched = run_service(s, threads, args.concurrency, batch=args.batch, wait_ms=args.wait_ms)
+        batched = run_service(s, threads, args.concurrency, batch=args.batch, wait_ms=args.wait_ms, **served)
         print(f"micro-batched: {batched}", flush=True)
-        gens = []
+        gens, apis = [], []
         if not args.skip_generate:
             texts = [s.prepare(t).text for t in threads]
             for b in sorted({1, 4, 8, args.batch}):
                 gens.append(run_generate(s, texts, b))
                 print(f"generate batch {b}: {gens[-1]}", flush=True)
+                apis.append(run_detailed(s, threads, b))
+                print(f"summarize_detailed batch {b}: {apis[-1]}", flush=True)
 
     speedup = batched["threads_per_s"] / single["threads_per_s"]
     cmd = "python bench/bench_serve.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -244,6 +295,12 @@ def main(argv=None) -> int:
             "", f"**Micro-batched service / the engine's best batched ({best['threads_per_s']:.2f} threads/s at batch "
             f"{best['batch']}) {batched['threads_per_s'] / best['threads_per_s']:.2f}x** (goal >= 0.85x); "
             f"raw batch {best['batch']} / batch 1 {best['threads_per_s'] / gens[0]['threads_per_s']:.2f}x."]
+        api = max(apis, key=lambda g: g["threads_per_s"])
+        lines += ["", "`Summarizer.summarize_detailed` on the same threads (the service's work without HTTP: cleaning, "
+                  "rendering, generation, claims and coverage): " + ", ".join(
+                      f"batch {g['batch']}: {g['threads_per_s']:.2f} threads/s" for g in apis) + ".",
+                  "", f"**Micro-batched service / the same work through the Python API at its best batch "
+                  f"({api['threads_per_s']:.2f} threads/s at batch {api['batch']}) {batched['threads_per_s'] / api['threads_per_s']:.2f}x**."]
     out = Path(args.out)
     header = "# Serving benchmark results\n\nWritten by `bench/bench_serve.py` and `bench/bench_serve_memory.py`; newest first.\n\n"
     old = out.read_text().split("\n\n", 2)[-1] if out.exists() and out.read_text().startswith("# Serving") else ""

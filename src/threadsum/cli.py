@@ -301,7 +301,7 @@ def serve(
     cfg = _load(config, (overrides or []) + extra)
     from threadsum.serve.app import serve as serve_fn
 
-    _run(serve_fn, cfg, str(model))
+    _run(serve_fn, cfg, str(model), overrides or [])
 
 
 @app.command()

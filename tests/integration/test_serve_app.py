@@ -26,7 +26,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from threadsum.config import ServeConfig  # noqa: E402
+from threadsum.config import ConfigError, ServeConfig  # noqa: E402
 from threadsum.inference.summarizer import Summarizer  # noqa: E402
 from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa: E402
 from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
@@ -488,3 +488,19 @@ def test_a_causal_model_serves_through_the_same_service(tmp_path):
                 one = client.post("/v1/summarize", json=t)
                 assert one.status_code == 200 and one.json()["summary"] == s
                 assert s.strip() and "<|im_start|>" not in s and "Summarize" not in s
+
+
+def test_serve_overrides_outside_serve_change_decoding(model_dir):
+    """`threadsum serve --model M eval.generation.max_new_tokens=3` decodes with 3 new tokens: the
+    model's saved config plus the command line's overrides (never silently the saved one alone)."""
+    from threadsum.serve.app import load_service
+
+    saved = load_service(str(model_dir), ServeConfig()).summarizer.cfg.eval.generation
+    service = load_service(str(model_dir), ServeConfig(), ["eval.generation.max_new_tokens=3",
+                                                           "eval.generation.num_beams=1", "serve.max_batch_size=2"])
+    gen = service.summarizer.cfg.eval.generation
+    assert (gen.max_new_tokens, gen.num_beams) == (3, 1) != (saved.max_new_tokens, saved.num_beams)
+    out = service.summarizer.summarize_detailed([sample_thread(0)])[0].summary
+    assert 0 < len(service.summarizer.tokenizer(out, add_special_tokens=False)["input_ids"]) <= 3
+    with pytest.raises(ConfigError, match="eval.generation.num_beams"):
+        load_service(str(model_dir), ServeConfig(), ["eval.generation.num_beams=0"])

@@ -36,9 +36,9 @@ from threadsum.archive.layout import (
 )
 from threadsum.archive.sources import ArchiveError, ReadArchive, check_inputs, file_sha256, input_hashes, read_archive
 from threadsum.archive.work import Shard, load_summarizer, summarize_shard
-from threadsum.config import apply_overrides, config_from_dict, differing_settings
+from threadsum.config import differing_settings
 from threadsum.errors import ThreadsumError
-from threadsum.inference.summarizer import load_saved_config
+from threadsum.inference.summarizer import saved_config_with
 
 log = logging.getLogger("threadsum.archive")
 
@@ -215,8 +215,7 @@ class ArchiveProgress:
 # ------------------------------------------------------------------------------------------ run
 def resolve_config(model: str, overrides: list[str]) -> dict[str, Any]:
     """The model's saved config with ``overrides`` applied, validated (raises ConfigError naming the key)."""
-    data = load_saved_config(model).to_dict()
-    return config_from_dict(apply_overrides(data, list(overrides)), origin="the model's config.yaml and --set").to_dict()
+    return saved_config_with(model, overrides).to_dict()
 
 
 def _check_out(out: Path, inputs: list[Path]) -> None:

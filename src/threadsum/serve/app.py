@@ -75,7 +75,7 @@ from threadsum.inference.inputs import (
     thread_from_text,
     threads_from_text,
 )
-from threadsum.inference.summarizer import EmptySummaryError, claims_of, coverage_of
+from threadsum.inference.summarizer import EmptySummaryError, grounding_of
 from threadsum.errors import DrainTimeoutError
 from threadsum.serve.batching import BatcherStoppedError, MicroBatcher, QueueFullError
 from threadsum.serve.memory import HeapTrimmer, active_allocator
@@ -570,16 +570,22 @@ class Service:
                            "max_chars": cfg.max_chars, "max_batch_threads": cfg.max_batch_threads}}
 
 
-def load_service(model_dir: str, cfg: ServeConfig) -> Service:
+def load_service(model_dir: str, cfg: ServeConfig, overrides: Sequence[str] = ()) -> Service:
     """The :class:`Service` around the model folder ``model_dir``, loaded on ``cfg.device`` in ``cfg.dtype``
     (the engine is the folder's config's ``inference.engine``; see ``Summarizer.from_pretrained``).
 
+    The model decodes with the config saved beside it plus the ``key=value`` ``overrides`` outside
+    ``serve.`` (``eval.generation.num_beams=2``, ``inference.threads=1``:
+    :func:`threadsum.inference.summarizer.saved_config_with`); ``serve.`` keys are ``cfg``'s already.
+
     Raises ModelLoadError, ConfigError, DeviceError or MissingExtraError as ``from_pretrained`` does.
     """
-    from threadsum.inference.summarizer import Summarizer, quiet_loading
+    from threadsum.inference.summarizer import Summarizer, quiet_loading, saved_config_with
 
     quiet_loading()
-    return Service(Summarizer.from_pretrained(model_dir, device=cfg.device, dtype=cfg.dtype), cfg)
+    model_side = [o for o in overrides if not o.strip().startswith("serve.")]
+    config = saved_config_with(model_dir, model_side) if model_side else None
+    return Service(Summarizer.from_pretrained(model_dir, device=cfg.device, dtype=cfg.dtype, config=config), cfg)
 
 
 class _HTTPError(Exception):
@@ -762,7 +768,7 @@ class _Pipeline:
                                             truncated=p.truncated))
                 checks.append((results[-1], p, out))
         # the grounding check is a few ms of CPU per summary: off the event loop, like cleaning
-        claims = await run_in_threadpool(lambda: [(claims_of(p, out), coverage_of(p, out)) for _, p, out in checks])
+        claims = await run_in_threadpool(lambda: [grounding_of(p, out) for _, p, out in checks])
         for (item, _, _), (found, covered) in zip(checks, claims):
             item.claims = [ClaimOut(**c) for c in found]
             item.coverage = covered
@@ -891,10 +897,12 @@ def _version() -> str:
         return "0"
 
 
-def serve(cfg: Config, model_dir: str, **app_options: Any) -> None:
+def serve(cfg: Config, model_dir: str, overrides: Sequence[str] = (), **app_options: Any) -> None:
     """`threadsum serve`: load the model once, then serve until SIGTERM/SIGINT and a drain (:func:`run_server`).
 
-    ``app_options`` go to :func:`app_for` (``routers``, ``too_large_advice``: ``serve --sagemaker``).
+    ``overrides``: the command line's ``key=value`` settings; those outside ``serve.`` change how the
+    model decodes (:func:`load_service`). ``app_options`` go to :func:`app_for` (``routers``,
+    ``too_large_advice``: ``serve --sagemaker``).
     """
     s = cfg.serve
     if not logging.getLogger().handlers:
@@ -902,7 +910,7 @@ def serve(cfg: Config, model_dir: str, **app_options: Any) -> None:
     log.setLevel(logging.INFO)
     if s.host not in ("127.0.0.1", "localhost", "::1") and s.api_key is None:
         log.warning("listening on %s without serve.api_key: anyone who can reach this port can use the model", s.host)
-    service = load_service(model_dir, s)
+    service = load_service(model_dir, s, overrides)
     run_server(app_for(service, **app_options), service, s.host, s.port)
 
 

@@ -245,7 +245,7 @@ def serve_sagemaker(config_path: Optional[str | Path] = None, overrides: Optiona
     cfg = container_config(config_path, overrides, environ)
     log.info("SageMaker container: model %s, port %d, payload limit %d bytes", model_dir, cfg.serve.port,
              cfg.serve.max_body_bytes)
-    serve(cfg, str(model_dir), routers=[build_router()], too_large_advice=too_large_advice(cfg))
+    serve(cfg, str(model_dir), overrides or [], routers=[build_router()], too_large_advice=too_large_advice(cfg))
 
 
 def create_container_app(model_dir: str | Path, cfg: Config) -> "FastAPI":
