@@ -194,3 +194,16 @@ def test_what_s3_refuses_is_one_line_exit_2(s3, corpus, model_dir, tmp_path, mon
     code, out = _cli(model_dir, tmp_path / "e", f"s3://{BUCKET}/mail")
     assert code == 2 and "pip install 'threadsum[cloud]'" in out and len(out.splitlines()) == 1
     assert not any((tmp_path / d).exists() for d in "abcde")  # refused before any job folder was made
+
+
+def test_an_object_overwritten_after_the_listing_is_not_read(s3, corpus):
+    from threadsum.archive.sources import check_inputs, read_archive
+
+    key = "changing/a.jsonl"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=corpus["lines"][0])
+    listed = check_inputs([f"s3://{BUCKET}/changing"], s3)
+    assert [o.key for o in listed[0].objects] == [key]
+    assert len(read_archive(listed, 4000, s3).units[0][1].threads) == 1
+    s3.put_object(Bucket=BUCKET, Key=key, Body=corpus["lines"][1])  # a new ETag since the listing
+    with pytest.raises(ArchiveError, match=rf"s3://{BUCKET}/{key} changed while the job was reading it"):
+        read_archive(listed, 4000, s3)
