@@ -1,9 +1,10 @@
 """The archive job: read, plan shards, check the manifest, run the shards, reconcile, report.
 
 :func:`run_archive` is ``threadsum summarize INPUT... -m MODEL --out DIR``. A first run writes the
-manifest (input files with their sha256, S3 objects with their ETag, the model's fingerprint, the settings that decide a summary,
-the shard plan); a later run of the same command compares all four and goes on with the shards not
-yet finished, or refuses with the differences unless ``restart`` is set. At the end the counts are
+manifest (input files with their sha256, S3 objects with their ETag, the model's fingerprint, the
+settings that decide a summary, the shard plan); a later run of the same command compares all four
+and goes on with the shards not yet finished, or refuses with the differences unless ``restart`` is
+set. At the end the counts are
 taken from the files on disk and must reconcile: threads input = summarized + rejected (by the
 readers or at summarizing), and every planned shard holds exactly its threads.
 """
