@@ -1,9 +1,10 @@
 """The archive job: read, plan shards, check the manifest, run the shards, reconcile, report.
 
 :func:`run_archive` is ``threadsum summarize INPUT... -m MODEL --out DIR``. A first run writes the
-manifest (input files with their sha256, the model's fingerprint, the settings that decide a summary,
-the shard plan); a later run of the same command compares all four and goes on with the shards not
-yet finished, or refuses with the differences unless ``restart`` is set. At the end the counts are
+manifest (input files with their sha256, S3 objects with their ETag, the model's fingerprint, the
+settings that decide a summary, the shard plan); a later run of the same command compares all four
+and goes on with the shards not yet finished, or refuses with the differences unless ``restart`` is
+set. At the end the counts are
 taken from the files on disk and must reconcile: threads input = summarized + rejected (by the
 readers or at summarizing), and every planned shard holds exactly its threads.
 """
@@ -34,7 +35,18 @@ from threadsum.archive.layout import (
     write_json_atomic,
     write_jsonl_atomic,
 )
-from threadsum.archive.sources import ArchiveError, ReadArchive, check_inputs, file_sha256, input_hashes, read_archive
+from threadsum.archive.sources import (
+    ArchiveError,
+    Input,
+    ReadArchive,
+    check_inputs,
+    file_sha256,
+    input_hashes,
+    input_name,
+    is_s3,
+    make_s3_client,
+    read_archive,
+)
 from threadsum.archive.work import Shard, load_summarizer, summarize_shard
 from threadsum.config import differing_settings
 from threadsum.errors import ThreadsumError
@@ -131,7 +143,7 @@ def build_manifest(known: dict[str, Any], config: dict[str, Any], read: ReadArch
         "format_version": FORMAT_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **known,
-        "files": input_hashes(read.files),
+        "files": input_hashes(read.files, read.objects),
         "config": config,
         "shards": _plan_record(shards),
     }
@@ -155,8 +167,8 @@ def setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What changed between the saved manifest and this run's, one line each ([] when it may resume)."""
     diffs = setting_differences(old, new)
-    before = {f["path"]: f["sha256"] for f in old.get("files", [])}
-    now = {f["path"]: f["sha256"] for f in new["files"]}
+    before = {f["path"]: f for f in old.get("files", [])}  # a row holds sha256 (a file) or etag (S3)
+    now = {f["path"]: f for f in new["files"]}
     changed = sorted(p for p in before.keys() & now.keys() if before[p] != now[p])
     for what, paths in (("changed", changed), ("new", sorted(now.keys() - before.keys())),
                         ("gone", sorted(before.keys() - now.keys()))):
@@ -218,10 +230,10 @@ def resolve_config(model: str, overrides: list[str]) -> dict[str, Any]:
     return saved_config_with(model, overrides).to_dict()
 
 
-def _check_out(out: Path, inputs: list[Path]) -> None:
+def _check_out(out: Path, inputs: list[Input]) -> None:
     r = out.resolve()
     for p in inputs:
-        if p.is_dir() and (r == p.resolve() or p.resolve() in r.parents):
+        if isinstance(p, Path) and p.is_dir() and (r == p.resolve() or p.resolve() in r.parents):
             raise ArchiveError(f"--out {out} lies inside the input folder {p}: its results would be read as input "
                                f"on the next run; choose a folder outside it")
 
@@ -236,7 +248,7 @@ def _local(opts: ArchiveOptions, config: dict[str, Any], shards: list[Shard], on
 
 
 def _known_before_reading(opts: ArchiveOptions, config: dict[str, Any], shard_size: int) -> dict[str, Any]:
-    return {"inputs": [str(Path(i).expanduser().resolve()) for i in opts.inputs], "model": model_fingerprint(opts.model),
+    return {"inputs": [input_name(i) for i in opts.inputs], "model": model_fingerprint(opts.model),
             "settings": deciding_settings(config), "shard_size": shard_size}
 
 
@@ -251,13 +263,16 @@ def run_archive(opts: ArchiveOptions) -> dict[str, Any]:
     """Run (or resume) an archive job; returns the reconciled summary also written to ``summary.json``.
 
     Raises:
-        ArchiveError: a missing input, ``--out`` inside an input folder or not a job folder, another
-            job holding the folder, or a resume whose inputs, model or settings changed (exit 2).
+        ArchiveError: a missing input, an S3 prefix that cannot be listed or read or holds nothing,
+            ``--out`` inside an input folder or not a job folder, another job holding the folder, or a
+            resume whose inputs, model or settings changed (exit 2).
+        LaunchValidationError: an ``s3://`` input that is not a valid S3 URI (exit 2).
         ConfigError, ModelLoadError, DeviceError, MissingExtraError: the model, its config, an
             override, the device or an extra (exit 2).
         ThreadsumError: the counts on disk do not reconcile (exit 1; a bug, never expected).
     """
-    inputs = check_inputs(opts.inputs)
+    s3 = make_s3_client() if any(is_s3(i) for i in opts.inputs) else None
+    inputs = check_inputs(opts.inputs, s3)
     _check_out(opts.out, inputs)
     folder = JobFolder(opts.out)
     if not folder.is_job() and not folder.is_empty():
@@ -273,7 +288,7 @@ def run_archive(opts: ArchiveOptions) -> dict[str, Any]:
         if saved is not None:  # refuse before the (long) reading when what is known already differs
             _refuse(opts, folder, setting_differences(saved, known))
         t_read = time.perf_counter()
-        read = read_archive(inputs, config["data"]["max_body_chars"])
+        read = read_archive(inputs, config["data"]["max_body_chars"], s3)
         shards = plan_shards(read, shard_size)
         manifest = build_manifest(known, config, read, shards)
         read_seconds = time.perf_counter() - t_read
@@ -368,7 +383,7 @@ def _finish(opts: ArchiveOptions, folder: JobFolder, read: ReadArchive, shards: 
                     "rejected_reading": read_thread_rejects, "rejected_summarizing": rejected,
                     "by_reason": dict(by_reason)},
         "emails": {"input": emails_in, "rejected": emails_rejected},
-        "files": {"input": len(read.files), "rejected": files_rejected,
+        "files": {"input": read.n_inputs, "rejected": files_rejected,
                   "by_reason": dict(Counter(r["reason"] for r in read_rejects if r["level"] == "file"))},
         "shards": {"total": len(shards), "run": run["shards_run"]},
         "warnings": dict(Counter(w["reason"] for w in warnings)),

@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from email.utils import getaddresses, parsedate_to_datetime
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import IO, Any, Callable, ContextManager, Iterable, Iterator, Optional
 
 from dateutil import parser as dateutil_parser
 
@@ -50,6 +50,7 @@ from threadsum.data.ledger import Ledger
 from threadsum.data.mail_api import ApiMessage, ApiPart
 from threadsum.data.stream import (
     BYTES_PER_CHAR,
+    CHUNK,
     SNIFF_BYTES,
     CsvFieldCutter,
     JsonStringCutter,
@@ -302,14 +303,17 @@ class _DataFile:
     decoded as UTF-8 with each byte that is not UTF-8 read as cp1252. :meth:`finish` records the
     warnings for the removed NUL bytes and the first byte that was not UTF-8."""
 
-    def __init__(self, path: Path, cutter):
+    def __init__(self, path: Any, cutter, open_bytes: Optional[Callable[[], ContextManager[IO[bytes]]]] = None):
+        """``path``: where the warnings say the text came from; ``open_bytes``: opens the bytes (default:
+        the local file ``path``)."""
         self.path, self.cutter = path, cutter
+        self._open = open_bytes or (lambda: Path(path).open("rb"))
         self._nul = NulFilter()
         self._decoder = Utf8OrCp1252Decoder()
 
     def text(self) -> Iterator[str]:
         """The file's text, in chunks of about ``CHUNK`` characters."""
-        with self.path.open("rb") as fh:
+        with self._open() as fh:
             for b in self.cutter.cut(self._nul.filter(file_chunks(fh))):
                 yield self._decoder.decode(b)
         yield self._decoder.decode(b"", final=True)
@@ -1393,15 +1397,43 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
     Raises:
         FileNotFoundError: ``path`` does not exist (``read_source`` checks this first).
     """
+    result = read_jsonl_stream(lambda: path.open("rb"), path, path.name, max_body_chars, require_summary)
+    result.files = [path]
+    return result
+
+
+def read_jsonl_stream(open_bytes: Callable[[], ContextManager[IO[bytes]]], where: Any, name: str,
+                      max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require_summary: bool = True) -> ReadResult:
+    """:func:`read_jsonl` on bytes from anywhere (a local file, an S3 object): the same rules, rejects
+    and warnings, in the same bounded memory (the bytes stream through ``threadsum.data.stream``).
+
+    Args:
+        open_bytes: opens a new binary stream of the bytes from their start; called twice, the first
+            stream closed after its first ``CHUNK`` bytes unless they are all whitespace (the empty-file
+            and Outlook checks), the second read to its end.
+        where: the ``source`` of every reject and warning (a path, an ``s3://`` URI).
+        name: the file's name in messages.
+        max_body_chars, require_summary: as :func:`read_jsonl`.
+
+    Returns:
+        The ``ReadResult``, its ``files`` empty (the caller knows what it opened).
+    Raises:
+        whatever ``open_bytes`` or its stream's ``read`` raises.
+    """
     led = Ledger()
-    if _refuse_outlook(path, led):
-        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
-    if _is_blank(path):
-        led.reject("file", R_EMPTY_FILE, f"'{path.name}' is empty", path)
-        return ReadResult([], led.rejects, led.counts([]), led.warnings, [path])
+    with open_bytes() as fh:
+        first = fh.read(CHUNK)
+        outlook = is_outlook_msg(first)
+        blank = not outlook and not first.strip() and all(not c.strip() for c in file_chunks(fh))
+    if outlook:
+        led.reject("file", R_OUTLOOK_MSG, outlook_msg_message(name), where)
+        return ReadResult([], led.rejects, led.counts([]), led.warnings, [])
+    if blank:
+        led.reject("file", R_EMPTY_FILE, f"'{name}' is empty", where)
+        return ReadResult([], led.rejects, led.counts([]), led.warnings, [])
     # read a line at a time, each string cut to max_part_bytes while it is read (a string holds no
     # raw newline, so the lines are the file's)
-    source = _DataFile(path, JsonStringCutter(max_part_bytes(max_body_chars)))
+    source = _DataFile(where, JsonStringCutter(max_part_bytes(max_body_chars)), open_bytes)
     by_thread: dict[str, list[Email]] = defaultdict(list)
     summaries: dict[str, Optional[str]] = {}
     subjects: dict[str, str] = {}
@@ -1413,30 +1445,30 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             led.inputs["thread"] += 1
-            led.reject("thread", R_INVALID_JSON, f"line is not JSON: {exc.msg} (column {exc.colno})", path, n)
+            led.reject("thread", R_INVALID_JSON, f"line is not JSON: {exc.msg} (column {exc.colno})", where, n)
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("emails"), list):
             led.inputs["thread"] += 1
-            led.reject("thread", R_NOT_A_THREAD, "expected an object with an 'emails' list", path, n)
+            led.reject("thread", R_NOT_A_THREAD, "expected an object with an 'emails' list", where, n)
             continue
         tid, why = _norm_thread_id(obj.get("thread_id"), False)
         if why:
             led.inputs["thread"] += 1
             led.inputs["email"] += len(obj["emails"])
-            led.reject("thread", why, f"thread_id {obj.get('thread_id')!r} is missing or invalid", path, n,
+            led.reject("thread", why, f"thread_id {obj.get('thread_id')!r} is missing or invalid", where, n,
                        n_emails=len(obj["emails"]))
             continue
         if tid in seen:
             led.inputs["thread"] += 1
             led.inputs["email"] += len(obj["emails"])
-            led.reject("thread", "duplicate_thread_id", f"thread {tid} appears again; the first is kept", path, n, tid,
+            led.reject("thread", "duplicate_thread_id", f"thread {tid} appears again; the first is kept", where, n, tid,
                        n_emails=len(obj["emails"]))
             continue
         seen.add(tid)
         cut = source.cutter.n_cut > 0  # the line was read, so a cut in it has been made
         if cut:
             _take_cuts(obj)
-            _warn_cut_fields(obj, led, path, n, tid, skip=("emails",))
+            _warn_cut_fields(obj, led, where, n, tid, skip=("emails",))
         subjects[tid] = str(obj.get("subject") or "")
         s = obj.get("summary")
         summaries[tid] = str(s).strip() if s and str(s).strip() else None
@@ -1444,16 +1476,16 @@ def read_jsonl(path: Path, max_body_chars: int = DEFAULT_MAX_BODY_CHARS, require
         for e in obj["emails"]:
             led.inputs["email"] += 1
             if not isinstance(e, dict):
-                led.reject("email", R_MALFORMED_ROW, "email entry is not an object", path, n, tid)
+                led.reject("email", R_MALFORMED_ROW, "email entry is not an object", where, n, tid)
                 continue
             rec = _take_cuts(dict(e, thread_id=tid)) if cut else dict(e, thread_id=tid)
             rec.setdefault("timestamp", e.get("date"))
-            got = _email_from_record(rec, path, n, led, max_body_chars, kaggle=False)
+            got = _email_from_record(rec, where, n, led, max_body_chars, kaggle=False)
             if got:
                 by_thread[tid].append(got[1])
     source.finish(led)
-    threads = _assemble(by_thread, summaries, led, path, require_summary, subjects, seen_ids=seen)
-    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [path])
+    threads = _assemble(by_thread, summaries, led, where, require_summary, subjects, seen_ids=seen)
+    return ReadResult(threads, led.rejects, led.counts(threads), led.warnings, [])
 
 
 # -------------------------------------------------------------------------------------- dispatch
