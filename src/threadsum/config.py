@@ -391,6 +391,9 @@ class ServeConfig(_Section):
     """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32."""
     malloc_trim_interval_s: float = Field(1.0, ge=0)
     """Least seconds between glibc malloc_trim(0) calls after batches (0: never); keeps RSS flat (docs/serving.md)."""
+    malloc_trim_growth_mb: float = Field(32.0, ge=0)
+    """Trim only once resident memory has grown by more than this many MiB since the last trim (0: at
+    every interval): a trim costs page faults in the batches after it (docs/serving.md)."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """After SIGTERM: seconds to finish accepted work (new work gets 503) before exiting anyway."""
 

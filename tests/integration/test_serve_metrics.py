@@ -147,3 +147,23 @@ def test_heap_trimmer_is_rate_limited_and_glibc_only(monkeypatch):
     assert memory.HeapTrimmer(0).maybe_trim() is None  # 0: never
     monkeypatch.setattr(memory, "active_allocator", lambda: "jemalloc")
     assert not memory.HeapTrimmer(1.0).enabled
+
+
+def test_heap_trimmer_trims_only_after_growth(monkeypatch):
+    """With a growth gate a trim is made only once RSS grew by more than growth_mib since the last
+    one (a trim costs page faults in the batches after it); the first trim sets the baseline."""
+    monkeypatch.setattr(memory, "trim_supported", lambda: True)
+    calls = []
+    monkeypatch.setattr(memory, "malloc_trim", lambda: calls.append(1) or True)
+    readings = {"now": 500 * 2**20}
+    monkeypatch.setattr(memory, "resident_bytes", lambda: readings["now"])
+    trimmer = memory.HeapTrimmer(1e-9, growth_mib=32)
+    assert trimmer.maybe_trim() is not None  # the first trim: baseline 500 MiB
+    readings["now"] = 530 * 2**20
+    assert trimmer.maybe_trim() is None  # +30 MiB: not due
+    readings["now"] = 533 * 2**20
+    assert trimmer.maybe_trim() is not None  # +33 MiB: due; baseline 533
+    assert trimmer.maybe_trim() is None
+    assert (len(calls), trimmer.trims, trimmer.checks) == (2, 2, 4)
+    ungated = memory.HeapTrimmer(1e-9)
+    assert all(ungated.maybe_trim() is not None for _ in range(3))  # 0: every interval

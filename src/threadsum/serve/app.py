@@ -475,7 +475,7 @@ class Service:
         self.summarizer = summarizer
         self.cfg = cfg
         self.metrics = ServiceMetrics()
-        self.trimmer = HeapTrimmer(cfg.malloc_trim_interval_s)
+        self.trimmer = HeapTrimmer(cfg.malloc_trim_interval_s, cfg.malloc_trim_growth_mb)
         self.batcher = MicroBatcher(
             partial(summarizer.generate, batch_size=cfg.max_batch_size),
             max_batch_size=cfg.max_batch_size,
