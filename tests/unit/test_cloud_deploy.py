@@ -2,6 +2,7 @@
 Lines record rule that reconciles Batch Transform results (no AWS calls)."""
 from __future__ import annotations
 
+import io
 from datetime import datetime, timezone
 
 import pytest
@@ -74,3 +75,37 @@ def test_every_created_resource_is_tagged():
     config = deploy.endpoint_config_request("tsum-v", instance_type="ml.g5.xlarge", tags=tags)
     assert model["Tags"] == config["Tags"] == [{"Key": deploy.TAG_ENDPOINT, "Value": "tsum"}]
     assert config["ProductionVariants"][0]["ModelName"] == "tsum-v"
+
+
+def test_an_update_that_rolled_back_is_an_error(monkeypatch):
+    """SageMaker rolls a failed blue/green update back: InService again, on the previous config."""
+    boto3 = pytest.importorskip("boto3")
+    from botocore.stub import Stubber
+
+    client = boto3.client("sagemaker", region_name="us-east-1")
+    monkeypatch.setattr(sm, "_client", lambda service, region: client)
+    old, arn = "tsum-20260101-000000", "arn:aws:sagemaker:us-east-1:123456789012:"
+    tags = {"Tags": [{"Key": deploy.TAG_ENDPOINT, "Value": "tsum"}]}
+    serving = {"EndpointName": "tsum", "EndpointArn": arn + "endpoint/tsum", "EndpointConfigName": old,
+               "EndpointStatus": "InService", "CreationTime": NOW, "LastModifiedTime": NOW}
+    config = {"EndpointConfigName": old, "EndpointConfigArn": arn + "endpoint-config/" + old, "CreationTime": NOW,
+              "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": old}]}
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", serving, {"EndpointName": "tsum"})
+        stub.add_response("describe_endpoint_config", config, {"EndpointConfigName": old})
+        stub.add_response("list_tags", tags, {"ResourceArn": config["EndpointConfigArn"]})
+        stub.add_response("describe_endpoint_config", config, {"EndpointConfigName": old})
+        stub.add_response("describe_model", {"ModelName": old, "ModelArn": arn + "model/" + old, "CreationTime": NOW},
+                          {"ModelName": old})
+        stub.add_response("list_tags", tags, {"ResourceArn": arn + "model/" + old})
+        stub.add_response("create_model", {"ModelArn": arn + "model/new"})
+        stub.add_response("create_endpoint_config", {"EndpointConfigArn": arn + "endpoint-config/new"})
+        stub.add_response("update_endpoint", {"EndpointArn": serving["EndpointArn"]},
+                          {"EndpointName": "tsum", "EndpointConfigName": "tsum-20260102-030405"})
+        rolled_back = {**serving, "FailureReason": "the primary container did not pass the ping health check"}
+        stub.add_response("describe_endpoint", rolled_back, {"EndpointName": "tsum"})  # the waiter
+        stub.add_response("describe_endpoint", rolled_back, {"EndpointName": "tsum"})
+        with pytest.raises(sm.SageMakerError, match=f"InService; it still serves {old}: the primary container"):
+            deploy.deploy("s3://my-bucket/k/model.tar.gz", name="tsum", role="arn:aws:iam::123456789012:role/R",
+                          s3_prefix=None, region="us-east-1", now=NOW, log=io.StringIO())
+        stub.assert_no_pending_responses()  # nothing deleted: the previous version still serves

@@ -255,6 +255,8 @@ def _config_models(client, config: str) -> list[str]:
 def _replaced_plan(client, endpoint: str, current: dict[str, Any]) -> tuple[list[tuple[str, dict]], list[str]]:
     """The deletes that follow a successful update: the endpoint's previous config and its models,
     each only if tagged for this endpoint. Returns (requests, names kept because untagged)."""
+    from botocore.exceptions import ClientError
+
     mine = {"Key": TAG_ENDPOINT, "Value": endpoint}
     config = current["EndpointConfigName"]
     plan: list[tuple[str, dict]] = []
@@ -265,7 +267,13 @@ def _replaced_plan(client, endpoint: str, current: dict[str, Any]) -> tuple[list
     else:
         kept.append(f"endpoint config {config}")
     for model in _config_models(client, config):
-        if mine in _tags_of(client, client.describe_model(ModelName=model)["ModelArn"]):
+        try:
+            arn = client.describe_model(ModelName=model)["ModelArn"]
+        except ClientError as exc:
+            if _not_found(exc):
+                continue  # deleted already
+            raise
+        if mine in _tags_of(client, arn):
             plan.append(("DeleteModel", {"ModelName": model}))
         else:
             kept.append(f"model {model}")
@@ -408,6 +416,10 @@ def _deploy(create, name, version, tags, uploads, region, wait, keep_previous, l
         pass  # the state and the reason are read and reported just below
     d = client.describe_endpoint(EndpointName=name)
     out["status"] = d["EndpointStatus"]
+    if d["EndpointStatus"] in _BUSY:
+        raise sm.SageMakerError(f"endpoint {name} is still {d['EndpointStatus']} after an hour; follow it in the "
+                                "SageMaker console (the previous config, if any, serves until the new one is "
+                                f"InService), then `threadsum sagemaker undeploy {name}` or deploy again")
     if d["EndpointStatus"] != "InService" or d.get("EndpointConfigName") != version:
         serving = (f"; it still serves {d.get('EndpointConfigName')}" if current is not None
                    and d.get("EndpointConfigName") != version else "")
