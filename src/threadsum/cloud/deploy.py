@@ -729,5 +729,5 @@ def fetch_results(input_s3: str, output_s3: str, to: str | Path, s3, log: TextIO
     print(f"fetched {len(files)} result files ({total} lines) to {to}", file=log)
     if problems:
         raise sm.SageMakerError(f"the results do not match the inputs in {len(problems)} of {len(keys)} files: "
-                                + "; ".join(problems[:5]) + f"; the job's log is CloudWatch /aws/sagemaker/TransformJobs")
+                                + "; ".join(problems[:5]) + "; the job's log is CloudWatch /aws/sagemaker/TransformJobs")
     return {"files": files, "lines": total}
