@@ -1,4 +1,5 @@
-"""launch / status / logs / fetch against moto's server mode: real HTTP on 127.0.0.1, real boto3."""
+"""launch / status / logs / fetch against moto's server mode: real HTTP on 127.0.0.1, real boto3
+(the ``moto_server`` and ``aws`` fixtures of conftest.py)."""
 from __future__ import annotations
 
 import io
@@ -12,38 +13,12 @@ import pytest
 pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")
 
-from moto.server import ThreadedMotoServer  # noqa: E402
-
 from threadsum.cloud import sagemaker as sm  # noqa: E402
 from threadsum.config import config_from_dict  # noqa: E402
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 BUCKET = "threadsum-test"
-
-
-@pytest.fixture(scope="module")
-def moto_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws(moto_server, monkeypatch):
-    # fake credentials; botocore sends every service to the moto server through AWS_ENDPOINT_URL
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3 = boto3.client("s3", region_name=REGION)
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    return s3
 
 
 @pytest.fixture

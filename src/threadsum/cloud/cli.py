@@ -170,7 +170,7 @@ def package_command(
 @app.command("deploy")
 def deploy_command(
     model: str = typer.Argument(..., help="Model folder, model.tar.gz, or s3://.../model.tar.gz."),
-    name: str = typer.Option(..., "--name", help="Name of the model, endpoint config and endpoint."),
+    name: str = typer.Option(..., "--name", help="Endpoint name; the model and endpoint config get <name>-<UTC time>."),
     role: Optional[str] = typer.Option(None, "--role", help="IAM role ARN SageMaker runs the model as."),
     s3_prefix: Optional[str] = typer.Option(None, "--s3-prefix", help="s3://bucket/prefix for model.tar.gz."),
     region: Optional[str] = typer.Option(None, "--region"),
@@ -184,9 +184,10 @@ def deploy_command(
     image: Optional[str] = typer.Option(None, "--image", help="Image URI (default: the AWS PyTorch inference image)."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value for the container (THREADSUM_OVERRIDES)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the endpoint is InService."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests as JSON; upload and call nothing."),
+    keep_previous: bool = typer.Option(False, "--keep-previous", help="After an update, keep the previous config and model (to roll back)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests as JSON; upload and change nothing (reads the endpoint when credentials work)."),
 ) -> None:
-    """Deploy a model to a SageMaker endpoint: real-time, serverless or asynchronous."""
+    """Deploy a model to a SageMaker endpoint (real-time, serverless or asynchronous); an existing endpoint is updated blue/green."""
     from threadsum.cloud import deploy
     from threadsum.cloud.sagemaker import LaunchValidationError
 
@@ -197,16 +198,35 @@ def deploy_command(
                                instance_type=instance_type, instance_count=instance_count, serverless=serverless,
                                memory_mb=memory_mb, max_concurrency=max_concurrency,
                                async_output=output_s3 if asynchronous else None, image=image,
-                               overrides=sets or [], wait=wait, dry_run=dry_run)
+                               overrides=sets or [], wait=wait, keep_previous=keep_previous, dry_run=dry_run)
     except _errors() as exc:
         _fail(exc)
     if dry_run:
         for up in result["uploads"]:
             typer.echo(f"would upload {up['local']} -> {up['s3']}", err=True)
-        _print_requests(result["requests"].items())
+        if result["assumption"]:
+            typer.echo(f"note: {result['assumption']}", err=True)
+        if result["after_update"]:
+            typer.echo(f"the last {len(result['after_update'])} requests are sent once the update is InService "
+                       "(the previous config and models, tagged for this endpoint)", err=True)
+        _print_kept(result["kept"])
+        _print_requests([*result["requests"], *result["after_update"]])
         return
-    typer.echo(f"endpoint: {result['name']} ({result['status']})")
+    verb = "created" if result["action"] == "create" else "updated"
+    typer.echo(f"endpoint: {result['name']} ({result['status']}), {verb}; model and config {result['model_name']}")
+    for op, req in result["deleted"]:
+        typer.echo(f"deleted the previous {'endpoint config' if op == 'DeleteEndpointConfig' else 'model'} "
+                   f"{next(iter(req.values()))}")
+    if result["after_update"] and not result["deleted"]:
+        typer.echo(f"kept the previous config and model; `threadsum sagemaker undeploy {result['name']}` removes "
+                   "every one tagged for the endpoint")
+    _print_kept(result["kept"])
     typer.echo(f"invoke: threadsum sagemaker invoke {result['name']} --file thread.json")
+
+
+def _print_kept(kept) -> None:
+    for what in kept:
+        typer.echo(f"kept {what}: it is not tagged threadsum:endpoint for this endpoint (not made by deploy)", err=True)
 
 
 @app.command("invoke")
@@ -239,7 +259,7 @@ def undeploy_command(
     region: Optional[str] = typer.Option(None, "--region"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the delete requests; call nothing."),
 ) -> None:
-    """Delete an endpoint, its endpoint config and its model."""
+    """Delete an endpoint and every endpoint config and model of it (current, and tagged by earlier deploys)."""
     from threadsum.cloud import deploy
 
     try:
@@ -247,6 +267,8 @@ def undeploy_command(
     except _errors() as exc:
         _fail(exc)
     if dry_run:
+        if result["assumption"]:
+            typer.echo(f"note: {result['assumption']}", err=True)
         _print_requests(result["requests"])
         return
     for op, req in result["requests"]:
@@ -255,31 +277,40 @@ def undeploy_command(
 
 @app.command("transform")
 def transform_command(
-    model_name: str = typer.Argument(..., help="SageMaker model name (the --name given to deploy)."),
+    model: str = typer.Argument(..., help="Model folder, model.tar.gz or s3:// archive (a model is created), or a SageMaker model or endpoint name."),
     input_s3: str = typer.Option(..., "--input-s3", help="s3://... prefix of JSON Lines files (one thread a line)."),
-    output_s3: str = typer.Option(..., "--output-s3", help="s3://... for the results (<file>.out)."),
+    output_s3: str = typer.Option(..., "--output-s3", help="s3://... for the results (<path under input>.out)."),
     job: Optional[str] = typer.Option(None, "--job-name", help="Default: <model>-transform-<UTC time>."),
+    role: Optional[str] = typer.Option(None, "--role", help="IAM role ARN, to create a model from a folder or archive."),
+    s3_prefix: Optional[str] = typer.Option(None, "--s3-prefix", help="s3://bucket/prefix for a local model's archive."),
+    image: Optional[str] = typer.Option(None, "--image", help="Image URI for a created model (default: the AWS PyTorch inference image)."),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="section.key=value for a created model's container."),
     instance_type: str = typer.Option("ml.g5.xlarge", "--instance-type"),
     instance_count: int = typer.Option(1, "--instance-count", min=1),
-    to: Optional[Path] = typer.Option(None, "--to", help="Folder to download the results into."),
+    max_payload_mb: int = typer.Option(6, "--max-payload-mb", help="MB of lines per request (1-100)."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Folder to download the results into (line counts checked)."),
     region: Optional[str] = typer.Option(None, "--region"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the request; call nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the requests; change nothing."),
 ) -> None:
-    """Batch Transform over JSON Lines in S3 (SplitType Line, AssembleWith Line); fetch the results."""
-    from datetime import datetime, timezone
-
+    """Batch Transform over JSON Lines in S3 (SplitType Line, AssembleWith Line); fetch and check the results."""
     from threadsum.cloud import deploy
+    from threadsum.cloud.sagemaker import stamped_name
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    job = job or f"{model_name[: 63 - len(stamp) - 11].rstrip('-')}-transform-{stamp}"
+    label = Path(model.rstrip("/")).name.removesuffix(".tar.gz") if deploy.is_model_source(model) else model
+    job = job or stamped_name(f"{label}-transform")
     try:
-        result = deploy.transform(model_name, input_s3, output_s3, job=job, instance_type=instance_type,
-                                  instance_count=instance_count, region=region, to=to, dry_run=dry_run)
+        result = deploy.transform(model, input_s3, output_s3, job=job, role=role, s3_prefix=s3_prefix, image=image,
+                                  overrides=sets or [], instance_type=instance_type, instance_count=instance_count,
+                                  max_payload_mb=max_payload_mb, region=region, to=to, dry_run=dry_run)
     except _errors() as exc:
         _fail(exc)
     if dry_run:
-        _print_requests([("CreateTransformJob", result["request"])])
+        for up in result["uploads"]:
+            typer.echo(f"would upload {up['local']} -> {up['s3']}", err=True)
+        if result["assumption"]:
+            typer.echo(f"note: {result['assumption']}", err=True)
+        _print_requests(result["requests"])
         return
-    typer.echo(f"transform job {job}: {result['status']}; {len(result['files'])} result files")
+    typer.echo(f"transform job {job}: {result['status']}; {len(result['files'])} result files, {result['lines']} lines")
     for f in result["files"]:
         typer.echo(f)

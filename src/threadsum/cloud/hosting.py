@@ -135,6 +135,16 @@ def execution_parameters(cfg: ServeConfig) -> dict[str, object]:
     }
 
 
+def jsonl_records(body: bytes) -> list[bytes]:
+    """The records of a JSON Lines body as the container answers them: one per ``\\n``-separated
+    line, empty lines included (each gets a 422 result), the newline that ends the last record
+    not starting another. Batch Transform's line counts are reconciled by this rule."""
+    lines = body.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 def media_type(content_type: Optional[str]) -> str:
     """The media type of a Content-Type header, lower case, without parameters ('' when absent)."""
     return (content_type or "").split(";")[0].strip().lower()

@@ -217,9 +217,32 @@ def default_job_name(cfg: Config, now: Optional[datetime] = None) -> str:
             timestamp always fits.
         now: the time to stamp (default: the current UTC time).
     """
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    base = re.sub(r"[^a-zA-Z0-9]+", "-", f"threadsum-{cfg.name}").strip("-")
-    return f"{base[: 63 - len(stamp) - 1].rstrip('-')}-{stamp}"
+    return stamped_name(f"threadsum-{cfg.name}", now)
+
+
+NAME_MAX = 63
+"""Longest SageMaker resource name (TrainingJobName, ModelName, EndpointConfigName, EndpointName)."""
+
+_STAMP = "%Y%m%d-%H%M%S"
+_STAMP_LEN = len("20250101-120000")
+
+
+def resource_name(text: str) -> str:
+    """``text`` reduced to a SageMaker resource name: runs of other characters become one hyphen,
+    no hyphen at either end, at most 63 characters ('threadsum' when nothing is left)."""
+    return re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:NAME_MAX].rstrip("-") or "threadsum"
+
+
+def stamp_prefix(base: str) -> str:
+    """The part of :func:`stamped_name` before the timestamp: ``base`` reduced
+    (:func:`resource_name`) and cut so ``-YYYYmmdd-HHMMSS`` fits in 63 characters."""
+    return resource_name(base)[: NAME_MAX - _STAMP_LEN - 1].rstrip("-")
+
+
+def stamped_name(base: str, now: Optional[datetime] = None) -> str:
+    """``<stamp_prefix(base)>-YYYYmmdd-HHMMSS`` (UTC ``now``, default the current time): a valid
+    SageMaker name (:func:`validate_job_name`) of at most 63 characters, unique per second."""
+    return f"{stamp_prefix(base)}-{(now or datetime.now(timezone.utc)).strftime(_STAMP)}"
 
 
 # ------------------------------------------------------------------------------ the source bundle

@@ -159,9 +159,7 @@ def _parse_line(raw: bytes, number: int) -> tuple[Optional[ThreadIn], list[str],
 
 async def _answer_jsonlines(request: Request, body: bytes) -> Response:
     """One result line per input line, in order; a bad line gets a 422 item in its place."""
-    lines = body.split(b"\n")
-    if lines and not lines[-1].strip():
-        lines.pop()  # the newline that ends the last record is not a record
+    lines = hosting.jsonl_records(body)
     results: list[Optional[BatchItemOut]] = [None] * len(lines)
     good: list[tuple[int, ThreadIn, list[str]]] = []
     for i, raw in enumerate(lines):
