@@ -442,7 +442,8 @@ class InferenceConfig(_Section):
     engine: Literal["auto", "torch", "ctranslate2"] = "auto"
     """Engine for summarize, serve and evaluate: auto (ctranslate2 for a `threadsum export` folder, else torch)."""
     threads: int = Field(0, ge=0)
-    """CPU threads of the ctranslate2 engine (0: every core this process may use)."""
+    """CPU threads of the engine: ctranslate2's intra_threads, torch's intra-op threads (0: every core
+    this process may use)."""
 
 
 # ---------------------------------------------------------------------------------------- root

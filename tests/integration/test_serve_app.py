@@ -504,3 +504,9 @@ def test_serve_overrides_outside_serve_change_decoding(model_dir):
     assert 0 < len(service.summarizer.tokenizer(out, add_special_tokens=False)["input_ids"]) <= 3
     with pytest.raises(ConfigError, match="eval.generation.num_beams"):
         load_service(str(model_dir), ServeConfig(), ["eval.generation.num_beams=0"])
+    before = torch.get_num_threads()
+    try:
+        load_service(str(model_dir), ServeConfig(), ["inference.threads=1"])
+        assert torch.get_num_threads() == 1  # the torch engine's CPU threads, as for ctranslate2
+    finally:
+        torch.set_num_threads(before)

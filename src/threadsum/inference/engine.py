@@ -319,11 +319,21 @@ def load_ctranslate2_engine(model_dir: str, device: Optional[str] = "auto", dtyp
 
 
 def load_torch_engine(model_dir: str, device: Optional[str] = "auto", dtype: Any = None, tokenizer: Any = None,
-                      attn_implementation: Optional[str] = None) -> TorchEngine:
-    """Load a Hugging Face model folder (or hub id) onto ``device`` in ``dtype`` (see threadsum.devices)."""
+                      attn_implementation: Optional[str] = None, threads: int = 0) -> TorchEngine:
+    """Load a Hugging Face model folder (or hub id) onto ``device`` in ``dtype`` (see threadsum.devices).
+
+    ``threads`` > 0 sets torch's intra-op CPU threads for this process (``torch.set_num_threads``;
+    0 leaves torch's default, one per core). On a machine other jobs share, fewer threads than cores
+    avoids OpenMP threads spinning against each other (measured: one generation 17x slower with two
+    threads on an oversubscribed 2-core CPU; bench/bench_serve.py).
+    """
+    import torch
+
     from threadsum.devices import resolve_device, resolve_dtype
     from threadsum.model import load_pretrained_model, load_tokenizer
 
+    if threads > 0:
+        torch.set_num_threads(threads)
     dev = resolve_device(device or "auto")
     model = load_pretrained_model(model_dir, attn_implementation, dtype=resolve_dtype(dtype, dev))
     model.to(dev)
@@ -335,4 +345,4 @@ def load_engine(model_dir: str, setting: str = "auto", device: Optional[str] = "
     """The engine ``inference.engine`` = ``setting`` picks for ``model_dir`` (see :func:`choose_engine`)."""
     if choose_engine(setting, model_dir) == "ctranslate2":
         return load_ctranslate2_engine(model_dir, device, dtype, tokenizer, threads)
-    return load_torch_engine(model_dir, device, dtype, tokenizer, attn_implementation)
+    return load_torch_engine(model_dir, device, dtype, tokenizer, attn_implementation, threads)
