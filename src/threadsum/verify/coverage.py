@@ -43,12 +43,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Optional, Union
 
 from threadsum.data.types import Thread
 from threadsum.verify.evidence import ThreadIndex, Unit, content_words, index_thread
 from threadsum.verify.names import Name, fold
-from threadsum.verify.values import Value, find_values, same_value
+from threadsum.verify.claims import MATCH_SHARE, MATCH_WORDS
+from threadsum.verify.values import UNITS, WEEKDAYS, Value, find_values, same_value, supports
 
 FACT_KINDS = ("request", "deadline", "decision", "reason", "attachment", "money", "percent", "date", "time", "weekday",
               "number")
@@ -56,7 +58,7 @@ FACT_KINDS = ("request", "deadline", "decision", "reason", "attachment", "money"
 
 SALIENCE = {"request": 1.5, "deadline": 3.0, "decision": 3.0, "reason": 3.0, "attachment": 3.0, "money": 3.0, "percent": 2.0,
             "date": 2.0, "time": 1.5, "weekday": 1.5, "number": 1.0,
-            "latest": 1.5, "first_lines": 1.0, "repeated": 1.0, "addressed": 1.5}
+            "latest": 1.5, "first_lines": 1.0, "repeated": 1.0, "addressed": 1.5, "subject": 1.0}
 """Points by kind, then per cue: in the latest email, in an email's first two sentences, each
 repetition (at most two counted), addressed to someone. Set by hand on the synthetic corpus and the
 public sample (bench/bench_coverage.py measures the result)."""
@@ -64,27 +66,48 @@ public sample (bench/bench_coverage.py measures the result)."""
 IMPORTANT = 3.0
 """Score from which a fact is important: left out when the summary does not carry it."""
 
-CARRY_SHARE = 0.6
-"""Share of a sentence fact's content words the summary must hold for the fact to be carried."""
+CARRY_SHARE = MATCH_SHARE
+"""Share of a sentence fact's content words the summary must hold for the fact to be carried: the claims'
+``MATCH_SHARE`` (a thread sentence says a summary clause at the same share), one rule both ways."""
 
+SAME_SHARE = 0.7
+"""Share of the smaller word set two sentence facts of one kind must share to be one fact restated."""
+
+_VALUE_KINDS = frozenset({"deadline", "money", "percent", "date", "time", "weekday", "number"})
 _DEADLINE_CONTEXT = re.compile(r"\b(by|before|until|till|due|no later than|deadline)$")
 _DECISION = re.compile(r"\b(we|i|they|all|everyone)\s+(have\s+)?(agreed|decided)\b|\bdecision\b|close the loop|"
                        r"\b(approved|finali[sz]ed|settled on|going forward|we will go with)\b", re.I)
 # claims' request cue less "we need"/"can we" (a team's own to-do, not a request of someone)
 _ASK = re.compile(r"\?|\b(please|pls|could you|can you|would you|will you|need you|let me know|asap|would like|"
                   r"want you)\b", re.I)
-_REASON = re.compile(r"\b(can ?not|can't|cannot|unable|won't|will not|declined?)\b.*\bbecause\b", re.I)
-_ADDRESSED = re.compile(r"\b(you|your|please|would like)\b", re.I)
-_NOT_REQUEST = re.compile(r"\bplease\s+(note|find|see|be advised)\b|\blet me know if\b", re.I)
-_FILE = re.compile(r"\b[\w][\w.()&-]{0,40}?\.(?:xlsx?|xlsm|docx?|pdf|pptx?|csv|txt|zip|msg|rtf)\b", re.I)
+_REASON = re.compile(r"\b(can ?not|can't|cannot|unable|won't|will not|declined?)\b.*\bbecause\b(?P<why>.*)", re.I)
+# asked to act (not merely "you" in a question: "do you know who ... is?" asks nothing of its reader)
+_ADDRESSED = re.compile(r"\b(please|pls|could you|can you|would you|will you|need you|let me know|want you|would like)\b",
+                        re.I)
+# courtesy formulas ask nothing: 'please note', 'let me know if ...', 'if you have any questions, please ask/call'
+_NOT_REQUEST = re.compile(r"\bplease\s+(note|find|see|be advised)\b|\blet me know if\b|"
+                          r"\bif you have any (?:questions|comments|problems)\b|\bfeel free\b|\bdo not hesitate\b", re.I)
+_EXT = r"\.(?:xlsx?|xlsm|docx?|pdf|pptx?|csv|txt|zip|msg|rtf)\b"
+# a Lotus Notes attachment line '<< File: long form template.doc >>' names the whole file, spaces included
+_FILE = re.compile(rf"<<\s*File:\s*(?P<name>[^<>\n]{{1,80}}?{_EXT})\s*>>|\b[\w][\w.()&-]{{0,40}}?{_EXT}", re.I)
 _ATTACHED = re.compile(r"\battached\s+(?:is|are|please find|you will find|find|the)\b|\bi(?:'ve| have)? attached\b",
                        re.I)
 _BOILERPLATE = re.compile(
     r"\(?\b\d{3}\)?[-. ]\d{3}[-. ]\d{4}\b|\b(phone|tel|fax|cell|mobile|pager|ext|account|acct|a/c|routing|swift|iban|"
     r"ssn|zip)\b\.?\s*[:#]?|#\s*\d|confidential|intended (only )?for|intended recipient|privileged|disclaimer|unsubscribe|virus|"
-    r"sent from my|do not reply|do not forward|all rights reserved|e-?mail is|this message", re.I)
+    r"sent from my|do not reply|do not forward|all rights reserved|e-?mail is|this message"
+    # header lines that the index did not take for headers (Lotus Notes 'Name@ENRON To: ... cc: ... Sent by:',
+    # '... wrote:'): their dates and times are when mail was sent, not facts to carry
+    r"|\b(?:to|cc|bcc|from|sent|sent by|subject|date)\s*:|\S@\S|\bwrote:|"
+    # postal addresses: 'address is: 958 W. Cuyler', 'Apt 1S', 'Chicago, IL 60613'
+    r"\baddress(?:\s+is)?\s*:|\b(?:apt|suite|ste|p\.?\s?o\.?\s?box)\b\.?\s*#?\s*\w*\d|(?-i:\b[A-Z]{2}\s+\d{5}(?:-\d{4})?\b)",
+    re.I)
+_UNIT_AFTER = re.compile(rf"\s?{UNITS}\b", re.I)
+_WITH_DATE = re.compile(r"^[\s,]*(?:the\s+)?$|^\s*\($")
+_RANGE = re.compile(r"^\s*(?:-|–|to|until|till|through|thru)\s*$", re.I)
 _MARKER_WORDS = frozenset({"please", "pls", "could", "would", "will", "know", "let", "need", "want", "like", "asap",
-                           "attach", "attached", "agre", "agreed", "decid", "decided", "close", "loop", "just"})
+                           "attach", "attached", "agre", "agreed", "decid", "decided", "close", "loop", "just",
+                           "soon", "possible"})  # 'as soon as possible' is the 'asap' cue spelled out
 _GREETING = re.compile(r"^\s*(?:hi|hello|dear|hey)?\s*([A-Z][\w'’-]+)\s*(?:[,:!-]|$)")
 
 
@@ -110,6 +133,8 @@ class Fact:
     """Who must act (requests), when known."""
     key: Any = None
     words: frozenset = frozenset()
+    alts: tuple = ()
+    """Other values that name the same fact (the weekday of a date), each carrying it."""
 
     @property
     def important(self) -> bool:
@@ -148,11 +173,24 @@ def thread_facts(idx: ThreadIndex) -> list[Fact]:
         if n < 2:
             first_units.add(i)
         seen_seg[id(u.segment)] = n + 1
+    topic = frozenset().union(*(content_words(t) for t in idx.subjects)) - {"fwd"}
     facts: dict[tuple, Fact] = {}
     counts: dict[tuple, set[int]] = {}
 
     def add(kind: str, key: Any, text: str, i: int, u: Unit, **extra: Any) -> None:
         k = (kind, key)
+        if isinstance(key, frozenset) and k not in facts:
+            # a sentence fact restated with a few words changed (a daily template, a re-sent request)
+            # is the same fact: the first one whose words it mostly shares
+            k = next((o for o in facts if o[0] == kind and isinstance(o[1], frozenset)
+                      and len(o[1] & key) >= SAME_SHARE * min(len(o[1]), len(key))), k)
+        elif isinstance(key, tuple) and k not in facts and kind in _VALUE_KINDS:
+            # one value written two ways ('May 5th', 'May 5, 2000'; 'by Friday', 'on Friday') is one fact,
+            # a deadline where any mention is one
+            k = next((o for o in facts if o[0] in _VALUE_KINDS and o[1][0] == key[0]
+                      and same_value(key[0], o[1][1], key[1])), k)
+            if k in facts and kind == "deadline":
+                facts[k].kind = "deadline"
         counts.setdefault(k, set()).add(i)
         f = facts.get(k)
         if f is None:
@@ -163,24 +201,37 @@ def thread_facts(idx: ThreadIndex) -> list[Fact]:
     for i, u in enumerate(idx.units):
         if _BOILERPLATE.search(u.text):
             continue  # phone/fax/account numbers, disclaimers, signatures: nothing to carry
-        for v in find_values(u.text):
-            kind = "deadline" if v.kind in ("date", "weekday", "time") and _DEADLINE_CONTEXT.search(v.context) else v.kind
-            add(kind, (v.kind, _hashable(v.key)), v.text, i, u, words=frozenset({v.kind}))
+        for v, alts, deadline in _value_facts(u.text):
+            add("deadline" if deadline else v.kind, (v.kind, _hashable(v.key)), v.text, i, u,
+                words=frozenset({v.kind}), alts=alts)
         words = content_words(u.text) - _MARKER_WORDS
         author = _who(u.segment.authors[0]) if u.segment.authors else None
         if _ASK.search(u.text) and not _NOT_REQUEST.search(u.text) and len(words) >= 2:
             add("request", words, u.text, i, u, owner=author, addressee=_addressee(u), words=words)
-        if _DECISION.search(u.text) and len(words) >= 2:
+        reason = _REASON.search(u.text)
+        if reason and len(content_words(reason.group("why"))) >= 2:
+            # the fact is the reason given ('... because the deal is still being negotiated'), not the
+            # refused task it restates; a refusal that names 'approved' is a reason, not a decision
+            why = content_words(reason.group("why")) - _MARKER_WORDS
+            add("reason", why, u.text, i, u, owner=author, words=why)
+        elif _DECISION.search(u.text) and len(words) >= 2:
             add("decision", words, u.text, i, u, owner=author, words=words)
-        elif _REASON.search(u.text) and len(words) >= 2:
-            add("reason", words, u.text, i, u, owner=author, words=words)
         for m in _FILE.finditer(u.text):
-            add("attachment", fold(m.group(0).strip()), m.group(0).strip(), i, u, owner=author, words=words)
+            name = (m.group("name") or m.group(0)).strip()
+            add("attachment", fold(name), name, i, u, owner=author, words=content_words(name.rsplit(".", 1)[0]))
         if _ATTACHED.search(u.text) and not _FILE.search(u.text) and len(words) >= 2:
             add("attachment", words, u.text, i, u, owner=author, words=words)
+    # a value that changes between restatements of one sentence (the date of a daily list re-sent each
+    # day) is a slot of that sentence fact, not a fact of its own
+    templates = [{" ".join(t.split()) for _, _, _, t in f._where} for f in facts.values()  # type: ignore[attr-defined]
+                 if isinstance(f.key, frozenset)]
+    templates = [t for t in templates if len(t) > 1]
     out = []
     for f in facts.values():
         where = f._where  # type: ignore[attr-defined]
+        if not isinstance(f.key, frozenset) and any({" ".join(t.split()) for _, _, _, t in where} <= tpl
+                                                     for tpl in templates):
+            continue
         f.score = SALIENCE[f.kind]
         f.reasons = [f.kind]
         if any(e == latest and mine for _, e, mine, _ in where):
@@ -193,6 +244,9 @@ def thread_facts(idx: ThreadIndex) -> list[Fact]:
         if len(sentences) > 1:
             f.score += SALIENCE["repeated"] * min(2, len(sentences) - 1)
             f.reasons.append(f"repeated in {len(sentences)} sentences")
+        if content_words(f.line) & topic:
+            f.score += SALIENCE["subject"]
+            f.reasons.append("on the subject")
         if f.kind == "request" and _ADDRESSED.search(f.line):
             f.score += SALIENCE["addressed"]
             f.reasons.append(f"addressed to {f.addressee}" if f.addressee else "addressed")
@@ -202,19 +256,65 @@ def thread_facts(idx: ThreadIndex) -> list[Fact]:
     return out
 
 
+def _value_facts(text: str) -> list[tuple[Value, tuple[Value, ...], bool]]:
+    """The value facts of one sentence: (value, other values that name the same fact, is a deadline).
+
+    - a bare number is a fact only with a unit after it ("30 days", "500 MW"; ``values.UNITS``) or a
+      scale ("2 million"): exhibit, item and street numbers are not;
+    - a weekday next to a date ("Friday, May 5th", "May 5 (Friday)") is one fact, carried by either;
+      a dated value with a year is carried by its weekday too ("May 5, 2000" by "Friday");
+    - a value after "by", "before", "until", "due" is a deadline, except the end of a range
+      ("from 12:00 until 1:30 p.m.").
+    """
+    values = find_values(text)
+    out: list[tuple[Value, tuple[Value, ...], bool]] = []
+    skip: set[int] = set()
+    for j, v in enumerate(values):
+        if j in skip:
+            continue
+        if v.kind == "number" and v.text[:1].isdigit() and not re.search(r"[a-z]\s*$", v.text, re.I) \
+                and not _UNIT_AFTER.match(text, v.end):
+            continue
+        alts: list[Value] = []
+        nxt = values[j + 1] if j + 1 < len(values) else None
+        if nxt is not None and {v.kind, nxt.kind} == {"weekday", "date"} and _WITH_DATE.match(text[v.end:nxt.start]):
+            skip.add(j + 1)
+            date_v, day_v = (v, nxt) if v.kind == "date" else (nxt, v)
+            v, alts = date_v, [day_v]
+        if v.kind == "date" and v.key[2] is not None and not alts:
+            try:
+                alts.append(Value("weekday", date(v.key[2], v.key[0], v.key[1]).weekday(), v.start, v.end,
+                                  WEEKDAYS[date(v.key[2], v.key[0], v.key[1]).weekday()]))
+            except ValueError:
+                pass
+        prev = values[j - 1] if j > 0 else None
+        ranged = prev is not None and prev.kind == v.kind and bool(_RANGE.match(text[prev.end:v.start]))
+        deadline = v.kind in ("date", "weekday", "time") and bool(_DEADLINE_CONTEXT.search(v.context)) and not ranged
+        out.append((v, tuple(alts), deadline))
+    return out
+
+
 def _hashable(key: Any) -> Any:
     return tuple(key) if isinstance(key, list) else key
+
+
+def _holds(words: frozenset, summary_words: frozenset) -> bool:
+    """``CARRY_SHARE`` of ``words`` and at least ``MATCH_WORDS`` of them (all of a shorter set): the claims' rule."""
+    shared = len(words & summary_words)
+    return bool(words) and shared >= CARRY_SHARE * len(words) and shared >= min(MATCH_WORDS, len(words))
 
 
 def carried(fact: Fact, summary_values: list[Value], summary_words: frozenset, summary_folded: str) -> bool:
     """Whether a summary (its values, ``content_words`` and folded text) carries ``fact`` (rules in the module docstring)."""
     if fact.kind in ("request", "decision", "reason") or (fact.kind == "attachment" and isinstance(fact.key, frozenset)):
-        return bool(fact.words) and len(fact.words & summary_words) >= CARRY_SHARE * len(fact.words)
+        return _holds(fact.words, summary_words)
     if fact.kind == "attachment":
         stem = fact.key.rsplit(".", 1)[0].strip()
-        return fact.key in summary_folded or (len(stem) > 2 and stem in summary_folded)
+        named = len(fact.words) > 1 and _holds(fact.words, summary_words)
+        return fact.key in summary_folded or (len(stem) > 2 and stem in summary_folded) or named
     vkind, key = fact.key
-    return any(v.kind == vkind and same_value(vkind, v.key, key) for v in summary_values)
+    named = (Value(vkind, key, 0, 0, fact.text),) + fact.alts
+    return any(supports(v, n) for v in summary_values for n in named)
 
 
 def coverage_indexed(idx: ThreadIndex, summary: str) -> list[Fact]:
