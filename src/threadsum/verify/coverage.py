@@ -6,43 +6,65 @@ act on?". Facts come from the thread index verify already builds (:func:`index_t
 values are the same ones claims are checked against:
 
 - money, percent, date, time, weekday, number: :func:`threadsum.verify.values.find_values` over the
-  thread's sentences; a value after "by", "before", "until" or "due" is a ``deadline``;
-- request: a sentence that asks (``claims._REQUEST_LIKE``: "please", "could you", "can you", a
-  question), with its owner (the sentence's author) and addressee (the greeting's name, else the
-  first recipient);
+  thread's sentences (:func:`_value_facts`): a number only with a unit or scale after it ("30 days",
+  "2 million"; not an exhibit, item or street number); a weekday beside its date ("Friday, May 5th")
+  is one fact; one value written two ways ("May 5th", "May 5, 2000") is one fact; a value after
+  "by", "before", "until" or "due" is a ``deadline``, except the end of a range ("from 12:00 until
+  1:30 p.m.");
+- request: a sentence that asks ("please", "could you", "can you", a question; not a courtesy formula
+  such as "please note", "let me know if", "if you have any questions"), with its owner (the
+  sentence's author) and addressee (the greeting's name, else the first recipient);
 - decision: a sentence that settles something ("we agreed", "decided", "to close the loop",
-  "approved", "final");
-- attachment: a file name ("Q3 budget.xls") or an "attached is/are ..." sentence.
+  "approved", "final"); reason: a refusal with its cause, whose words are those of the
+  "because ..." clause (the refused task is the request's fact, not this one);
+- attachment: a file name ("Q3_budget.xls", or the whole name of a Lotus Notes line
+  "<< File: long form template.doc >>") or an "attached is/are ..." sentence.
+
+A sentence fact restated with few words changed (``SAME_SHARE``: a daily list re-sent with a new
+date, a request asked again) is one fact, repeated; a value that only appears in such restatements
+is a slot of that fact (the list's date), not a fact of its own.
 
 Each fact gets a salience score (``SALIENCE``: points by kind, in the latest email, in the first
-lines of an email, repeated, addressed to someone) with the reasons; boilerplate lines (phone,
-fax and account numbers, disclaimers, "sent from my ...") score 0. A fact is ``important`` at
-``IMPORTANT`` points or more; ``left_out`` lists the important facts the summary does not carry.
+lines of an email, repeated, on the thread's subject, asking someone to act) with the reasons.
+Lines that carry nothing to summarize are skipped: phone, fax and account numbers, disclaimers,
+"sent from my ...", header lines the index did not take for headers (Lotus Notes "Name@ENRON
+To: ... cc: ... Sent by:", "... wrote:", any line with an e-mail address: the dates there are of
+sending) and postal addresses. A fact is ``important`` at ``IMPORTANT`` points or more;
+``left_out`` lists the important facts the summary does not carry.
 
-Carried means: a value of the same kind and normalised key in the summary (``values.same_value``;
-a deadline may be carried by the date or weekday it names); for sentence facts (request,
-decision, attachment), ``CARRY_SHARE`` of their content words (``evidence.content_words``) in
-the summary, or the file name.
+Carried means: a value in the summary that states the same value (``values.supports``, the rule
+claims are checked by: same kind and normalised key, or the same amount across money and a bare
+number, "66 million" for "$66 MM"); a merged date is carried by its weekday and a dated value
+with a year by the weekday it fell on ("Friday" for "May 5, 2000"); for sentence facts (request,
+decision, reason, attachment sentence), ``CARRY_SHARE`` of their content words
+(``evidence.content_words``) and at least ``claims.MATCH_WORDS`` of them in the summary (the
+claims' rule for a thread sentence saying a summary clause); a file by its name, its stem, or
+that share of its name's words.
 
-What this cannot catch:
+What this cannot catch (bench/bench_coverage.py measures the result on the public sample):
 
-- paraphrase: a request or decision retold in other words ("Kim wants the file" for "could you
-  send the spreadsheet") counts as left out; a summary that copies the words but reverses the
-  meaning counts as carried;
+- paraphrase: a request or decision retold in other words ("Carol requests confirmation of
+  attendees" for "could you take a look at this list and let me know of any additions") counts as
+  left out; a summary that copies half the words but changes the meaning counts as carried (the
+  shared-word rule cannot tell "Kim sends a budget" from "Kim asks Jeff to send the budget");
 - facts stated without a trigger word: an instruction with no "please"/question form, a decision
   without "agreed/decided/close the loop", a deadline written as "end of day" or "tomorrow"
-  (relative dates are not values, see ``verify.claims``);
+  (relative dates are not values, see ``verify.claims``); counts without a unit word ("1,200
+  contracts");
 - importance beyond the cues above: a reader's goal, who is senior, what was resolved later;
-  small talk that asks a question ("Any update?") may rank as a request;
-- attachments that are only mentioned ("see the file") without a name or "attached"; a file name
-  with spaces keeps only its last word ("budget.xls" of "Q3 budget.xls");
+  small talk that asks a question ("Do you have your new address yet?") still ranks as a request;
+  what real references mostly carry (topics, who did what, names of places and deals) is not a
+  fact kind here;
+- attachments that are only mentioned ("see the file") without a name or "attached"; outside a
+  Lotus Notes file line, a file name with spaces keeps only its last word ("budget.xls" of "Q3
+  budget.xls"); a body line holding an e-mail address is skipped whole;
 - the owner is the sentence's author as the thread index reads it (From:, quoted headers,
   sign-offs); an unsigned quoted note has none. English only; no model.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Optional, Union
 
@@ -60,8 +82,10 @@ SALIENCE = {"request": 1.5, "deadline": 3.0, "decision": 3.0, "reason": 3.0, "at
             "date": 2.0, "time": 1.5, "weekday": 1.5, "number": 1.0,
             "latest": 1.5, "first_lines": 1.0, "repeated": 1.0, "addressed": 1.5, "subject": 1.0}
 """Points by kind, then per cue: in the latest email, in an email's first two sentences, each
-repetition (at most two counted), addressed to someone. Set by hand on the synthetic corpus and the
-public sample (bench/bench_coverage.py measures the result)."""
+repetition (at most two counted), asking someone to act ("please", "could you"; a bare "you" in a
+question is not), sharing a content word with the thread's subject. Set by hand on the synthetic
+corpus and the first five threads of the public sample; the other five are held out
+(bench/bench_coverage.py measures both)."""
 
 IMPORTANT = 3.0
 """Score from which a fact is important: left out when the summary does not carry it."""
@@ -272,9 +296,11 @@ def _value_facts(text: str) -> list[tuple[Value, tuple[Value, ...], bool]]:
     for j, v in enumerate(values):
         if j in skip:
             continue
-        if v.kind == "number" and v.text[:1].isdigit() and not re.search(r"[a-z]\s*$", v.text, re.I) \
-                and not _UNIT_AFTER.match(text, v.end):
-            continue
+        if v.kind == "number" and v.text[:1].isdigit() and not re.search(r"[a-z]\s*$", v.text, re.I):
+            unit = _UNIT_AFTER.match(text, v.end)
+            if not unit:
+                continue
+            v = replace(v, text=text[v.start:unit.end()])  # the fact as a reader needs it: '30 days'
         alts: list[Value] = []
         nxt = values[j + 1] if j + 1 < len(values) else None
         if nxt is not None and {v.kind, nxt.kind} == {"weekday", "date"} and _WITH_DATE.match(text[v.end:nxt.start]):
