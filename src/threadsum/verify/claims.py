@@ -68,7 +68,7 @@ from threadsum.verify.names import (
     same_person,
     word_key,
 )
-from threadsum.verify.values import MONTHS, WEEKDAYS, Value, find_values, same_value
+from threadsum.verify.values import MONTHS, WEEKDAYS, Value, find_values, supports
 
 KINDS = ("person", "organisation", "money", "number", "percent", "date", "time", "weekday", "action")
 """Every claim kind, in report order."""
@@ -367,25 +367,15 @@ def _email_date_allowed(summary: str, value: Value, sentence: tuple[int, int]) -
     return bool(re.search(r"\b(on|at)\s*$|\bon\s+\w+day,?\s*$", before, re.I)) or not before.strip()
 
 
-def _same(claim: Value, found: Value) -> bool:
-    """Whether a thread value supports a claimed value; "$45" is supported by a bare "45" too."""
-    if claim.kind == found.kind:
-        return same_value(claim.kind, claim.key, found.key)
-    amount = {"money": lambda v: v.key[1], "number": lambda v: v.key, "percent": lambda v: v.key}
-    if claim.kind in amount and found.kind in amount and "number" in (claim.kind, found.kind):
-        return same_value("number", amount[claim.kind](claim), amount[found.kind](found))
-    return False
-
-
 def _check_value(idx: ThreadIndex, summary: str, value: Value, sentence: tuple[int, int]) -> Claim:
     for v, email, line in idx.content_values:
-        if _same(value, v):
+        if supports(value, v):
             return Claim(value.text, value.kind, True, _ev(email, line), value.start, value.end)
     by_date = value.kind == "number" or (value.kind in ("date", "time", "weekday")
                                          and _email_date_allowed(summary, value, sentence))
     if by_date:
         for v, email, line in idx.date_values:
-            if _same(value, v):
+            if supports(value, v):
                 return Claim(value.text, value.kind, True, _ev(email, line), value.start, value.end)
     seen = sorted({" ".join(v.text.split()) for v, _, _ in idx.content_values if v.kind == value.kind})[:5]
     hint = f"; the thread mentions {', '.join(seen)}" if seen else ""

@@ -13,16 +13,27 @@ from typing import Optional, Sequence
 
 from threadsum.data.types import Email, Thread
 from threadsum.verify.claims import check_indexed
-from threadsum.verify.coverage import coverage_indexed
-from threadsum.verify.evidence import ThreadIndex, index_thread
+from threadsum.verify.coverage import Fact, carried, thread_facts
+from threadsum.verify.evidence import ThreadIndex, content_words, index_thread
+from threadsum.verify.names import fold
+from threadsum.verify.values import find_values
 
 
-def rerank_key(idx: ThreadIndex, text: str, rank: int, score: Optional[float]) -> tuple:
+def rerank_key(idx: ThreadIndex, text: str, rank: int, score: Optional[float],
+               important: Optional[Sequence[Fact]] = None) -> tuple:
     """Sort key of one candidate (smaller is better): (unsupported claims, -important facts carried,
-    -score (0 when unknown), beam rank)."""
+    -score (0 when unknown), beam rank). ``important``: the thread's important facts
+    (:func:`important_facts`), found once per thread and shared by its candidates; None finds them."""
     unsupported = sum(not c.supported for c in check_indexed(idx, text))
-    carried = sum(f.carried for f in coverage_indexed(idx, text) if f.important)
-    return unsupported, -carried, -(score if score is not None else 0.0), rank
+    facts = important_facts(idx) if important is None else important
+    values, words, folded = find_values(text), content_words(text), fold(text)
+    n_carried = sum(carried(f, values, words, folded) for f in facts)
+    return unsupported, -n_carried, -(score if score is not None else 0.0), rank
+
+
+def important_facts(idx: ThreadIndex) -> list[Fact]:
+    """The thread's important facts (``Fact.important``): the thread's side of the rule, the same for every candidate."""
+    return [f for f in thread_facts(idx) if f.important]
 
 
 def choose_grounded(idx: ThreadIndex, candidates: Sequence[str], scores: Sequence[Optional[float]] = ()) -> int:
@@ -31,7 +42,9 @@ def choose_grounded(idx: ThreadIndex, candidates: Sequence[str], scores: Sequenc
     if len(candidates) <= 1:
         return 0
     scores = list(scores) or [None] * len(candidates)
-    keys = [((not t.strip()),) + rerank_key(idx, t, r, s) for r, (t, s) in enumerate(zip(candidates, scores))]
+    important = important_facts(idx)
+    keys = [((not t.strip()),) + rerank_key(idx, t, r, s, important)
+            for r, (t, s) in enumerate(zip(candidates, scores))]
     return min(range(len(candidates)), key=keys.__getitem__)
 
 

@@ -32,8 +32,9 @@ _CUR_SYMBOL = {"$": "USD", "us$": "USD", "usd": "USD", "€": "EUR", "eur": "EUR
                "¥": "JPY", "jpy": "JPY"}
 _CUR_WORD = {"dollar": "USD", "dollars": "USD", "bucks": "USD", "euro": "EUR", "euros": "EUR",
              "pound": "GBP", "pounds": "GBP", "yen": "JPY"}
-# units that make a spelled-out number a claim ("sixty days"); bare counts ("four messages") are not checked
-_UNITS = r"(?:days?|weeks?|months?|years?|hours?|minutes?|percent|per\s+cent|%|mw|mwh|mmbtu|dth|barrels?|miles?|people|shares?)"
+# units that make a spelled-out number a claim ("sixty days"); bare counts ("four messages") are not checked;
+# coverage also counts a number as a fact only with one of these after it
+UNITS = r"(?:days?|weeks?|months?|years?|hours?|minutes?|percent|per\s+cent|%|mw|mwh|mmbtu|dth|barrels?|miles?|people|shares?)"
 
 MONEY_RE = re.compile(
     rf"(?P<cur>US\$|\$|€|£|¥|\b(?:USD|EUR|GBP|JPY)\b)\s?(?P<num>{_DIGITS}|{_WORDNUM})(?:\s?(?P<scale>{_SCALE})\b)?"
@@ -61,7 +62,7 @@ WEEKDAY_RE = re.compile(r"\b(?P<w>monday|tuesday|wednesday|thursday|friday|satur
                         r"|\b(?P<a>mon|tues?|wed|thu(?:rs?)?|fri|sat|sun)\b\.?", re.IGNORECASE)
 NUMBER_RE = re.compile(
     rf"(?<![\w./-])(?P<num>{_DIGITS})(?:\s?(?P<scale>million|billion|thousand|bn|mm)\b)?(?![\w/-])"
-    rf"|\b(?P<words>{_WORDNUM})(?:\s+(?P<unit>{_UNITS})\b)?",
+    rf"|\b(?P<words>{_WORDNUM})(?:\s+(?P<unit>{UNITS})\b)?",
     re.IGNORECASE,
 )
 
@@ -230,3 +231,15 @@ def same_value(kind: str, a: Any, b: Any) -> bool:
     if kind in ("number", "percent"):
         return abs(float(a) - float(b)) < 1e-9
     return a == b
+
+
+def supports(claim: Value, found: Value) -> bool:
+    """Whether ``found`` (a value of the thread) states the value ``claim`` (of a summary) names: the same kind
+    and key (``same_value``), or the same amount across money/number/percent where one side is a bare number
+    ("$45" is supported by "45", "66 million" carries "$66 MM")."""
+    if claim.kind == found.kind:
+        return same_value(claim.kind, claim.key, found.key)
+    amount = {"money": lambda v: v.key[1], "number": lambda v: v.key, "percent": lambda v: v.key}
+    if claim.kind in amount and found.kind in amount and "number" in (claim.kind, found.kind):
+        return same_value("number", amount[claim.kind](claim), amount[found.kind](found))
+    return False
