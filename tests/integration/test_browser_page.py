@@ -183,7 +183,11 @@ def test_unsupported_claims_are_highlighted_with_the_reason(browser, inventing_u
     assert "no one named Reagan Nemec" in marks[0].get_attribute("title")
     # supported names and values stay plain text
     assert "Bob Jones" not in " ".join(m.text for m in marks) and "Friday" not in " ".join(m.text for m in marks)
-    assert browser.find_element(By.ID, "summary").text.strip() == _InventingSummarizer.INVENTED
+    assert browser.find_element(By.CSS_SELECTOR, "#summary p.summary-text").text.strip() == _InventingSummarizer.INVENTED
+    # the mirror question: what the summary left out of the thread, listed apart from the summary's text
+    assert browser.find_element(By.CSS_SELECTOR, "#summary .left-out-title").text.startswith("Left out of the summary")
+    left_out = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "#summary ul.left-out li")]
+    assert "weekday: Thursday" in left_out  # Bob commits to Thursday; the summary only says Friday
     assert "claims not found in the thread" in browser.find_element(By.ID, "timing").text
     shot = tmp_path / "highlighted.png"
     browser.save_screenshot(str(shot))
