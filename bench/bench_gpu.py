@@ -243,11 +243,16 @@ def train_flops_per_real_token(lora: bool) -> float:
 REQUIRED = {  # import name -> what pip calls it
     "numpy": "numpy", "torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers",
     "accelerate": "accelerate", "peft": "peft", "safetensors": "safetensors", "yaml": "pyyaml",
-    "pydantic": "pydantic",
+    "pydantic": "pydantic", "nicknames": "nicknames", "nameparser": "nameparser", "text_to_num": "text2num",
+    "dateparser": "dateparser",
 }
-# pure-python or per-version wheels that bench/README.md tells you to carry in .anchor/wheels
-WHEEL_STACK = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions"]
-IMPORT_PROBE = "import threadsum.train.loop, threadsum.model, threadsum.inference.summarizer, threadsum.config"
+# pure-python or per-version wheels that bench/README.md tells you to carry in .anchor/wheels: the
+# pydantic stack and the grounding check's parsers (generation imports threadsum.verify)
+WHEEL_STACK = ["pydantic", "pydantic-core", "annotated-types", "typing-inspection", "nicknames", "nameparser",
+               "text2num", "dateparser", "pytz", "tzlocal", "typing-extensions"]
+FIXABLE = {"pydantic", "nicknames", "nameparser", "text2num", "dateparser"}
+IMPORT_PROBE = ("import threadsum.train.loop, threadsum.model, threadsum.inference.summarizer, threadsum.config, "
+                "threadsum.verify")
 
 
 def _probe_imports(env: dict[str, str]) -> Optional[str]:
@@ -269,13 +274,16 @@ def check_dependencies(env: dict[str, str]) -> dict[str, Any]:
     if error is None:
         return info
     wheels = Path(os.environ.get("BENCH_WHEELS") or REPO / ".anchor" / "wheels")
-    fixable = [m for m in missing if m == "pydantic"]
+    fixable = [m for m in missing if m in FIXABLE]
     if wheels.is_dir() and len(fixable) == len(missing):
         # --target keeps the machine's site-packages untouched; the folder goes first on PYTHONPATH
         target = wheels / "site"
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--find-links",
                str(wheels), "--target", str(target)]
-        for stack in (WHEEL_STACK[:-1], WHEEL_STACK):  # typing-extensions only if the machine's is too old
+        have = {w.name.split("-")[0].lower().replace("_", "-") for w in wheels.glob("*.whl")}
+        carried = [w for w in WHEEL_STACK if w in have]
+        # typing-extensions only if the machine's is too old
+        for stack in ([w for w in carried if w != "typing-extensions"], carried):
             r = subprocess.run(cmd + stack, capture_output=True, text=True)
             env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
             sys.path.insert(0, str(target))
@@ -288,7 +296,7 @@ def check_dependencies(env: dict[str, str]) -> dict[str, Any]:
           "threadsum's own pydantic>=2.7 and pyyaml.\nFix: carry wheels for the missing ones, e.g. on a machine with "
           "network:\n  pip download --only-binary=:all: --no-deps --python-version 3.12 "
           "--platform manylinux2014_x86_64 -d .anchor/wheels pydantic pydantic-core annotated-types "
-          "typing-inspection typing-extensions\n(one pydantic-core wheel per Python version; see bench/README.md), "
+          "typing-inspection typing-extensions nicknames nameparser text2num dateparser pytz tzlocal\n(one pydantic-core wheel per Python version; see bench/README.md), "
           "then run again with carry ['.anchor'] (or set BENCH_WHEELS=folder).", file=sys.stderr)
     sys.exit(3)
 
