@@ -248,6 +248,8 @@ class TrainConfig(_Section):
     """Causal models: also score the prompt tokens (default: only the summary and its end token are labels)."""
     loss_chunk_tokens: int = Field(1024, ge=0)
     """Target tokens per chunk of the LM-head loss: never builds the full fp32 logits (train/loss.py); 0: plain full-logits path (always used with several processes)."""
+    reuse_freed_memory: bool = True
+    """CPU on glibc: keep freed blocks in the heap for the next micro-batch instead of unmapping them and page-faulting them back (threadsum/heap.py; 15-20% more tokens/s measured, RSS +5%); given back when the run ends."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm (0 disables)."""
     on_nonfinite: Literal["stop", "skip"] = "stop"

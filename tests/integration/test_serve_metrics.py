@@ -17,6 +17,7 @@ parser = pytest.importorskip("prometheus_client.parser")
 from threadsum.config import ServeConfig  # noqa: E402
 from threadsum.inference.summarizer import Summarizer  # noqa: E402
 from threadsum.inference.tiny import build_tiny_model_dir, sample_thread  # noqa: E402
+from threadsum import heap  # noqa: E402
 from threadsum.serve import memory  # noqa: E402
 from threadsum.serve.app import create_app, serve_in_thread  # noqa: E402
 
@@ -145,8 +146,9 @@ def test_heap_trimmer_is_rate_limited_and_glibc_only(monkeypatch):
     assert trimmer.maybe_trim() is None  # within the interval
     assert trimmer.trims == 1 and trimmer.describe()["malloc_trim"] is True
     assert memory.HeapTrimmer(0).maybe_trim() is None  # 0: never
-    monkeypatch.setattr(memory, "active_allocator", lambda: "jemalloc")
+    monkeypatch.setattr(heap, "active_allocator", lambda: "jemalloc")  # the libc calls' owner decides
     assert not memory.HeapTrimmer(1.0).enabled
+    assert heap.reuse_freed_memory() == "allocator jemalloc"
 
 
 def test_heap_trimmer_trims_only_after_growth(monkeypatch):

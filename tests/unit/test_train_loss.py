@@ -141,3 +141,26 @@ def test_causal_label_only_head_matches_full_logits(arch, lora):
         assert torch.allclose(grads[name], plain_grads[name], rtol=1e-4, atol=1e-6), name
     with torch.no_grad():
         assert torch.allclose(lm_loss_sum(model, inputs, b["labels"], 0.1, 3), plain_loss, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [8, 1000])
+def test_under_bf16_autocast_matches_the_plain_path_and_keeps_fp32_gradients(chunk):
+    """Inside the training step's autocast the head runs in bf16 as the plain path's matmul would,
+    while the loss and the weight/bias gradients stay fp32, to bf16 rounding of the plain path."""
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(40, 32, generator=g)
+    weight = torch.randn(300, 32, generator=g) * 0.2
+    bias = torch.randn(300, generator=g) * 0.1
+    labels = torch.randint(0, 300, (40,), generator=g)
+    labels[::7] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = _grads(_plain, hidden, weight, bias, labels, 0.1)
+        got = _grads(lambda h, w, b, y, e: chunked_lm_loss(h, w, b, y, e, chunk_tokens=chunk),
+                     hidden, weight, bias, labels, 0.1)
+    exact = _grads(_plain, hidden, weight, bias, labels, 0.1)  # fp32 everywhere
+    for name, a, b, e in zip(("loss", "hidden", "weight", "bias"), ref, got, exact):
+        assert b.dtype == e.dtype == torch.float32, name
+        scale = e.abs().max()
+        assert (b - a).abs().max() <= 0.02 * scale, name  # both are the bf16 head: equal to rounding
+        assert (b - e).abs().max() <= 0.05 * scale, name  # and near the fp32 result
+    assert not torch.equal(got[2], exact[2])  # the head really ran in bf16

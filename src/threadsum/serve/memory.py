@@ -17,80 +17,26 @@ BENCHMARKS.md). Two things stop the creep without changing what the model comput
   return freed memory by themselves; :func:`active_allocator` reports which one runs
   (``/v1/status``, the startup log, the ``threadsum_allocator_info`` metric).
 
-No library exposes ``malloc_trim``; it is a single libc call, made through ctypes.
+The libc calls themselves live in :mod:`threadsum.heap` (shared with training).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from threadsum.heap import (  # noqa: F401 - re-exported: the service's view of the heap
+    ALLOCATOR_LIBRARIES,
+    active_allocator,
+    glibc_version,
+    malloc_trim,
+    trim_supported,
+)
+
 log = logging.getLogger("threadsum.serve")
-
-ALLOCATOR_LIBRARIES = {"jemalloc": "libjemalloc", "tcmalloc": "libtcmalloc"}
-"""Allocators that replace glibc's malloc when preloaded, by the file name their library starts with."""
-
-
-@lru_cache(maxsize=1)
-def glibc_version() -> Optional[str]:
-    """glibc's version ('2.36') when this process runs on glibc, else None (musl, macOS, Windows)."""
-    try:
-        text = os.confstr("CS_GNU_LIBC_VERSION")  # 'glibc 2.36'
-    except (AttributeError, ValueError, OSError):
-        return None
-    if not text or not text.startswith("glibc "):
-        return None
-    return text.split(" ", 1)[1]
-
-
-@lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's ``int malloc_trim(size_t pad)``, or None where there is none."""
-    if glibc_version() is None:
-        return None
-    try:
-        fn = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-@lru_cache(maxsize=1)
-def active_allocator() -> str:
-    """The malloc this process runs: 'jemalloc' or 'tcmalloc' when preloaded (read from
-    /proc/self/maps), else 'glibc' on glibc, else 'system'."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        maps = ""
-    for name, prefix in ALLOCATOR_LIBRARIES.items():
-        if f"/{prefix}" in maps:
-            return name
-    return "glibc" if glibc_version() is not None else "system"
-
-
-def trim_supported() -> bool:
-    """True when :func:`malloc_trim` can return memory: glibc's malloc is the one in use."""
-    return active_allocator() == "glibc" and _malloc_trim() is not None
-
-
-def malloc_trim() -> bool:
-    """Return the free pages of every glibc arena to the OS (``malloc_trim(0)``).
-
-    Returns True when memory was released, False when none was (or off glibc). Takes milliseconds
-    (16 ms on average measured on a loaded 2-core CPU, heap ~450 MiB); other threads' mallocs wait
-    on the arena locks meanwhile.
-    """
-    fn = _malloc_trim() if active_allocator() == "glibc" else None
-    return bool(fn(0)) if fn is not None else False
-
 
 def resident_bytes() -> Optional[int]:
     """This process's resident set size in bytes (``/proc/self/statm``), or None where it cannot be read."""
@@ -121,7 +67,7 @@ class HeapTrimmer:
         self.trims = 0
         self.trim_seconds = 0.0
         self.checks = 0
-        self._last = 0.0
+        self._last = float("-inf")  # the first check is due whatever the clock reads (monotonic: since boot)
         self._baseline: Optional[int] = None
         self._lock = threading.Lock()
 

@@ -87,7 +87,7 @@ def _levers(cfg: Config) -> dict[str, Any]:
     m, t = cfg.model, cfg.train
     return {"optimizer": t.optimizer, "gradient_checkpointing": m.gradient_checkpointing,
             "lora_r": m.lora.r if m.lora.enabled else 0, "loss_chunk_tokens": t.loss_chunk_tokens,
-            "attn": m.attn_implementation or "sdpa"}
+            "attn": m.attn_implementation or "sdpa", "reuse_freed_memory": t.reuse_freed_memory}
 
 
 def calibration_key(cfg: Config, precision: str, cpu: Optional[str] = None, threads: Optional[int] = None) -> str:
@@ -254,6 +254,7 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
 
     from threadsum.devices import resolve_precision
     from threadsum.family import family_of
+    from threadsum.heap import reuse_freed_memory, stop_reusing_freed_memory
     from threadsum.model import prepare_for_training
     from threadsum.train.batching import BatchFetcher, TokenBudgetSampler
     from threadsum.train.checkpoint.state import Counters
@@ -297,17 +298,22 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
     counters.compute_max_tokens = tc.max_tokens
     timed: list[Any] = []
     t_timed = 0.0
-    while True:
-        mbs = sampler.next_step()
-        r = runner.run(counters, mbs, sampler.last_step_global, lambda: False)
-        counters.step += 1
-        if counters.step > 1:  # the first step allocates and initialises: not timed
-            timed.append(r)
-            t_timed += r.seconds
-        say(f"  step {counters.step}: {r.real_tokens} real tokens in {r.seconds:.1f} s "
-            f"(update {r.update_seconds:.2f} s){'' if counters.step > 1 else ' (warm-up, not timed)'}")
-        if len(timed) >= MIN_TIMED_STEPS and t_timed >= budget_s:
-            break
+    heap = reuse_freed_memory() if tc.reuse_freed_memory else "off"  # as the loop runs on a CPU
+    try:
+        while True:
+            mbs = sampler.next_step()
+            r = runner.run(counters, mbs, sampler.last_step_global, lambda: False)
+            counters.step += 1
+            if counters.step > 1:  # the first step allocates and initialises: not timed
+                timed.append(r)
+                t_timed += r.seconds
+            say(f"  step {counters.step}: {r.real_tokens} real tokens in {r.seconds:.1f} s "
+                f"(update {r.update_seconds:.2f} s){'' if counters.step > 1 else ' (warm-up, not timed)'}")
+            if len(timed) >= MIN_TIMED_STEPS and t_timed >= budget_s:
+                break
+    finally:
+        if heap == "on":
+            stop_reusing_freed_memory()
     real = sum(r.real_tokens for r in timed)
     padded = sum(r.padded_tokens for r in timed)
     fb_seconds = sum(r.seconds - r.update_seconds for r in timed)

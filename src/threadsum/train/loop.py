@@ -40,6 +40,7 @@ import numpy as np
 from threadsum.config import Config
 from threadsum.devices import hardware_description, resolve_precision
 from threadsum.errors import DivergedError, ExitCode, OutOfMemoryError
+from threadsum.heap import reuse_freed_memory, stop_reusing_freed_memory
 from threadsum.train import checkpoint
 from threadsum.train.batching import (
     BatchFetcher,
@@ -97,6 +98,7 @@ class Run:
     accumulation: int = 1
     precision: str = "fp32"
     autocast: Callable[[], Any] = nullcontext
+    heap: str = "off"  # train.reuse_freed_memory's outcome (threadsum/heap.py)
     scaler: Any = None
     tokenizer: Any = None
     splits: dict[str, Any] = field(default_factory=dict)
@@ -185,6 +187,8 @@ def train(cfg: Config) -> dict[str, Any]:
         raise
     finally:
         run.stop.restore()
+        if run.heap == "on":
+            stop_reusing_freed_memory()
         finish_distributed(stopped=run.stop.requested)
 
 
@@ -216,6 +220,9 @@ def _build_accelerator(run: Run) -> None:
     device = run.accelerator.device
     run.precision = resolve_precision(tc.precision, device)
     run.autocast, run.scaler = precision_parts(run.precision, device)
+    if device.type == "cpu" and tc.reuse_freed_memory:
+        run.heap = reuse_freed_memory()
+        log.info("train.reuse_freed_memory: %s", run.heap)
 
 
 def precision_parts(precision: str, device: Any) -> tuple[Callable[[], Any], Any]:

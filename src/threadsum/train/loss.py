@@ -50,45 +50,71 @@ def _chunked_loss_only(hidden: torch.Tensor, weight: torch.Tensor, bias: Optiona
     return loss
 
 
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmuls run in: the autocast dtype inside an autocast region of the
+    weight's device type, else the weight's own (what ``hidden @ weight.t()`` would use)."""
+    kind = weight.device.type
+    if torch.is_autocast_enabled(kind) and weight.dtype in (torch.float32, torch.float64):
+        return torch.get_autocast_dtype(kind)
+    return weight.dtype
+
+
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 labels: torch.Tensor, label_smoothing: float, chunk_tokens: int) -> torch.Tensor:
         n_tokens, vocab = hidden.shape[0], weight.shape[0]
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.zeros_like(hidden)
-        acc = torch.promote_types(weight.dtype, torch.float32)  # gradient sums never below fp32
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if weight.requires_grad else None
-        grad_bias = torch.zeros(vocab, dtype=acc, device=hidden.device) \
-            if bias is not None and bias.requires_grad else None
-        eps = float(label_smoothing)
-        for start in range(0, n_tokens, chunk_tokens):
-            h = hidden[start:start + chunk_tokens]
-            y = labels[start:start + chunk_tokens]
-            keep = y != IGNORE_INDEX
-            if not bool(keep.any()):
-                continue
-            h, y = h[keep], y[keep]
-            logits = h @ weight.t()
-            if bias is not None:
-                logits = logits + bias
-            logits = logits.float()
-            log_probs = torch.log_softmax(logits, dim=-1)
-            del logits
-            nll = -log_probs.gather(1, y[:, None]).squeeze(1)
-            loss += ((1.0 - eps) * nll - (eps / vocab) * log_probs.sum(dim=-1)).sum()
-            grad_logits = log_probs.exp_()  # softmax, in place of the log-probabilities
-            del log_probs
-            grad_logits.scatter_add_(1, y[:, None], torch.full_like(y[:, None], -(1.0 - eps), dtype=grad_logits.dtype))
-            if eps:
-                grad_logits -= eps / vocab
-            rows = keep.nonzero().squeeze(1) + start
-            grad_hidden.index_copy_(0, rows, (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype))
-            if grad_weight is not None:
-                grad_weight += grad_logits.to(acc).t() @ h.to(acc)
-            if grad_bias is not None:
-                grad_bias += grad_logits.to(acc).sum(dim=0)
-            del grad_logits
+        # The casts autocast would make are made here once per call, with autocast off inside: a cast
+        # of the transposed weight is a non-leaf that autocast's cache does not keep, so it would be
+        # copied again for every chunk ([d_model, vocab] each), and the in-place accumulation below
+        # would fall out of autocast and run in fp32.
+        compute = _compute_dtype(weight)
+        with torch.autocast(weight.device.type, enabled=False):
+            w = weight.to(compute)
+            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.zeros_like(hidden)
+            acc = torch.promote_types(weight.dtype, torch.float32)  # gradient sums never below fp32
+            want_w = weight.requires_grad
+            want_b = bias is not None and bias.requires_grad
+            # allocated by the first chunk's product (no zero-filled [vocab, d_model] buffer to add to)
+            grad_weight: Optional[torch.Tensor] = None
+            grad_bias: Optional[torch.Tensor] = None
+            eps = float(label_smoothing)
+            for start in range(0, n_tokens, chunk_tokens):
+                h = hidden[start:start + chunk_tokens]
+                y = labels[start:start + chunk_tokens]
+                keep = y != IGNORE_INDEX
+                if not bool(keep.any()):
+                    continue
+                h, y = h[keep].to(compute), y[keep]
+                logits = h @ w.t()
+                if bias is not None:
+                    logits = logits + bias.to(compute)
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                del logits
+                nll = -log_probs.gather(1, y[:, None]).squeeze(1)
+                loss += ((1.0 - eps) * nll - (eps / vocab) * log_probs.sum(dim=-1)).sum()
+                grad_logits = log_probs.exp_()  # softmax, in place of the log-probabilities
+                del log_probs
+                grad_logits.scatter_add_(1, y[:, None], torch.full_like(y[:, None], -(1.0 - eps),
+                                                                         dtype=grad_logits.dtype))
+                if eps:
+                    grad_logits -= eps / vocab
+                if want_b:
+                    part = grad_logits.sum(dim=0, dtype=acc)
+                    grad_bias = part if grad_bias is None else grad_bias.add_(part)
+                g = grad_logits.to(compute)
+                del grad_logits
+                rows = keep.nonzero().squeeze(1) + start
+                grad_hidden.index_copy_(0, rows, (g @ w).to(hidden.dtype))
+                if want_w:
+                    part = g.t() @ h
+                    grad_weight = part.to(acc) if grad_weight is None else grad_weight.add_(part)
+                del g
+            if want_w and grad_weight is None:  # no scored token at all
+                grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            if want_b and grad_bias is None:
+                grad_bias = torch.zeros(vocab, dtype=acc, device=hidden.device)
         ctx.save_for_backward(grad_hidden,
                               grad_weight if grad_weight is not None else torch.empty(0),
                               grad_bias if grad_bias is not None else torch.empty(0))
