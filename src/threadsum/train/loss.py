@@ -54,9 +54,15 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype the head's matmuls run in: the autocast dtype inside an autocast region of the
     weight's device type, else the weight's own (what ``hidden @ weight.t()`` would use)."""
     kind = weight.device.type
-    if torch.is_autocast_enabled(kind) and weight.dtype in (torch.float32, torch.float64):
-        return torch.get_autocast_dtype(kind)
-    return weight.dtype
+    if weight.dtype not in (torch.float32, torch.float64):
+        return weight.dtype
+    try:  # torch >= 2.4
+        on, dtype = torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+    except (TypeError, AttributeError):  # torch 2.3: per-device functions
+        cpu = kind == "cpu"
+        on = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return dtype if on else weight.dtype
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
