@@ -338,7 +338,7 @@ class EvalConfig(_Section):
     device: str = "auto"
     """Device to generate on: 'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Weights dtype for generation; 'auto': bf16 where the device computes it natively (GPUs, CPUs with avx512_bf16/AMX), else fp32 (threadsum.devices.resolve_dtype)."""
+    """Weights dtype for generation; 'auto': bf16 on GPUs that support it, else fp32 (CPUs too: why in threadsum.devices.resolve_dtype)."""
     generation: GenerationConfig = GenerationConfig()
     """Decoding settings (also used by summarize and serve)."""
 
@@ -390,7 +390,7 @@ class ServeConfig(_Section):
     device: str = "auto"
     """Device of the served model: auto, cpu, cuda or cuda:N."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Weights dtype of the served model; 'auto': bf16 where the device computes it natively (GPUs, CPUs with avx512_bf16/AMX), else fp32 (threadsum.devices.resolve_dtype)."""
+    """Weights dtype of the served model; 'auto': bf16 on GPUs that support it, else fp32 (CPUs too: why in threadsum.devices.resolve_dtype)."""
     malloc_trim_interval_s: float = Field(1.0, ge=0)
     """Least seconds between glibc malloc_trim(0) calls after batches (0: never); keeps RSS flat (docs/serving.md)."""
     malloc_trim_growth_mb: float = Field(32.0, ge=0)

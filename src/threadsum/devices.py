@@ -144,15 +144,17 @@ def resolve_precision(requested: str, device: "torch.device | str") -> str:
 
 
 def resolve_dtype(name: Any, device: "torch.device") -> "torch.dtype":
-    """The weights dtype for inference: a torch dtype, or "auto"/None (bf16 where the device computes
-    it natively, else fp32), "fp32", "bf16", "fp16" (and the long names "float32", ...).
+    """The weights dtype for inference: a torch dtype, or "auto"/None (bf16 on GPUs that compute it
+    natively, else fp32), "fp32", "bf16", "fp16" (and the long names "float32", ...).
 
-    Where the rule comes from: "auto" is the fastest torch dtype whose summaries equal fp32's on the
-    benchmark threads. On a CPU with avx512_bf16 (2-vCPU EPYC, BART-base shape, 16 threads of median
-    610 source tokens, 48 new tokens) bf16 gave the same tokens as fp32 on 16 of 16 threads at beams 4
-    and greedy, at 1.63x the batched threads/s and 1.94x lower batch-1 latency (BENCHMARKS.md,
-    "Inference engines"); on CPUs that emulate bf16 it is many times slower than fp32, so they keep
-    fp32. Raises:
+    Why CPUs stay fp32 under "auto" even with native bf16: the rule for "auto" is the fastest dtype
+    whose summaries equal fp32's, and that depends on the model. At the BART-base shape on a CPU with
+    avx512_bf16, bf16 gave fp32's tokens on 16 of 16 threads at 1.63x the batched speed
+    (BENCHMARKS.md, "Inference engines"), but on the small seq2seq and causal models of the test
+    suite bf16 summaries differ from fp32's (their CTranslate2-equals-torch checks fail with a bf16
+    torch side). Set ``inference.dtype=bf16`` to take the speed where your model's summaries hold
+    up (``threadsum evaluate`` both ways); CTranslate2 int8 is faster still (4.65x torch bf16 batched).
+    Raises:
         DeviceError: an unknown dtype name.
     """
     import torch
@@ -160,7 +162,7 @@ def resolve_dtype(name: Any, device: "torch.device") -> "torch.dtype":
     if isinstance(name, torch.dtype):
         return name
     if name is None or name == "auto":
-        return torch.bfloat16 if device.type in ("cuda", "cpu") and bf16_supported(device) else torch.float32
+        return torch.bfloat16 if device.type == "cuda" and bf16_supported(device) else torch.float32
     long_name = _DTYPE_NAMES.get(str(name).lower())
     if long_name is None:
         raise DeviceError(f"dtype '{name}' is not supported; use auto, fp32, bf16 or fp16")
