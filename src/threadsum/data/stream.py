@@ -159,6 +159,33 @@ class _Cutter:
         out, self._out = b"".join(self._out), []
         return out
 
+    def cut(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """The stream with every value cut; yields about one output chunk per input chunk."""
+        carry = b""
+        for chunk in chain(chunks, [None]):
+            final = chunk is None
+            buf = carry + (chunk or b"")
+            end = len(buf) if final else complete_utf8(buf)
+            i = self._feed(buf[:end], final)
+            carry = buf[i:]
+            if final:
+                self._finish(carry)
+            out = self._take()
+            if out:
+                self._passed(out)
+                yield out
+
+    def _feed(self, buf: bytes, final: bool) -> int:
+        """Process ``buf``; returns where the bytes to hold for the next chunk begin."""
+        raise NotImplementedError
+
+    def _finish(self, rest: bytes) -> None:
+        """The stream ended; ``rest`` is what :meth:`_feed` left unconsumed."""
+        self._mark()
+
+    def _passed(self, out: bytes) -> None:
+        """``out`` is being passed on (a subclass that counts lines looks at it)."""
+
 
 class _Breaks:
     """Counts line breaks as the csv module's lines count them (``\r\n``, ``\r``, ``\n``) in bytes
@@ -199,21 +226,8 @@ class CsvFieldCutter(_Cutter):
         """The file's line number for the reader's line ``out_line``."""
         return out_line + sum(d for at, d in self.cuts if at <= out_line)
 
-    def cut(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """The stream with every field cut; yields about one output chunk per input chunk."""
-        carry = b""
-        for chunk in chain(chunks, [None]):
-            final = chunk is None
-            buf = carry + (chunk or b"")
-            end = len(buf) if final else complete_utf8(buf)
-            i = self._feed(buf[:end], final)
-            carry = buf[i:]
-            if final:
-                self._mark()
-            out = self._take()
-            if out:
-                self._lines.add(out)
-                yield out
+    def _passed(self, out: bytes) -> None:
+        self._lines.add(out)
 
     def _keep(self, piece: bytes, room: int) -> int:
         k = utf8_prefix(piece, room)
@@ -345,22 +359,9 @@ class JsonStringCutter(_Cutter):
                 return m.start()  # never inside an escape (a surrogate pair counts as one)
         return k
 
-    def cut(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        """The stream with every string cut; yields about one output chunk per input chunk."""
-        carry = b""
-        for chunk in chain(chunks, [None]):
-            final = chunk is None
-            buf = carry + (chunk or b"")
-            end = len(buf) if final else complete_utf8(buf)
-            i = self._feed(buf[:end], final)
-            carry = buf[i:]
-            if final:
-                self._out.append(carry)
-                self._mark()
-                carry = b""
-            out = self._take()
-            if out:
-                yield out
+    def _finish(self, rest: bytes) -> None:
+        self._out.append(rest)  # bytes after the last value (no string is open at the end)
+        self._mark()
 
     def _feed(self, buf: bytes, final: bool) -> int:
         i, n, out = 0, len(buf), self._out
