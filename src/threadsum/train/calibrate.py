@@ -44,11 +44,20 @@ DEFAULT_BUDGET_S = 100.0
 (about 15-25 s for BART-large on 2 vCPUs), so the whole command stays under 2 minutes."""
 MIN_TIMED_STEPS = 2
 """Timed optimizer steps a calibration always runs, even past its budget."""
-CALIBRATION_MAX_TOKENS = 1536
-"""Largest micro-batch (padded tokens) a calibration step uses: about two email threads. Bigger
-configured budgets are timed at this size (a BART-large micro-batch of 4,096 tokens takes ~40 s on
-2 vCPUs); on CPU the rate per token changes little above ~1k tokens (the planner's micro-batch
-efficiency, ``memory._micro_batch_efficiency``: 98% at 1.5k, 99% at 4k)."""
+CALIBRATION_MAX_TOKENS = {"bf16": 4096, "fp32": 1536}
+"""Largest micro-batch (padded tokens) a calibration step uses, by resolved precision; bigger
+configured budgets are timed at this size. fp32: about two email threads; the rate per token changes
+little above ~1k tokens there (the planner's micro-batch efficiency, ``memory._micro_batch_efficiency``:
+98% at 1.5k, 99% at 4k), and a BART-large micro-batch of 4,096 tokens takes ~40 s on 2 AVX2 vCPUs.
+bf16 on a CPU with native bf16: the rate does grow with the matmuls, measured at BART-large on 2 vCPUs
+with avx512_bf16 (`plan -c configs/bart-large.yaml --calibrate --cost`): 198 real tokens/s at 1,536,
+236 at 4,096, against 254 measured by training at 4,096 (bench/bench_train_cpu.py), so 1,536 made the
+planner 28% pessimistic and 4,096 is 7% off; a step there takes 10-20 s, the whole command ~2.4 min."""
+
+
+def calibration_max_tokens(precision: str) -> int:
+    """:data:`CALIBRATION_MAX_TOKENS` for a resolved ``precision`` (fp16 and others: the fp32 size)."""
+    return CALIBRATION_MAX_TOKENS.get(precision, CALIBRATION_MAX_TOKENS["fp32"])
 
 
 # ------------------------------------------------------------------------------------- storage
@@ -232,7 +241,7 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
     """Measure this machine's training rate for cfg's model and precision on the CPU; store and return it.
 
     Runs one untimed warm-up step, then timed optimizer steps (one micro-batch each, of at most
-    ``min(train.max_tokens, CALIBRATION_MAX_TOKENS)`` padded tokens) until ``budget_s`` seconds of
+    ``min(train.max_tokens, calibration_max_tokens(precision))`` padded tokens) until ``budget_s`` seconds of
     them have run (at least :data:`MIN_TIMED_STEPS`).
 
     Returns:
@@ -267,7 +276,7 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
     t_start, load_before = time.perf_counter(), os.getloadavg()[0]
     device = torch.device("cpu")
     precision = resolve_precision(cfg.train.precision, device)
-    tc = cfg.train.model_copy(update={"max_tokens": min(cfg.train.max_tokens, CALIBRATION_MAX_TOKENS),
+    tc = cfg.train.model_copy(update={"max_tokens": min(cfg.train.max_tokens, calibration_max_tokens(precision)),
                                       "compile": False, "memory_limit_gb": 0.0, "warmup_steps": 0})
     say(f"calibrating {mem.model_spec(cfg).name} ({precision}) on {cpu_summary()}, {torch.get_num_threads()} threads")
     torch.manual_seed(cfg.train.seed)
