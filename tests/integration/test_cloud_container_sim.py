@@ -18,7 +18,7 @@ train_fixture = pytest.importorskip("train_fixture")
 
 from threadsum.cloud import container  # noqa: E402
 
-MAX_STEPS = 8
+MAX_STEPS = 100  # long enough that SIGTERM, forwarded by the entry point, lands mid-run on a fast CPU (8 steps took 1 s)
 
 
 def _job_tree(tmp_path: Path) -> tuple[Path, Path]:

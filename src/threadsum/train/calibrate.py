@@ -236,6 +236,36 @@ class _Rows:
         return {"input_ids": [self.input_ids[i] for i in indices], "labels": [self.labels[i] for i in indices]}
 
 
+def _timed_steps(runner: Any, sampler: Any, tc: Any, budget_s: float, say: Callable[[str], None]) -> list[Any]:
+    """Run optimizer steps until ``budget_s`` seconds of them are timed (at least
+    :data:`MIN_TIMED_STEPS`; the first step allocates and initialises and is not timed), with the
+    heap setting the loop uses on a CPU (``train.reuse_freed_memory``). Returns the timed steps'
+    results."""
+    from threadsum.heap import reuse_freed_memory, stop_reusing_freed_memory
+    from threadsum.train.checkpoint.state import Counters
+
+    counters = Counters()
+    counters.compute_max_tokens = tc.max_tokens
+    timed: list[Any] = []
+    t_timed = 0.0
+    heap = reuse_freed_memory() if tc.reuse_freed_memory else "off"
+    try:
+        while True:
+            mbs = sampler.next_step()
+            r = runner.run(counters, mbs, sampler.last_step_global, lambda: False)
+            counters.step += 1
+            if counters.step > 1:
+                timed.append(r)
+                t_timed += r.seconds
+            say(f"  step {counters.step}: {r.real_tokens} real tokens in {r.seconds:.1f} s "
+                f"(update {r.update_seconds:.2f} s){'' if counters.step > 1 else ' (warm-up, not timed)'}")
+            if len(timed) >= MIN_TIMED_STEPS and t_timed >= budget_s:
+                return timed
+    finally:
+        if heap == "on":
+            stop_reusing_freed_memory()
+
+
 def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = True,
               say: Callable[[str], None] = lambda _msg: None) -> dict[str, Any]:
     """Measure this machine's training rate for cfg's model and precision on the CPU; store and return it.
@@ -263,10 +293,8 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
 
     from threadsum.devices import resolve_precision
     from threadsum.family import family_of
-    from threadsum.heap import reuse_freed_memory, stop_reusing_freed_memory
     from threadsum.model import prepare_for_training
     from threadsum.train.batching import BatchFetcher, TokenBudgetSampler
-    from threadsum.train.checkpoint.state import Counters
     from threadsum.train.compiling import pad_rule
     from threadsum.train.distributed import build_accelerator
     from threadsum.train.loop import precision_parts
@@ -303,26 +331,7 @@ def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = 
                         fetch=fetch, src_lens=budget_src, tgt_lens=budget_tgt,
                         label_lens=family.label_lengths(src_lens, tgt_lens, tc.train_on_prompt), tc=tc,
                         autocast=autocast, on_oom=lambda _e: None)
-    counters = Counters()
-    counters.compute_max_tokens = tc.max_tokens
-    timed: list[Any] = []
-    t_timed = 0.0
-    heap = reuse_freed_memory() if tc.reuse_freed_memory else "off"  # as the loop runs on a CPU
-    try:
-        while True:
-            mbs = sampler.next_step()
-            r = runner.run(counters, mbs, sampler.last_step_global, lambda: False)
-            counters.step += 1
-            if counters.step > 1:  # the first step allocates and initialises: not timed
-                timed.append(r)
-                t_timed += r.seconds
-            say(f"  step {counters.step}: {r.real_tokens} real tokens in {r.seconds:.1f} s "
-                f"(update {r.update_seconds:.2f} s){'' if counters.step > 1 else ' (warm-up, not timed)'}")
-            if len(timed) >= MIN_TIMED_STEPS and t_timed >= budget_s:
-                break
-    finally:
-        if heap == "on":
-            stop_reusing_freed_memory()
+    timed = _timed_steps(runner, sampler, tc, budget_s, say)
     real = sum(r.real_tokens for r in timed)
     padded = sum(r.padded_tokens for r in timed)
     fb_seconds = sum(r.seconds - r.update_seconds for r in timed)
