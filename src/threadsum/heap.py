@@ -37,6 +37,8 @@ KEEP_BYTES = 2**31 - 1
 """Free memory at the top of the heap that glibc keeps before trimming it (``M_TRIM_THRESHOLD``,
 an ``int``: its largest value, 2 GiB)."""
 
+_reusing = False  # whether reuse_freed_memory() changed glibc's settings and nothing undid them yet
+
 MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 """glibc's own environment settings of the same parameters: when the user set any, theirs stand."""
 
@@ -112,18 +114,23 @@ def reuse_freed_memory() -> str:
     for name in MALLOC_ENV:
         if name in os.environ:
             return f"set by {name}"
+    global _reusing
     fn = _libc("mallopt", (ctypes.c_int, ctypes.c_int))
     if fn is None or not fn(M_MMAP_MAX, 0) or not fn(M_TRIM_THRESHOLD, KEEP_BYTES):
         return "mallopt failed"
+    _reusing = True
     return "on"
 
 
 def stop_reusing_freed_memory() -> None:
-    """Undo :func:`reuse_freed_memory`: glibc's default ``M_MMAP_MAX`` (65,536) and
-    ``M_TRIM_THRESHOLD`` (128 KiB), then hand the kept free memory back (``malloc_trim(0)``)."""
+    """Undo :func:`reuse_freed_memory` if it changed anything: glibc's default ``M_MMAP_MAX``
+    (65,536) and ``M_TRIM_THRESHOLD`` (128 KiB), then hand the kept free memory back
+    (``malloc_trim(0)``). A no-op otherwise, so callers need not remember what happened."""
+    global _reusing
     fn = _libc("mallopt", (ctypes.c_int, ctypes.c_int))
-    if fn is None or active_allocator() != "glibc":
+    if not _reusing or fn is None:
         return
+    _reusing = False
     fn(M_MMAP_MAX, DEFAULT_MMAP_MAX)
     fn(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
     malloc_trim()

@@ -27,6 +27,9 @@ def test_reuse_freed_memory_sets_and_restores_glibc_parameters(monkeypatch):
     calls.clear()
     heap.stop_reusing_freed_memory()
     assert calls == [(heap.M_MMAP_MAX, heap.DEFAULT_MMAP_MAX), (heap.M_TRIM_THRESHOLD, heap.DEFAULT_TRIM_THRESHOLD)]
+    calls.clear()
+    heap.stop_reusing_freed_memory()  # nothing left to undo: no call
+    assert calls == []
 
 
 @pytest.mark.parametrize("name", heap.MALLOC_ENV)

@@ -251,7 +251,6 @@ class CsvFieldCutter(_Cutter):
         super()._end_value()
 
     def _feed(self, buf: bytes, final: bool) -> int:
-        """Process ``buf``; returns where the bytes to hold for the next chunk begin."""
         i, n, out = 0, len(buf), self._out
         while i < n:
             st = self._state

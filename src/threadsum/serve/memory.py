@@ -38,6 +38,7 @@ from threadsum.heap import (  # noqa: F401 - re-exported: the service's view of 
 
 log = logging.getLogger("threadsum.serve")
 
+
 def resident_bytes() -> Optional[int]:
     """This process's resident set size in bytes (``/proc/self/statm``), or None where it cannot be read."""
     try:

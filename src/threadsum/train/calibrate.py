@@ -248,7 +248,8 @@ def _timed_steps(runner: Any, sampler: Any, tc: Any, budget_s: float, say: Calla
     counters.compute_max_tokens = tc.max_tokens
     timed: list[Any] = []
     t_timed = 0.0
-    heap = reuse_freed_memory() if tc.reuse_freed_memory else "off"
+    if tc.reuse_freed_memory:
+        reuse_freed_memory()
     try:
         while True:
             mbs = sampler.next_step()
@@ -262,8 +263,7 @@ def _timed_steps(runner: Any, sampler: Any, tc: Any, budget_s: float, say: Calla
             if len(timed) >= MIN_TIMED_STEPS and t_timed >= budget_s:
                 return timed
     finally:
-        if heap == "on":
-            stop_reusing_freed_memory()
+        stop_reusing_freed_memory()
 
 
 def calibrate(cfg: Config, budget_s: float = DEFAULT_BUDGET_S, *, store: bool = True,

@@ -98,7 +98,6 @@ class Run:
     accumulation: int = 1
     precision: str = "fp32"
     autocast: Callable[[], Any] = nullcontext
-    heap: str = "off"  # train.reuse_freed_memory's outcome (threadsum/heap.py)
     scaler: Any = None
     tokenizer: Any = None
     splits: dict[str, Any] = field(default_factory=dict)
@@ -187,8 +186,7 @@ def train(cfg: Config) -> dict[str, Any]:
         raise
     finally:
         run.stop.restore()
-        if run.heap == "on":
-            stop_reusing_freed_memory()
+        stop_reusing_freed_memory()  # a no-op unless this run changed glibc's settings
         finish_distributed(stopped=run.stop.requested)
 
 
@@ -221,8 +219,7 @@ def _build_accelerator(run: Run) -> None:
     run.precision = resolve_precision(tc.precision, device)
     run.autocast, run.scaler = precision_parts(run.precision, device)
     if device.type == "cpu" and tc.reuse_freed_memory:
-        run.heap = reuse_freed_memory()
-        log.info("train.reuse_freed_memory: %s", run.heap)
+        log.info("train.reuse_freed_memory: %s", reuse_freed_memory())
 
 
 def precision_parts(precision: str, device: Any) -> tuple[Callable[[], Any], Any]:
